@@ -1,0 +1,245 @@
+//! `#[projection]` on an impl block: parse signatures (never bodies), check, expand.
+
+use std::collections::BTreeMap;
+
+use proc_macro2::TokenStream;
+use quote::{format_ident, quote, quote_spanned};
+use syn::spanned::Spanned;
+use syn::{ImplItem, ItemImpl, LitStr, Type};
+
+use crate::attr::{self, Errors, HandlesArgs, ProjectionArgs, Target};
+use crate::signature;
+
+struct Handler {
+    method: syn::Ident,
+    target: Target,
+    checked: signature::Checked,
+}
+
+pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
+    let mut errors = Errors::default();
+    let args = match syn::parse2::<ProjectionArgs>(args) {
+        Ok(args) => args,
+        Err(e) => {
+            errors.push(e);
+            ProjectionArgs::default()
+        }
+    };
+    let mut item = match syn::parse2::<ItemImpl>(input.clone()) {
+        Ok(item) => item,
+        Err(_) => {
+            let err = syn::Error::new(
+                proc_macro2::Span::call_site(),
+                "`#[projection]` goes on an inherent impl block: `#[projection] impl MyProjection { ... }`",
+            )
+            .to_compile_error();
+            return quote!(#err #input);
+        }
+    };
+    if let Some((_, path, _)) = &item.trait_ {
+        errors.spanned(
+            path,
+            "`#[projection]` goes on an inherent impl block (`impl MyProjection { ... }`), not a trait impl",
+        );
+    }
+    if !item.generics.params.is_empty() {
+        errors.spanned(
+            &item.generics,
+            "`#[projection]` does not support generic impl blocks: the registry needs one concrete type",
+        );
+    }
+    if let Some(group) = &args.group {
+        check_group(group, &mut errors);
+    }
+
+    let mut handlers: Vec<Handler> = Vec::new();
+    let mut seen: BTreeMap<String, syn::Ident> = BTreeMap::new();
+    for impl_item in &mut item.items {
+        let ImplItem::Fn(method) = impl_item else {
+            continue;
+        };
+        let mut found = Vec::new();
+        method.attrs.retain(|a| {
+            if a.path().is_ident("handles") {
+                found.push(a.clone());
+                false
+            } else {
+                true
+            }
+        });
+        if found.len() > 1 {
+            errors.spanned(
+                &found[1],
+                "one `#[handles]` per method; write one method per event type",
+            );
+        }
+        let Some(attr) = found.first() else {
+            continue;
+        };
+        let parsed = match attr.parse_args::<HandlesArgs>() {
+            Ok(parsed) => parsed,
+            Err(e) => {
+                errors.push(e);
+                continue;
+            }
+        };
+        if let Some(group) = &parsed.group {
+            errors.spanned(
+                group,
+                "inside a `#[projection]`, set the group on the projection: `#[projection(group = \"...\")]`",
+            );
+        }
+        if let Some(krate) = &parsed.krate {
+            errors.spanned(
+                krate,
+                "inside a `#[projection]`, set `crate` on the projection: `#[projection(crate = \"...\")]`",
+            );
+        }
+        let key = parsed.target.key();
+        if let Some(first) = seen.get(&key) {
+            errors.error(
+                parsed.target.span(),
+                format!(
+                    "`{key}` is already handled by `{first}` in this projection; handle each event type once per projection (or put the second handler in another projection)"
+                ),
+            );
+            continue;
+        }
+        seen.insert(key, method.sig.ident.clone());
+        if let Some(checked) = signature::check(&method.sig, &parsed.target, true, &mut errors) {
+            handlers.push(Handler {
+                method: method.sig.ident.clone(),
+                target: parsed.target,
+                checked,
+            });
+        }
+    }
+
+    if !errors.is_empty() {
+        // The user's impl, with our attributes stripped, keeps the rest compiling.
+        let compile_errors = errors.to_compile_errors();
+        return quote!(#compile_errors #item);
+    }
+
+    let krate = attr::crate_path(args.krate);
+    let self_ty = &item.self_ty;
+    let name = type_name(self_ty);
+    let group = match &args.group {
+        Some(g) => quote!(::core::option::Option::Some(#g)),
+        None => quote!(::core::option::Option::None),
+    };
+    let private = quote!(#krate::__private);
+
+    let mut glue = Vec::new();
+    let mut specs = Vec::new();
+    for (index, handler) in handlers.iter().enumerate() {
+        let method = &handler.method;
+        let call_fn = format_ident!("__eventbus_call_{}", index);
+        let method_name = LitStr::new(&method.to_string(), method.span());
+        let param_span = handler.checked.param_span;
+        let output_span = handler.checked.output_span;
+        let (event_reg, downcast, expected) = match &handler.target {
+            Target::Event(ty) => (
+                quote_spanned!(ty.span()=> ::core::option::Option::Some(#private::EventRegistration::of::<#ty>())),
+                quote_spanned!(param_span=> event.downcast_ref::<#ty>()),
+                quote_spanned!(ty.span()=> <#ty as #krate::DomainEvent>::EVENT_TYPE),
+            ),
+            Target::All(_) => (
+                quote!(::core::option::Option::None),
+                quote!(::core::option::Option::Some(event)),
+                quote!("any event"),
+            ),
+        };
+        let call = quote_spanned!(output_span=> #private::into_handler_result(Self::#method(this, event).await));
+        glue.push(quote! {
+            #[doc(hidden)]
+            fn #call_fn<'a>(
+                this: &'a (dyn ::core::any::Any + ::core::marker::Send + ::core::marker::Sync),
+                event: &'a #krate::AnyEnvelope,
+            ) -> #private::HandlerFuture<'a> {
+                ::std::boxed::Box::pin(async move {
+                    let ::core::option::Option::Some(this) = #private::projection::<Self>(this) else {
+                        return ::core::result::Result::Err(#private::misrouted(#method_name, #name, "another projection"));
+                    };
+                    let ::core::option::Option::Some(event) = #downcast else {
+                        return ::core::result::Result::Err(#private::misrouted(#method_name, #expected, event.meta().event_type()));
+                    };
+                    #call
+                })
+            }
+        });
+        specs.push(quote! {
+            #private::ProjectionHandler {
+                method: #method_name,
+                event: #event_reg,
+                call: <#self_ty>::#call_fn,
+            }
+        });
+    }
+
+    quote! {
+        #item
+
+        #[doc(hidden)]
+        const _: () = {
+            #[automatically_derived]
+            impl #self_ty {
+                #(#glue)*
+
+                #[doc(hidden)]
+                fn __eventbus_default_instance() -> ::core::option::Option<
+                    ::std::sync::Arc<dyn ::core::any::Any + ::core::marker::Send + ::core::marker::Sync>,
+                > {
+                    #[allow(unused_imports)]
+                    use #private::{NoDefault as _, ViaDefault as _};
+                    (&#private::MaybeDefault::<Self>(::core::marker::PhantomData)).instance()
+                }
+            }
+
+            static __EVENTBUS_PROJECTION: #private::ProjectionRegistration = #private::ProjectionRegistration {
+                name: ::core::concat!(::core::module_path!(), "::", #name),
+                group: #group,
+                type_id: ::core::any::TypeId::of::<#self_ty>,
+                handlers: &[#(#specs),*],
+                default_instance: <#self_ty>::__eventbus_default_instance,
+            };
+
+            #private::inventory::submit! {
+                #private::ProjectionSubmission(&__EVENTBUS_PROJECTION)
+            }
+
+            #[automatically_derived]
+            impl #krate::Projection for #self_ty {
+                fn registration() -> &'static #private::ProjectionRegistration {
+                    &__EVENTBUS_PROJECTION
+                }
+            }
+        };
+    }
+}
+
+fn type_name(ty: &Type) -> LitStr {
+    let text = match ty {
+        Type::Path(p) => p
+            .path
+            .segments
+            .iter()
+            .map(|s| s.ident.to_string())
+            .collect::<Vec<_>>()
+            .join("::"),
+        other => quote!(#other).to_string().replace(' ', ""),
+    };
+    LitStr::new(&text, ty.span())
+}
+
+pub(crate) fn check_group(group: &LitStr, errors: &mut Errors) {
+    let value = group.value();
+    if value.trim().is_empty() {
+        errors.spanned(group, "the consumer group cannot be empty; name it, e.g. `group = \"billing\"`");
+    } else if value.contains(['*', '#', ' ']) {
+        errors.spanned(
+            group,
+            format!("invalid consumer group `{value}`: it becomes part of a queue name; avoid `*`, `#` and spaces"),
+        );
+    }
+}

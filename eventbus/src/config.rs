@@ -1,0 +1,628 @@
+//! Configuration: the fields of eventsource-py's `RabbitMQEventBusConfig`, their
+//! defaults, and `EVENTBUS_*` environment variables.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::error::ConfigError;
+
+/// The broker URL used when `EVENTBUS_URL` is unset (eventsource-py's default).
+pub const DEFAULT_URL: &str = "amqp://guest:guest@localhost:5672/";
+
+/// A broker URL whose password never leaves it: `Debug` and `Display` show `***`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BrokerUrl {
+    raw: String,
+    kind: UrlKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum UrlKind {
+    Memory,
+    Amqp,
+    Amqps,
+}
+
+impl BrokerUrl {
+    /// Parses `memory://`, `amqp://...` or `amqps://...`.
+    pub fn parse(raw: &str) -> Result<Self, ConfigError> {
+        Self::parse_named(raw, "the broker URL")
+    }
+
+    pub(crate) fn parse_named(raw: &str, name: &str) -> Result<Self, ConfigError> {
+        let raw = raw.trim();
+        let invalid = |reason: String| ConfigError::InvalidUrl {
+            name: name.to_owned(),
+            url: redact_url(raw),
+            reason,
+        };
+        let (scheme, _) = raw.split_once("://").ok_or_else(|| {
+            invalid("expected `memory://`, `amqp://user:pass@host:port/vhost` or `amqps://...`".into())
+        })?;
+        let kind = match scheme.to_ascii_lowercase().as_str() {
+            "memory" => UrlKind::Memory,
+            "amqp" => UrlKind::Amqp,
+            "amqps" => UrlKind::Amqps,
+            other => {
+                return Err(invalid(format!(
+                    "unknown scheme `{other}`, expected `memory`, `amqp` or `amqps`"
+                )));
+            }
+        };
+        if kind != UrlKind::Memory {
+            // lapin's own parser echoes the whole URL in its errors: keep only our words.
+            lapin::uri::AMQPUri::from_str(raw).map_err(|_| {
+                invalid("not a valid AMQP URI (expected `amqp://user:pass@host:port/vhost`)".into())
+            })?;
+        }
+        Ok(Self {
+            raw: raw.to_owned(),
+            kind,
+        })
+    }
+
+    /// Is this `memory://`?
+    pub fn is_memory(&self) -> bool {
+        self.kind == UrlKind::Memory
+    }
+
+    /// Is this `amqps://`?
+    pub fn is_tls(&self) -> bool {
+        self.kind == UrlKind::Amqps
+    }
+
+    /// The URL with its password; hand it to the client library only.
+    pub fn expose(&self) -> &str {
+        &self.raw
+    }
+
+    /// The URL with the password replaced by `***`.
+    pub fn redacted(&self) -> String {
+        redact_url(&self.raw)
+    }
+}
+
+impl fmt::Debug for BrokerUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("BrokerUrl").field(&self.redacted()).finish()
+    }
+}
+
+impl fmt::Display for BrokerUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+/// Replaces the password of `scheme://user:password@host` with `***`.
+pub(crate) fn redact_url(raw: &str) -> String {
+    let Some((scheme, rest)) = raw.split_once("://") else {
+        // Not a URL: it could be anything, including a bare secret.
+        return "<unparseable URL>".to_owned();
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
+            if userinfo.contains(':') {
+                format!("{scheme}://{user}:***@{host}{tail}")
+            } else {
+                format!("{scheme}://{user}@{host}{tail}")
+            }
+        }
+        None => raw.to_owned(),
+    }
+}
+
+/// How the exchange routes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum ExchangeType {
+    /// Pattern match on `{aggregate_type}.{event_type}` (default).
+    #[default]
+    Topic,
+    /// Exact match on the routing key.
+    Direct,
+    /// Every bound queue gets every message.
+    Fanout,
+    /// Match on headers (`event_type`, `aggregate_type`).
+    Headers,
+}
+
+impl ExchangeType {
+    /// The AMQP name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Topic => "topic",
+            Self::Direct => "direct",
+            Self::Fanout => "fanout",
+            Self::Headers => "headers",
+        }
+    }
+}
+
+impl FromStr for ExchangeType {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "topic" => Ok(Self::Topic),
+            "direct" => Ok(Self::Direct),
+            "fanout" => Ok(Self::Fanout),
+            "headers" => Ok(Self::Headers),
+            _ => Err("one of `topic`, `direct`, `fanout`, `headers`".to_owned()),
+        }
+    }
+}
+
+impl fmt::Display for ExchangeType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A queue argument value (`x-queue-type=quorum`, `x-max-length=1000`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueueArgument {
+    /// A string value.
+    Str(String),
+    /// An integer value.
+    Int(i64),
+    /// A boolean value.
+    Bool(bool),
+}
+
+/// Every setting of the bus. Defaults are eventsource-py's.
+///
+/// Build it in code with [`Config::default`] and struct update syntax, or read it
+/// from the environment with [`Config::from_env`]; see the README for every variable.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Config {
+    /// `EVENTBUS_URL`: `memory://`, `amqp://...` or `amqps://...` [`amqp://guest:guest@localhost:5672/`].
+    pub url: BrokerUrl,
+    /// `EVENTBUS_EXCHANGE_NAME` [`events`].
+    pub exchange_name: String,
+    /// `EVENTBUS_EXCHANGE_TYPE` [`topic`].
+    pub exchange_type: ExchangeType,
+    /// `EVENTBUS_CONSUMER_GROUP`: group of projections without `group = ...` [`default`].
+    pub consumer_group: String,
+    /// `EVENTBUS_CONSUMER_NAME`: consumer tag prefix [`{hostname}-{8 hex}`].
+    pub consumer_name: Option<String>,
+    /// `EVENTBUS_PREFETCH_COUNT` [10].
+    pub prefetch_count: u16,
+    /// `EVENTBUS_MAX_RETRIES` [3].
+    pub max_retries: u32,
+    /// `EVENTBUS_ENABLE_DLQ` [true].
+    pub enable_dlq: bool,
+    /// `EVENTBUS_DLQ_EXCHANGE_SUFFIX` [`_dlq`].
+    pub dlq_exchange_suffix: String,
+    /// `EVENTBUS_DLQ_MESSAGE_TTL` in milliseconds [none].
+    pub dlq_message_ttl: Option<u32>,
+    /// `EVENTBUS_DLQ_MAX_LENGTH` [none].
+    pub dlq_max_length: Option<u32>,
+    /// `EVENTBUS_DURABLE` [true].
+    pub durable: bool,
+    /// `EVENTBUS_AUTO_DELETE` [false].
+    pub auto_delete: bool,
+    /// `EVENTBUS_RECONNECT_DELAY` in seconds [1.0].
+    pub reconnect_delay: Duration,
+    /// `EVENTBUS_MAX_RECONNECT_DELAY` in seconds [60.0].
+    pub max_reconnect_delay: Duration,
+    /// `EVENTBUS_HEARTBEAT` in seconds [60].
+    pub heartbeat: u16,
+    /// `EVENTBUS_ENABLE_TRACING` [true].
+    pub enable_tracing: bool,
+    /// `EVENTBUS_VERIFY_SSL` [true]; false disables certificate checks (logged as a warning).
+    pub verify_ssl: bool,
+    /// `EVENTBUS_CA_FILE`: PEM CA to trust [none].
+    pub ca_file: Option<PathBuf>,
+    /// `EVENTBUS_CERT_FILE`: PEM client certificate for mutual TLS [none].
+    pub cert_file: Option<PathBuf>,
+    /// `EVENTBUS_KEY_FILE`: PEM client key for mutual TLS [none].
+    pub key_file: Option<PathBuf>,
+    /// `EVENTBUS_RETRY_BASE_DELAY` in seconds [1.0].
+    pub retry_base_delay: Duration,
+    /// `EVENTBUS_RETRY_MAX_DELAY` in seconds [60.0].
+    pub retry_max_delay: Duration,
+    /// `EVENTBUS_RETRY_JITTER`: fraction, 0.0..=1.0 [0.1].
+    pub retry_jitter: f64,
+    /// `EVENTBUS_SHUTDOWN_TIMEOUT` in seconds [30.0].
+    pub shutdown_timeout: Duration,
+    /// `EVENTBUS_ROUTING_KEY_PATTERN`: bind this instead of the handled keys [none].
+    pub routing_key_pattern: Option<String>,
+    /// `EVENTBUS_PUBLISH_CHUNK_SIZE` [100].
+    pub publish_chunk_size: usize,
+    /// `EVENTBUS_MAX_CONCURRENT_PUBLISHES` [10].
+    pub max_concurrent_publishes: usize,
+    /// `EVENTBUS_PUBLISH_CONFIRM_WINDOW`: publisher confirms in flight [1000].
+    pub publish_confirm_window: usize,
+    /// `EVENTBUS_CONFIRM_TIMEOUT` in seconds [30.0].
+    pub confirm_timeout: Duration,
+    /// `EVENTBUS_QUEUE_ARGUMENTS`: `key=value,...` for the group queues, e.g.
+    /// `x-queue-type=quorum` [none].
+    pub queue_arguments: BTreeMap<String, QueueArgument>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            url: BrokerUrl {
+                raw: DEFAULT_URL.to_owned(),
+                kind: UrlKind::Amqp,
+            },
+            exchange_name: "events".to_owned(),
+            exchange_type: ExchangeType::Topic,
+            consumer_group: "default".to_owned(),
+            consumer_name: None,
+            prefetch_count: 10,
+            max_retries: 3,
+            enable_dlq: true,
+            dlq_exchange_suffix: "_dlq".to_owned(),
+            dlq_message_ttl: None,
+            dlq_max_length: None,
+            durable: true,
+            auto_delete: false,
+            reconnect_delay: Duration::from_secs(1),
+            max_reconnect_delay: Duration::from_secs(60),
+            heartbeat: 60,
+            enable_tracing: true,
+            verify_ssl: true,
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            retry_base_delay: Duration::from_secs(1),
+            retry_max_delay: Duration::from_secs(60),
+            retry_jitter: 0.1,
+            shutdown_timeout: Duration::from_secs(30),
+            routing_key_pattern: None,
+            publish_chunk_size: 100,
+            max_concurrent_publishes: 10,
+            publish_confirm_window: 1000,
+            confirm_timeout: Duration::from_secs(30),
+            queue_arguments: BTreeMap::new(),
+        }
+    }
+}
+
+/// The prefix of every environment variable.
+pub const ENV_PREFIX: &str = "EVENTBUS_";
+
+impl Config {
+    /// A configuration for the in-memory transport.
+    pub fn memory() -> Self {
+        Self {
+            url: BrokerUrl {
+                raw: "memory://".to_owned(),
+                kind: UrlKind::Memory,
+            },
+            ..Self::default()
+        }
+    }
+
+    /// Reads every `EVENTBUS_*` variable; unset ones keep their defaults.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Like [`Config::from_env`], reading variables through `lookup` (for tests).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let env = Env { lookup: &lookup };
+        let mut c = Self::default();
+        if let Some(url) = env.get("URL") {
+            c.url = BrokerUrl::parse_named(&url, "EVENTBUS_URL")?;
+        }
+        env.string("EXCHANGE_NAME", &mut c.exchange_name)?;
+        env.parse("EXCHANGE_TYPE", &mut c.exchange_type, "")?;
+        env.string("CONSUMER_GROUP", &mut c.consumer_group)?;
+        if let Some(name) = env.get("CONSUMER_NAME") {
+            c.consumer_name = Some(name);
+        }
+        env.parse("PREFETCH_COUNT", &mut c.prefetch_count, "an integer 0..=65535")?;
+        env.parse("MAX_RETRIES", &mut c.max_retries, "a non-negative integer")?;
+        env.flag("ENABLE_DLQ", &mut c.enable_dlq)?;
+        env.string("DLQ_EXCHANGE_SUFFIX", &mut c.dlq_exchange_suffix)?;
+        env.optional("DLQ_MESSAGE_TTL", &mut c.dlq_message_ttl, "milliseconds, a non-negative integer")?;
+        env.optional("DLQ_MAX_LENGTH", &mut c.dlq_max_length, "a non-negative integer")?;
+        env.flag("DURABLE", &mut c.durable)?;
+        env.flag("AUTO_DELETE", &mut c.auto_delete)?;
+        env.seconds("RECONNECT_DELAY", &mut c.reconnect_delay)?;
+        env.seconds("MAX_RECONNECT_DELAY", &mut c.max_reconnect_delay)?;
+        env.parse("HEARTBEAT", &mut c.heartbeat, "seconds, an integer 0..=65535")?;
+        env.flag("ENABLE_TRACING", &mut c.enable_tracing)?;
+        env.flag("VERIFY_SSL", &mut c.verify_ssl)?;
+        env.path("CA_FILE", &mut c.ca_file);
+        env.path("CERT_FILE", &mut c.cert_file);
+        env.path("KEY_FILE", &mut c.key_file);
+        env.seconds("RETRY_BASE_DELAY", &mut c.retry_base_delay)?;
+        env.seconds("RETRY_MAX_DELAY", &mut c.retry_max_delay)?;
+        env.parse("RETRY_JITTER", &mut c.retry_jitter, "a fraction between 0.0 and 1.0")?;
+        env.seconds("SHUTDOWN_TIMEOUT", &mut c.shutdown_timeout)?;
+        if let Some(pattern) = env.get("ROUTING_KEY_PATTERN") {
+            c.routing_key_pattern = Some(pattern);
+        }
+        env.parse("PUBLISH_CHUNK_SIZE", &mut c.publish_chunk_size, "a positive integer")?;
+        env.parse("MAX_CONCURRENT_PUBLISHES", &mut c.max_concurrent_publishes, "a positive integer")?;
+        env.parse("PUBLISH_CONFIRM_WINDOW", &mut c.publish_confirm_window, "a positive integer")?;
+        env.seconds("CONFIRM_TIMEOUT", &mut c.confirm_timeout)?;
+        if let Some(args) = env.get("QUEUE_ARGUMENTS") {
+            c.queue_arguments = parse_queue_arguments(&args)?;
+        }
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Checks values that parse but make no sense together.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |name: &str, value: String, expected: &str| ConfigError::InvalidValue {
+            name: format!("{ENV_PREFIX}{name}"),
+            value,
+            expected: expected.to_owned(),
+        };
+        if !(0.0..=1.0).contains(&self.retry_jitter) {
+            return Err(invalid(
+                "RETRY_JITTER",
+                self.retry_jitter.to_string(),
+                "a fraction between 0.0 and 1.0",
+            ));
+        }
+        for (name, value) in [
+            ("PUBLISH_CHUNK_SIZE", self.publish_chunk_size),
+            ("MAX_CONCURRENT_PUBLISHES", self.max_concurrent_publishes),
+            ("PUBLISH_CONFIRM_WINDOW", self.publish_confirm_window),
+        ] {
+            if value == 0 {
+                return Err(invalid(name, "0".into(), "a positive integer"));
+            }
+        }
+        for (name, value) in [
+            ("EXCHANGE_NAME", &self.exchange_name),
+            ("CONSUMER_GROUP", &self.consumer_group),
+        ] {
+            if value.trim().is_empty() {
+                return Err(invalid(name, value.clone(), "a non-empty name"));
+            }
+        }
+        if self.cert_file.is_some() != self.key_file.is_some() {
+            return Err(invalid(
+                if self.cert_file.is_some() { "KEY_FILE" } else { "CERT_FILE" },
+                "(unset)".into(),
+                "EVENTBUS_CERT_FILE and EVENTBUS_KEY_FILE set together, for mutual TLS",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The queue of the default consumer group: `{exchange_name}.{consumer_group}`.
+    pub fn queue_name(&self) -> String {
+        self.group_queue_name(&self.consumer_group)
+    }
+
+    /// The queue of consumer group `group`: `{exchange_name}.{group}`.
+    pub fn group_queue_name(&self, group: &str) -> String {
+        format!("{}.{}", self.exchange_name, group)
+    }
+
+    /// The dead-letter exchange: `{exchange_name}{dlq_exchange_suffix}`.
+    pub fn dlq_exchange_name(&self) -> String {
+        format!("{}{}", self.exchange_name, self.dlq_exchange_suffix)
+    }
+
+    /// The dead-letter queue of the default group: `{queue_name}.dlq`.
+    pub fn dlq_queue_name(&self) -> String {
+        format!("{}.dlq", self.queue_name())
+    }
+
+    /// The dead-letter queue of consumer group `group`.
+    pub fn group_dlq_queue_name(&self, group: &str) -> String {
+        format!("{}.dlq", self.group_queue_name(group))
+    }
+}
+
+fn parse_queue_arguments(raw: &str) -> Result<BTreeMap<String, QueueArgument>, ConfigError> {
+    let mut out = BTreeMap::new();
+    for pair in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').ok_or_else(|| ConfigError::InvalidValue {
+            name: format!("{ENV_PREFIX}QUEUE_ARGUMENTS"),
+            value: raw.to_owned(),
+            expected: "comma-separated `key=value` pairs, e.g. `x-queue-type=quorum`".to_owned(),
+        })?;
+        let value = value.trim();
+        let value = if let Ok(i) = value.parse::<i64>() {
+            QueueArgument::Int(i)
+        } else if let Ok(b) = value.parse::<bool>() {
+            QueueArgument::Bool(b)
+        } else {
+            QueueArgument::Str(value.to_owned())
+        };
+        out.insert(key.trim().to_owned(), value);
+    }
+    Ok(out)
+}
+
+struct Env<'a> {
+    lookup: &'a dyn Fn(&str) -> Option<String>,
+}
+
+impl Env<'_> {
+    fn get(&self, name: &str) -> Option<String> {
+        (self.lookup)(&format!("{ENV_PREFIX}{name}")).filter(|v| !v.trim().is_empty())
+    }
+
+    fn invalid(name: &str, value: &str, expected: &str) -> ConfigError {
+        ConfigError::InvalidValue {
+            name: format!("{ENV_PREFIX}{name}"),
+            value: value.to_owned(),
+            expected: expected.to_owned(),
+        }
+    }
+
+    fn string(&self, name: &str, slot: &mut String) -> Result<(), ConfigError> {
+        if let Some(v) = self.get(name) {
+            *slot = v.trim().to_owned();
+        }
+        Ok(())
+    }
+
+    fn path(&self, name: &str, slot: &mut Option<PathBuf>) {
+        if let Some(v) = self.get(name) {
+            *slot = Some(PathBuf::from(v));
+        }
+    }
+
+    fn parse<T: FromStr>(&self, name: &str, slot: &mut T, expected: &str) -> Result<(), ConfigError>
+    where
+        T::Err: fmt::Display,
+    {
+        if let Some(v) = self.get(name) {
+            *slot = v.trim().parse().map_err(|e: T::Err| {
+                let expected = if expected.is_empty() { e.to_string() } else { expected.to_owned() };
+                Self::invalid(name, &v, &expected)
+            })?;
+        }
+        Ok(())
+    }
+
+    fn optional<T: FromStr>(
+        &self,
+        name: &str,
+        slot: &mut Option<T>,
+        expected: &str,
+    ) -> Result<(), ConfigError> {
+        if let Some(v) = self.get(name) {
+            *slot = Some(v.trim().parse().map_err(|_| Self::invalid(name, &v, expected))?);
+        }
+        Ok(())
+    }
+
+    fn flag(&self, name: &str, slot: &mut bool) -> Result<(), ConfigError> {
+        if let Some(v) = self.get(name) {
+            *slot = match v.trim().to_ascii_lowercase().as_str() {
+                "1" | "true" | "yes" | "on" => true,
+                "0" | "false" | "no" | "off" => false,
+                _ => return Err(Self::invalid(name, &v, "`true` or `false`")),
+            };
+        }
+        Ok(())
+    }
+
+    fn seconds(&self, name: &str, slot: &mut Duration) -> Result<(), ConfigError> {
+        if let Some(v) = self.get(name) {
+            *slot = v
+                .trim()
+                .parse::<f64>()
+                .ok()
+                .and_then(|s| Duration::try_from_secs_f64(s).ok())
+                .ok_or_else(|| Self::invalid(name, &v, "seconds, a non-negative number such as `1.5`"))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn from(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Config::from_lookup(|name| {
+            pairs
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| (*v).to_owned())
+        })
+    }
+
+    #[test]
+    fn defaults_are_eventsource_py_defaults() {
+        let c = from(&[]).expect("defaults are valid");
+        assert_eq!(c.url.expose(), DEFAULT_URL);
+        assert_eq!(c.exchange_name, "events");
+        assert_eq!(c.exchange_type, ExchangeType::Topic);
+        assert_eq!(c.consumer_group, "default");
+        assert_eq!(c.prefetch_count, 10);
+        assert_eq!(c.max_retries, 3);
+        assert!(c.enable_dlq && c.durable && !c.auto_delete);
+        assert_eq!(c.queue_name(), "events.default");
+        assert_eq!(c.dlq_exchange_name(), "events_dlq");
+        assert_eq!(c.dlq_queue_name(), "events.default.dlq");
+        assert_eq!(c.retry_base_delay, Duration::from_secs(1));
+        assert_eq!(c.retry_max_delay, Duration::from_secs(60));
+        assert!((c.retry_jitter - 0.1).abs() < f64::EPSILON);
+    }
+
+    #[test]
+    fn reads_every_kind_of_variable() {
+        let c = from(&[
+            ("EVENTBUS_URL", "memory://"),
+            ("EVENTBUS_EXCHANGE_NAME", "orders"),
+            ("EVENTBUS_EXCHANGE_TYPE", "fanout"),
+            ("EVENTBUS_CONSUMER_GROUP", "billing"),
+            ("EVENTBUS_PREFETCH_COUNT", "50"),
+            ("EVENTBUS_ENABLE_DLQ", "false"),
+            ("EVENTBUS_DLQ_MESSAGE_TTL", "86400000"),
+            ("EVENTBUS_RECONNECT_DELAY", "0.5"),
+            ("EVENTBUS_QUEUE_ARGUMENTS", "x-queue-type=quorum, x-max-length=10"),
+        ])
+        .expect("valid");
+        assert!(c.url.is_memory());
+        assert_eq!(c.queue_name(), "orders.billing");
+        assert_eq!(c.exchange_type, ExchangeType::Fanout);
+        assert_eq!(c.prefetch_count, 50);
+        assert!(!c.enable_dlq);
+        assert_eq!(c.dlq_message_ttl, Some(86_400_000));
+        assert_eq!(c.reconnect_delay, Duration::from_millis(500));
+        assert_eq!(
+            c.queue_arguments.get("x-queue-type"),
+            Some(&QueueArgument::Str("quorum".into()))
+        );
+        assert_eq!(c.queue_arguments.get("x-max-length"), Some(&QueueArgument::Int(10)));
+    }
+
+    #[test]
+    fn invalid_values_name_the_variable_and_what_is_expected() {
+        let err = from(&[("EVENTBUS_PREFETCH_COUNT", "lots")]).expect_err("invalid");
+        assert_eq!(
+            err.to_string(),
+            "invalid value `lots` for EVENTBUS_PREFETCH_COUNT: expected an integer 0..=65535"
+        );
+        let err = from(&[("EVENTBUS_EXCHANGE_TYPE", "round-robin")]).expect_err("invalid");
+        assert!(err.to_string().contains("EVENTBUS_EXCHANGE_TYPE"), "{err}");
+        assert!(err.to_string().contains("`topic`, `direct`, `fanout`, `headers`"), "{err}");
+        let err = from(&[("EVENTBUS_ENABLE_DLQ", "maybe")]).expect_err("invalid");
+        assert!(err.to_string().contains("`true` or `false`"), "{err}");
+        let err = from(&[("EVENTBUS_RETRY_JITTER", "2")]).expect_err("invalid");
+        assert!(err.to_string().contains("EVENTBUS_RETRY_JITTER"), "{err}");
+        let err = from(&[("EVENTBUS_CERT_FILE", "/c.pem")]).expect_err("invalid");
+        assert!(err.to_string().contains("EVENTBUS_KEY_FILE"), "{err}");
+    }
+
+    #[test]
+    fn malformed_urls_are_rejected_without_echoing_the_password() {
+        let err = from(&[("EVENTBUS_URL", "amqp://bob:s3cret@host:notaport/")]).expect_err("bad port");
+        let text = err.to_string();
+        assert!(text.contains("EVENTBUS_URL"), "{text}");
+        assert!(!text.contains("s3cret"), "{text}");
+        assert!(text.contains("bob:***@host"), "{text}");
+        let err = from(&[("EVENTBUS_URL", "redis://localhost")]).expect_err("bad scheme");
+        assert!(err.to_string().contains("unknown scheme `redis`"), "{err}");
+        let err = from(&[("EVENTBUS_URL", "s3cret")]).expect_err("no scheme");
+        assert!(!err.to_string().contains("s3cret"), "{err}");
+    }
+
+    #[test]
+    fn urls_never_show_their_password() {
+        let url = BrokerUrl::parse("amqp://bob:s3cret@rabbit:5672/prod").expect("valid");
+        assert_eq!(url.to_string(), "amqp://bob:***@rabbit:5672/prod");
+        assert!(!format!("{url:?}").contains("s3cret"));
+        let config = Config {
+            url,
+            ..Config::default()
+        };
+        assert!(!format!("{config:?}").contains("s3cret"));
+        assert_eq!(redact_url("amqp://rabbit/"), "amqp://rabbit/");
+        assert_eq!(redact_url("amqp://bob@rabbit/"), "amqp://bob@rabbit/");
+    }
+}

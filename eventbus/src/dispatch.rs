@@ -1,0 +1,199 @@
+//! Who handles what, per consumer group, and calling them with errors isolated.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
+
+use futures_util::future::join_all;
+
+use crate::envelope::AnyEnvelope;
+use crate::error::HandlerError;
+use crate::registry::{EventRegistration, HandlerEntry};
+use crate::stats::{Stats, add};
+
+/// Identifies one subscription, for [`Bus::unsubscribe`](crate::Bus::unsubscribe).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SubscriptionId(u64);
+
+/// The handlers of one consumer group, indexed by event type.
+#[derive(Debug, Default)]
+pub(crate) struct GroupTable {
+    by_type: HashMap<&'static str, Vec<Arc<HandlerEntry>>>,
+    wildcard: Vec<Arc<HandlerEntry>>,
+    /// The event types handled by name (for bindings), sorted.
+    events: BTreeMap<&'static str, EventRegistration>,
+}
+
+impl GroupTable {
+    pub(crate) fn handlers_for<'a>(
+        &'a self,
+        event_type: &str,
+    ) -> impl Iterator<Item = &'a Arc<HandlerEntry>> + 'a {
+        self.by_type
+            .get(event_type)
+            .into_iter()
+            .flatten()
+            .chain(self.wildcard.iter())
+    }
+
+    /// Does this group take every event?
+    pub(crate) fn has_wildcard(&self) -> bool {
+        !self.wildcard.is_empty()
+    }
+
+    /// The event types this group's typed handlers take, sorted by name.
+    pub(crate) fn events(&self) -> impl Iterator<Item = &EventRegistration> {
+        self.events.values()
+    }
+
+    pub(crate) fn takes(&self, event_type: &str) -> bool {
+        self.has_wildcard() || self.by_type.contains_key(event_type)
+    }
+}
+
+/// An immutable snapshot: rebuilt on every (rare) subscription change, read on every event.
+#[derive(Debug, Default)]
+pub(crate) struct DispatchTable {
+    pub(crate) groups: BTreeMap<Arc<str>, GroupTable>,
+}
+
+impl DispatchTable {
+    fn build(entries: &[(SubscriptionId, Arc<HandlerEntry>)]) -> Self {
+        let mut groups: BTreeMap<Arc<str>, GroupTable> = BTreeMap::new();
+        for (_, entry) in entries {
+            let group = groups.entry(entry.group.clone()).or_default();
+            match entry.event {
+                Some(event) => {
+                    group.events.insert(event.event_type, event);
+                    group
+                        .by_type
+                        .entry(event.event_type)
+                        .or_default()
+                        .push(entry.clone());
+                }
+                None => group.wildcard.push(entry.clone()),
+            }
+        }
+        Self { groups }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Subscriptions {
+    next_id: u64,
+    entries: Vec<(SubscriptionId, Arc<HandlerEntry>)>,
+}
+
+/// The mutable set of subscriptions and its current snapshot.
+#[derive(Debug, Default)]
+pub(crate) struct Dispatcher {
+    subscriptions: Mutex<Subscriptions>,
+    table: RwLock<Arc<DispatchTable>>,
+}
+
+/// The result of calling one group's handlers for one event.
+#[derive(Debug, Default)]
+pub(crate) struct Outcome {
+    pub(crate) invoked: usize,
+    pub(crate) failures: Vec<(Arc<str>, HandlerError)>,
+}
+
+impl Dispatcher {
+    pub(crate) fn snapshot(&self) -> Arc<DispatchTable> {
+        match self.table.read() {
+            Ok(table) => table.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn update<R>(&self, change: impl FnOnce(&mut Subscriptions) -> R) -> R {
+        let mut subs = self
+            .subscriptions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let result = change(&mut subs);
+        let table = Arc::new(DispatchTable::build(&subs.entries));
+        *self
+            .table
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = table;
+        result
+    }
+
+    pub(crate) fn add(&self, entry: HandlerEntry) -> SubscriptionId {
+        self.update(|subs| {
+            subs.next_id += 1;
+            let id = SubscriptionId(subs.next_id);
+            subs.entries.push((id, Arc::new(entry)));
+            id
+        })
+    }
+
+    /// Removes one subscription; `wildcard` restricts it to wildcard (or typed) ones.
+    pub(crate) fn remove(&self, id: SubscriptionId, wildcard: Option<bool>) -> bool {
+        self.update(|subs| {
+            let before = subs.entries.len();
+            subs.entries.retain(|(sid, entry)| {
+                *sid != id || wildcard.is_some_and(|w| w != entry.event.is_none())
+            });
+            subs.entries.len() != before
+        })
+    }
+
+    pub(crate) fn clear(&self) {
+        self.update(|subs| subs.entries.clear());
+    }
+
+    /// Names of every handler, to check for duplicates.
+    pub(crate) fn names(&self) -> BTreeSet<Arc<str>> {
+        self.subscriptions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entries
+            .iter()
+            .map(|(_, e)| e.name.clone())
+            .collect()
+    }
+
+    /// Calls every handler of `group` that takes `event`, concurrently; one
+    /// failing handler does not stop the others. Each failure is logged with
+    /// the handler's name and counted.
+    pub(crate) async fn dispatch(
+        &self,
+        table: &DispatchTable,
+        group: &str,
+        event: &AnyEnvelope,
+        stats: &Stats,
+    ) -> Outcome {
+        let Some(handlers) = table.groups.get(group) else {
+            return Outcome::default();
+        };
+        let meta = event.meta();
+        let calls = handlers.handlers_for(meta.event_type()).map(|entry| async move {
+            let result = entry.invoke.call(event).await;
+            (entry, result)
+        });
+        let results = join_all(calls).await;
+        let mut outcome = Outcome {
+            invoked: results.len(),
+            failures: Vec::new(),
+        };
+        add(&stats.handlers_invoked, results.len() as u64);
+        for (entry, result) in results {
+            if let Err(error) = result {
+                add(&stats.handler_errors, 1);
+                stats.last_error_at.now();
+                tracing::error!(
+                    handler = %entry.name,
+                    group = %entry.group,
+                    event_type = %meta.event_type(),
+                    event_id = %meta.event_id(),
+                    permanent = error.is_permanent(),
+                    error = %error,
+                    "event handler failed"
+                );
+                outcome.failures.push((entry.name.clone(), error));
+            }
+        }
+        outcome
+    }
+}

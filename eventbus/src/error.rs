@@ -1,0 +1,291 @@
+//! Error types. Every variant names what was wrong; none carries a password.
+
+use std::fmt;
+use std::time::Duration;
+
+/// Anything the bus can fail with.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The registered events, projections and handlers conflict.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// A message could not be turned into an event.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    /// An event could not be serialized.
+    #[error("cannot encode event {event_type}: {source}")]
+    Encode {
+        /// The event type.
+        event_type: String,
+        /// What serde_json said.
+        source: serde_json::Error,
+    },
+    /// An envelope breaks a rule of the wire format.
+    #[error("invalid envelope: {0}")]
+    InvalidEnvelope(String),
+    /// No queue is bound for the event's routing key: the broker returned it.
+    #[error(
+        "event {event_id} is unroutable: no queue is bound to exchange `{exchange}` for routing key `{routing_key}`"
+    )]
+    Unroutable {
+        /// The exchange published to.
+        exchange: String,
+        /// The routing key nothing was bound for.
+        routing_key: String,
+        /// The event id.
+        event_id: String,
+    },
+    /// The broker refused a publish (negative confirm).
+    #[error("the broker nacked event {event_id} (routing key `{routing_key}`)")]
+    Nacked {
+        /// The routing key.
+        routing_key: String,
+        /// The event id.
+        event_id: String,
+    },
+    /// The broker did not confirm a publish in time.
+    #[error("no publisher confirm for event {event_id} within {timeout:?}")]
+    ConfirmTimeout {
+        /// The event id.
+        event_id: String,
+        /// How long we waited.
+        timeout: Duration,
+    },
+    /// Connecting to the broker failed.
+    #[error("cannot connect to {url}: {reason}")]
+    Connect {
+        /// The URL, password redacted.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// The connection is down and did not come back in time.
+    #[error("not connected to the broker: {0}")]
+    NotConnected(String),
+    /// A queue or exchange exists with arguments that conflict with ours.
+    #[error(
+        "{kind} `{name}` already exists with different arguments ({detail}); delete it or make the configuration match"
+    )]
+    TopologyConflict {
+        /// `queue` or `exchange`.
+        kind: &'static str,
+        /// Its name.
+        name: String,
+        /// What the broker said.
+        detail: String,
+    },
+    /// Any other broker error, with what we were doing.
+    #[error("broker error while {context}: {reason}")]
+    Broker {
+        /// What we were doing.
+        context: String,
+        /// What the broker or client said (credentials redacted).
+        reason: String,
+    },
+    /// Shutdown ran out of time with work still running.
+    #[error("shutdown timed out after {timeout:?} with {pending} task(s) still running")]
+    ShutdownTimeout {
+        /// How long we waited.
+        timeout: Duration,
+        /// Tasks left.
+        pending: usize,
+    },
+    /// Waiting for a termination signal failed.
+    #[error("cannot listen for shutdown signals: {0}")]
+    Signal(#[source] std::io::Error),
+    /// The operation needs a transport this bus does not use.
+    #[error("{operation} is not available on the {transport} transport")]
+    Unsupported {
+        /// What was asked.
+        operation: &'static str,
+        /// The transport in use.
+        transport: &'static str,
+    },
+}
+
+/// An invalid setting, naming the variable (or builder field) and what is expected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A value that does not parse.
+    #[error("invalid value `{value}` for {name}: expected {expected}")]
+    InvalidValue {
+        /// The environment variable or field.
+        name: String,
+        /// The value found (redacted if it could hold a secret).
+        value: String,
+        /// What is accepted.
+        expected: String,
+    },
+    /// A broker URL that does not parse.
+    #[error("invalid broker URL `{url}` in {name}: {reason}")]
+    InvalidUrl {
+        /// Where it came from.
+        name: String,
+        /// The URL, password redacted.
+        url: String,
+        /// Why it is invalid.
+        reason: String,
+    },
+}
+
+/// Conflicts found while building the registry; every one is listed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct RegistryError {
+    /// One line per conflict.
+    pub conflicts: Vec<String>,
+}
+
+impl fmt::Display for RegistryError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} conflict(s) in the event registry:",
+            self.conflicts.len()
+        )?;
+        for conflict in &self.conflicts {
+            write!(f, "\n  - {conflict}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Why a message could not become an event. Such messages are never dropped silently.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// No `event_type` header and none in the body.
+    #[error("message has no `event_type` header or body field")]
+    MissingEventType,
+    /// No event type of this name is registered.
+    #[error("unknown event type `{event_type}`; registered: {known}")]
+    UnknownEventType {
+        /// The name found.
+        event_type: String,
+        /// The names registered, comma-separated.
+        known: String,
+    },
+    /// A `content_type` other than JSON.
+    #[error("unsupported content type `{found}`, expected `application/json`")]
+    WrongContentType {
+        /// What the message said.
+        found: String,
+    },
+    /// The body is not UTF-8.
+    #[error("body is not UTF-8: {detail}")]
+    InvalidUtf8 {
+        /// Where it broke.
+        detail: String,
+    },
+    /// The body is not JSON.
+    #[error("body is not valid JSON: {detail}")]
+    InvalidJson {
+        /// What serde_json said.
+        detail: String,
+    },
+    /// The body is JSON but does not match the event type.
+    #[error("body does not match event type `{event_type}` ({rust_type}): {detail}")]
+    BodyMismatch {
+        /// The event type.
+        event_type: String,
+        /// The Rust type it was decoded into.
+        rust_type: &'static str,
+        /// What serde said.
+        detail: String,
+    },
+    /// The header names one event type, the body another.
+    #[error("header says event type `{expected}` but the body says `{found}`")]
+    EventTypeMismatch {
+        /// From the header.
+        expected: &'static str,
+        /// From the body.
+        found: String,
+    },
+    /// An envelope field breaks a rule (e.g. `aggregate_version` 0).
+    #[error("invalid envelope: {detail}")]
+    InvalidEnvelope {
+        /// Which rule.
+        detail: String,
+    },
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// What a handler returns on failure. Any error converts into it with `?`.
+///
+/// Mark an error [`permanent`](HandlerError::permanent) when retrying cannot help
+/// (a validation failure, say): the broker transport then skips retries.
+pub struct HandlerError {
+    source: BoxError,
+    permanent: bool,
+}
+
+impl HandlerError {
+    /// A retryable failure.
+    pub fn new(source: impl Into<BoxError>) -> Self {
+        Self {
+            source: source.into(),
+            permanent: false,
+        }
+    }
+
+    /// A failure that retrying cannot fix.
+    pub fn permanent(source: impl Into<BoxError>) -> Self {
+        Self {
+            source: source.into(),
+            permanent: true,
+        }
+    }
+
+    /// Was it marked permanent?
+    pub fn is_permanent(&self) -> bool {
+        self.permanent
+    }
+
+    /// The underlying error.
+    pub fn source_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        &*self.source
+    }
+
+    /// The type name of the underlying error when known, for DLQ headers.
+    pub fn error_type(&self) -> String {
+        // `Box<dyn Error>` hides the concrete type; its Debug output starts with it.
+        let debug = format!("{:?}", self.source);
+        let end = debug
+            .find(|c: char| !(c.is_alphanumeric() || c == '_' || c == ':'))
+            .unwrap_or(debug.len());
+        if end == 0 {
+            "Error".to_owned()
+        } else {
+            debug[..end].to_owned()
+        }
+    }
+}
+
+impl<E: Into<BoxError>> From<E> for HandlerError {
+    fn from(source: E) -> Self {
+        Self::new(source)
+    }
+}
+
+impl fmt::Debug for HandlerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HandlerError")
+            .field("source", &self.source)
+            .field("permanent", &self.permanent)
+            .finish()
+    }
+}
+
+impl fmt::Display for HandlerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.source, f)
+    }
+}
+
+/// What handlers return.
+pub type HandlerResult = Result<(), HandlerError>;

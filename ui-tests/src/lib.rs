@@ -1,0 +1,1 @@
+//! Holds the trybuild driver in `tests/compiletest.rs`.

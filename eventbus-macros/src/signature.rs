@@ -79,7 +79,6 @@ pub(crate) fn check(sig: &Signature, target: &Target, method: bool, errors: &mut
                 );
             }
             _ => {
-                ok = false;
                 errors.spanned(
                     &sig.ident,
                     format!(

@@ -220,10 +220,6 @@ impl Bus {
         Self::builder().memory().build().await
     }
 
-    pub(crate) fn shared(&self) -> &Arc<Shared> {
-        &self.shared
-    }
-
     /// The configuration in use.
     pub fn config(&self) -> &Config {
         &self.shared.config

@@ -5,7 +5,6 @@
 //! properties: see [`WireMessage`].
 
 use std::borrow::Cow;
-use std::fmt;
 
 use chrono::{DateTime, SecondsFormat, Timelike, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -313,20 +312,4 @@ pub(crate) fn validate(meta: &EventMeta) -> Result<(), String> {
         ));
     }
     Ok(())
-}
-
-/// Shows a body for an error message: at most 200 characters.
-pub(crate) struct BodyPreview<'a>(pub(crate) &'a [u8]);
-
-impl fmt::Display for BodyPreview<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let text = String::from_utf8_lossy(self.0);
-        let mut chars = text.chars();
-        let head: String = chars.by_ref().take(200).collect();
-        if chars.next().is_some() {
-            write!(f, "{head}...")
-        } else {
-            f.write_str(&head)
-        }
-    }
 }

@@ -93,6 +93,7 @@ pub(crate) struct Dispatcher {
 /// The result of calling one group's handlers for one event.
 #[derive(Debug, Default)]
 pub(crate) struct Outcome {
+    /// Handlers called.
     pub(crate) invoked: usize,
     pub(crate) failures: Vec<(Arc<str>, HandlerError)>,
 }

@@ -81,6 +81,7 @@ pub mod __private {
     use std::sync::Arc;
 
     /// Autoref specialisation: `Some(instance)` when `T: Default`, `None` otherwise.
+    #[derive(Debug)]
     pub struct MaybeDefault<T>(pub std::marker::PhantomData<T>);
 
     /// Picked when `T: Default`.

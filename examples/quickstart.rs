@@ -73,12 +73,13 @@ impl OrderStatistics {
     }
 }
 
-/// Every event, whatever its type: an audit log.
+/// Every event, whatever its type: an audit log, in a consumer group of its
+/// own (on RabbitMQ: its own queue, bound to `#`).
 static AUDITED: AtomicU64 = AtomicU64::new(0);
 static AUDIT_DONE: Notify = Notify::const_new();
 const EVENTS: u64 = 5;
 
-#[handles(all)]
+#[handles(all, group = "audit")]
 async fn audit_log(event: &AnyEnvelope) -> Result<(), HandlerError> {
     let meta = event.meta();
     println!(

@@ -42,14 +42,14 @@ impl<E: Into<HandlerError>> IntoHandlerResult for Result<(), E> {
 /// State shared by the bus, its transport and its background tasks.
 pub(crate) struct Shared {
     pub(crate) config: Config,
-    pub(crate) event_types: RwLock<EventTypes>,
+    pub(crate) event_types: RwLock<Arc<EventTypes>>,
     pub(crate) dispatcher: Dispatcher,
     pub(crate) stats: Stats,
     pub(crate) tasks: TaskTracker,
 }
 
 impl Shared {
-    pub(crate) fn event_types(&self) -> EventTypes {
+    pub(crate) fn event_types(&self) -> Arc<EventTypes> {
         self.event_types
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -58,16 +58,25 @@ impl Shared {
 
     fn register_event(&self, reg: EventRegistration) -> Result<(), RegistryError> {
         let mut conflicts = Vec::new();
-        self.event_types
+        let mut types = self
+            .event_types
             .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(reg, &mut conflicts);
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if types.get(reg.event_type).is_none() || conflicts_with(&types, reg) {
+            Arc::make_mut(&mut types).insert(reg, &mut conflicts);
+        }
         if conflicts.is_empty() {
             Ok(())
         } else {
             Err(RegistryError { conflicts })
         }
     }
+}
+
+fn conflicts_with(types: &EventTypes, reg: EventRegistration) -> bool {
+    types
+        .get(reg.event_type)
+        .is_some_and(|existing| (existing.rust_type)() != (reg.rust_type)())
 }
 
 /// The event bus: publishes events and runs the registered handlers.
@@ -231,7 +240,7 @@ impl Bus {
     }
 
     /// The event types this bus can decode.
-    pub fn event_types(&self) -> EventTypes {
+    pub fn event_types(&self) -> Arc<EventTypes> {
         self.shared.event_types()
     }
 
@@ -768,7 +777,7 @@ impl BusBuilder {
         }
         let shared = Arc::new(Shared {
             config,
-            event_types: RwLock::new(event_types),
+            event_types: RwLock::new(Arc::new(event_types)),
             dispatcher,
             stats: Stats::default(),
             tasks: TaskTracker::new(),

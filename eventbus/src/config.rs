@@ -242,6 +242,9 @@ pub struct Config {
     pub publish_confirm_window: usize,
     /// `EVENTBUS_CONFIRM_TIMEOUT` in seconds [30.0].
     pub confirm_timeout: Duration,
+    /// `EVENTBUS_CONNECT_TIMEOUT` in seconds: how long startup keeps retrying an
+    /// unreachable broker before failing [30.0].
+    pub connect_timeout: Duration,
     /// `EVENTBUS_QUEUE_ARGUMENTS`: `key=value,...` for the group queues, e.g.
     /// `x-queue-type=quorum` [none].
     pub queue_arguments: BTreeMap<String, QueueArgument>,
@@ -283,6 +286,7 @@ impl Default for Config {
             max_concurrent_publishes: 10,
             publish_confirm_window: 1000,
             confirm_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(30),
             queue_arguments: BTreeMap::new(),
         }
     }
@@ -348,6 +352,7 @@ impl Config {
         env.parse("MAX_CONCURRENT_PUBLISHES", &mut c.max_concurrent_publishes, "a positive integer")?;
         env.parse("PUBLISH_CONFIRM_WINDOW", &mut c.publish_confirm_window, "a positive integer")?;
         env.seconds("CONFIRM_TIMEOUT", &mut c.confirm_timeout)?;
+        env.seconds("CONNECT_TIMEOUT", &mut c.connect_timeout)?;
         if let Some(args) = env.get("QUEUE_ARGUMENTS") {
             c.queue_arguments = parse_queue_arguments(&args)?;
         }

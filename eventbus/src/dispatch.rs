@@ -84,10 +84,22 @@ struct Subscriptions {
 }
 
 /// The mutable set of subscriptions and its current snapshot.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Dispatcher {
     subscriptions: Mutex<Subscriptions>,
     table: RwLock<Arc<DispatchTable>>,
+    /// Bumped on every change, so the broker transport can update its bindings.
+    version: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for Dispatcher {
+    fn default() -> Self {
+        Self {
+            subscriptions: Mutex::default(),
+            table: RwLock::default(),
+            version: tokio::sync::watch::Sender::new(0),
+        }
+    }
 }
 
 /// The result of calling one group's handlers for one event.
@@ -117,7 +129,13 @@ impl Dispatcher {
             .table
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = table;
+        self.version.send_modify(|v| *v += 1);
         result
+    }
+
+    /// Notified on every subscription change.
+    pub(crate) fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.version.subscribe()
     }
 
     pub(crate) fn add(&self, entry: HandlerEntry) -> SubscriptionId {

@@ -1,0 +1,273 @@
+//! One supervised connection: connect with backoff, run a setup step, watch
+//! for failure, reconnect. lapin's own recovery is off: after a drop we
+//! rebuild everything ourselves (topology, qos, consumers) and republish
+//! whatever was not confirmed, so a half-recovered channel can never ack a
+//! wrong delivery or report an unconfirmed publish as success.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::uri::AMQPUri;
+use lapin::{Channel, Connection, ConnectionProperties};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::bus::Shared;
+use crate::error::Error;
+use crate::stats::add;
+
+use super::errors::{Failure, scrub};
+
+/// A live connection and its main channel. `broken` fires when anything on it fails.
+pub(crate) struct Session {
+    pub(crate) connection: Connection,
+    pub(crate) channel: Channel,
+    pub(crate) broken: CancellationToken,
+    pub(crate) generation: u64,
+}
+
+impl Session {
+    /// Marks the session as failed; the supervisor reconnects.
+    pub(crate) fn fail(&self, why: &str) {
+        if !self.broken.is_cancelled() {
+            tracing::warn!(generation = self.generation, reason = why, "AMQP session failed; reconnecting");
+            self.broken.cancel();
+        }
+    }
+}
+
+/// What a link is doing.
+#[derive(Clone)]
+pub(crate) enum LinkState {
+    /// Not connected yet, or reconnecting; the last error, if any.
+    Connecting(Option<String>),
+    /// Connected and set up.
+    Up(Arc<Session>),
+    /// Gave up: an error that reconnecting cannot fix (bad credentials, conflicting topology).
+    Failed(String),
+    /// Closed on purpose.
+    Closed,
+}
+
+pub(crate) type SetupFuture = Pin<Box<dyn Future<Output = Result<(), Failure>> + Send>>;
+pub(crate) type Setup = Arc<dyn Fn(Arc<Session>) -> SetupFuture + Send + Sync>;
+
+/// A supervised connection.
+pub(crate) struct Link {
+    pub(crate) role: &'static str,
+    state: watch::Sender<LinkState>,
+    cancel: CancellationToken,
+    generation: AtomicU64,
+    /// The typed error that made the link give up, for the first caller to see.
+    fatal: std::sync::Mutex<Option<Error>>,
+}
+
+impl Link {
+    /// Starts supervising; returns at once. Use [`Link::wait_up`] for the first connection.
+    pub(crate) fn start(role: &'static str, shared: Arc<Shared>, setup: Setup) -> Arc<Self> {
+        let (state, _) = watch::channel(LinkState::Connecting(None));
+        let link = Arc::new(Self {
+            role,
+            state,
+            cancel: CancellationToken::new(),
+            generation: AtomicU64::new(0),
+            fatal: std::sync::Mutex::new(None),
+        });
+        tokio::spawn(supervise(link.clone(), shared, setup));
+        link
+    }
+
+    pub(crate) fn state(&self) -> LinkState {
+        self.state.borrow().clone()
+    }
+
+    /// The live session, waiting up to `timeout` for one.
+    pub(crate) async fn wait_up(&self, timeout: Duration) -> Result<Arc<Session>, Error> {
+        let mut rx = self.state.subscribe();
+        let wait = async {
+            loop {
+                match &*rx.borrow_and_update() {
+                    LinkState::Up(session) if !session.broken.is_cancelled() => {
+                        return Ok(session.clone());
+                    }
+                    LinkState::Failed(reason) => {
+                        let fatal = self
+                            .fatal
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .take();
+                        return Err(fatal.unwrap_or_else(|| Error::NotConnected(reason.clone())));
+                    }
+                    LinkState::Closed => {
+                        return Err(Error::NotConnected(format!("the {} connection is closed", self.role)));
+                    }
+                    _ => {}
+                }
+                if rx.changed().await.is_err() {
+                    return Err(Error::NotConnected(format!("the {} connection is closed", self.role)));
+                }
+            }
+        };
+        match tokio::time::timeout(timeout, wait).await {
+            Ok(result) => result,
+            Err(_) => {
+                let last = match self.state() {
+                    LinkState::Connecting(Some(e)) => format!(": {e}"),
+                    _ => String::new(),
+                };
+                Err(Error::NotConnected(format!(
+                    "the {} connection did not come up within {timeout:?}{last}",
+                    self.role
+                )))
+            }
+        }
+    }
+
+    /// Stops supervising and closes the connection.
+    pub(crate) async fn close(&self) {
+        self.cancel.cancel();
+        if let LinkState::Up(session) = self.state() {
+            let _ = session.connection.close(200, "eventbus shutdown".into()).await;
+        }
+        self.state.send_replace(LinkState::Closed);
+    }
+}
+
+async fn connect(shared: &Shared, role: &str) -> Result<Connection, Failure> {
+    let config = &shared.config;
+    let mut uri = AMQPUri::from_str(config.url.expose())
+        .map_err(|_| Failure::fatal(format!("invalid broker URL {}", config.url)))?;
+    // `amqp://host/` means the default vhost `/` for eventsource-py (aio-pika) and
+    // for RabbitMQ users; lapin would ask for the empty vhost "" and be refused.
+    if uri.vhost.is_empty() {
+        uri.vhost = "/".to_owned();
+    }
+    if uri.query.heartbeat.is_none() {
+        uri.query.heartbeat = Some(config.heartbeat);
+    }
+    let props = ConnectionProperties::default()
+        .with_connection_name(format!("eventbus {role} ({})", config.exchange_name).into());
+    let tls = super::tls::config(config)?;
+    let connection = match tls {
+        Some(tls) => {
+            let runtime = lapin::runtime::default_runtime()
+                .map_err(|e| Failure::fatal(format!("no async runtime for lapin: {e}")))?;
+            Connection::connect_uri_with_config(uri, props, tls, runtime).await
+        }
+        None => Connection::connect_uri(uri, props).await,
+    };
+    connection.map_err(|e| Failure::from_lapin(&e, &config.url))
+}
+
+async fn supervise(link: Arc<Link>, shared: Arc<Shared>, setup: Setup) {
+    let config = &shared.config;
+    let mut delay = config.reconnect_delay;
+    let mut ever_up = false;
+    loop {
+        if link.cancel.is_cancelled() {
+            break;
+        }
+        let attempt = async {
+            let connection = connect(&shared, link.role).await?;
+            let channel = connection
+                .create_channel()
+                .await
+                .map_err(|e| Failure::from_lapin(&e, &config.url))?;
+            let generation = link.generation.fetch_add(1, Ordering::Relaxed) + 1;
+            let session = Arc::new(Session {
+                connection,
+                channel,
+                broken: CancellationToken::new(),
+                generation,
+            });
+            if let Err(e) = setup(session.clone()).await {
+                let _ = session.connection.close(200, "setup failed".into()).await;
+                return Err(e);
+            }
+            Ok(session)
+        };
+        let session = tokio::select! {
+            result = attempt => result,
+            () = link.cancel.cancelled() => break,
+        };
+        match session {
+            Ok(session) => {
+                delay = config.reconnect_delay;
+                if ever_up {
+                    add(&shared.stats.reconnections, 1);
+                    tracing::info!(role = link.role, url = %config.url, "reconnected to RabbitMQ");
+                } else {
+                    tracing::debug!(role = link.role, url = %config.url, "connected to RabbitMQ");
+                }
+                ever_up = true;
+                shared.stats.connected_at.now();
+                // Any connection-level error marks the session broken.
+                let mut events = session.connection.events_listener();
+                let watcher = session.clone();
+                tokio::spawn(async move {
+                    loop {
+                        tokio::select! {
+                            event = events.next() => match event {
+                                Some(lapin::Event::Error(e)) => {
+                                    watcher.fail(&scrub(&e.to_string()));
+                                    break;
+                                }
+                                Some(lapin::Event::ConnectionBlocked(reason)) => {
+                                    tracing::warn!(%reason, "RabbitMQ blocked the connection (resource alarm); publishes wait");
+                                }
+                                Some(_) => {}
+                                None => {
+                                    watcher.fail("connection closed");
+                                    break;
+                                }
+                            },
+                            () = watcher.broken.cancelled() => break,
+                        }
+                    }
+                });
+                link.state.send_replace(LinkState::Up(session.clone()));
+                tokio::select! {
+                    () = session.broken.cancelled() => {}
+                    () = link.cancel.cancelled() => break,
+                }
+                shared.stats.last_error_at.now();
+                link.state
+                    .send_replace(LinkState::Connecting(Some("connection lost".into())));
+                let _ = session.connection.close(320, "reconnecting".into()).await;
+            }
+            Err(Failure::Fatal(error)) => {
+                let reason = error.to_string();
+                tracing::error!(role = link.role, url = %config.url, %reason, "cannot use RabbitMQ; giving up");
+                shared.stats.last_error_at.now();
+                *link
+                    .fatal
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(error);
+                link.state.send_replace(LinkState::Failed(reason));
+                return;
+            }
+            Err(Failure::Retry(reason)) => {
+                shared.stats.last_error_at.now();
+                tracing::warn!(
+                    role = link.role,
+                    url = %config.url,
+                    %reason,
+                    retry_in = ?delay,
+                    "cannot connect to RabbitMQ; retrying"
+                );
+                link.state.send_replace(LinkState::Connecting(Some(reason)));
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = link.cancel.cancelled() => break,
+                }
+                delay = (delay * 2).min(config.max_reconnect_delay);
+            }
+        }
+    }
+    link.state.send_replace(LinkState::Closed);
+}

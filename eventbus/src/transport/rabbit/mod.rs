@@ -1,0 +1,322 @@
+//! The RabbitMQ transport (lapin 4): separate publisher and consumer
+//! connections, each supervised and rebuilt after a drop.
+
+mod consume;
+mod errors;
+mod link;
+mod publish;
+mod tls;
+mod topology;
+mod wire;
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+use lapin::options::QueueDeclareOptions;
+use lapin::types::FieldTable;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::bus::{HealthStatus, QueueInfo, Shared};
+use crate::envelope::AnyEnvelope;
+use crate::error::Error;
+
+use consume::ConsumerStates;
+use errors::{Failure, broker};
+use link::{Link, LinkState, Session, Setup};
+
+
+type ExtraBindings = Arc<Mutex<Vec<(String, String)>>>;
+
+struct Consuming {
+    link: Arc<Link>,
+    stop: CancellationToken,
+}
+
+/// A connection to RabbitMQ with its topology declared.
+pub struct RabbitTransport {
+    publisher: Arc<Link>,
+    window: Arc<Semaphore>,
+    consuming: Arc<tokio::sync::Mutex<Option<Consuming>>>,
+    deliveries: TaskTracker,
+    states: ConsumerStates,
+    extra: ExtraBindings,
+    consumer_tag: String,
+    watcher: CancellationToken,
+}
+
+impl fmt::Debug for RabbitTransport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RabbitTransport")
+            .field("consumer_tag", &self.consumer_tag)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// `{hostname}-{8 hex}`, eventsource-py's default consumer name.
+fn default_consumer_name() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "eventbus".to_owned());
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    format!("{host}-{}", &suffix[..8])
+}
+
+/// Declares everything the registry implies, on the session's main channel.
+async fn declare_topology(session: &Session, shared: &Shared, extra: &ExtraBindings) -> Result<(), Failure> {
+    let extra = lock(extra).clone();
+    topology::declare_all(
+        &session.channel,
+        &shared.config,
+        &shared.dispatcher.snapshot(),
+        &shared.event_types(),
+        &extra,
+    )
+    .await
+}
+
+impl RabbitTransport {
+    /// Connects the publisher (retrying an unreachable broker for
+    /// `connect_timeout`), enables confirms and declares the topology.
+    pub(crate) async fn connect(shared: &Arc<Shared>) -> Result<Self, Error> {
+        let extra: ExtraBindings = Arc::default();
+        let setup: Setup = {
+            let shared = shared.clone();
+            let extra = extra.clone();
+            Arc::new(move |session: Arc<Session>| {
+                let shared = shared.clone();
+                let extra = extra.clone();
+                Box::pin(async move {
+                    session
+                        .channel
+                        .confirm_select(lapin::options::ConfirmSelectOptions::default())
+                        .await
+                        .map_err(|e| Failure::Retry(errors::scrub(&e.to_string())))?;
+                    declare_topology(&session, &shared, &extra).await
+                })
+            })
+        };
+        let publisher = Link::start("publisher", shared.clone(), setup);
+        publisher.wait_up(shared.config.connect_timeout).await?;
+        let transport = Self {
+            publisher,
+            window: Arc::new(Semaphore::new(shared.config.publish_confirm_window)),
+            consuming: Arc::default(),
+            deliveries: TaskTracker::new(),
+            states: ConsumerStates::default(),
+            extra,
+            consumer_tag: shared
+                .config
+                .consumer_name
+                .clone()
+                .unwrap_or_else(default_consumer_name),
+            watcher: CancellationToken::new(),
+        };
+        transport.watch_subscriptions(shared.clone());
+        Ok(transport)
+    }
+
+    /// Keeps bindings (and consumers) in step with runtime subscriptions.
+    fn watch_subscriptions(&self, shared: Arc<Shared>) {
+        let mut changes = shared.dispatcher.changes();
+        let publisher = self.publisher.clone();
+        let extra = self.extra.clone();
+        let stop = self.watcher.clone();
+        let consuming = self.consuming.clone();
+        let consumer_groups = {
+            let states = self.states.clone();
+            move || lock(&states).keys().cloned().collect::<BTreeSet<_>>()
+        };
+        tokio::spawn(async move {
+            changes.mark_unchanged();
+            loop {
+                tokio::select! {
+                    changed = changes.changed() => if changed.is_err() { break },
+                    () = stop.cancelled() => break,
+                }
+                let LinkState::Up(session) = publisher.state() else {
+                    continue;
+                };
+                if let Err(e) = declare_topology(&session, &shared, &extra).await {
+                    tracing::error!(error = ?e, "cannot update bindings after a subscription change");
+                }
+                let running = consumer_groups();
+                let wanted: BTreeSet<String> = shared
+                    .dispatcher
+                    .snapshot()
+                    .groups
+                    .keys()
+                    .map(|g| shared.config.group_queue_name(g))
+                    .collect();
+                if !running.is_empty() && !wanted.is_subset(&running) {
+                    tracing::info!("new consumer group subscribed; restarting consumers");
+                    // The consumer link's next session consumes every group.
+                    if let Some(c) = consuming.lock().await.as_ref()
+                        && let LinkState::Up(session) = c.link.state()
+                    {
+                        session.fail("consumer groups changed");
+                    }
+                }
+            }
+        });
+    }
+
+    pub(crate) async fn publish(&self, shared: &Arc<Shared>, events: &[AnyEnvelope]) -> Result<usize, Error> {
+        publish::publish(&self.publisher, &self.window, shared, events).await
+    }
+
+    pub(crate) async fn start_consuming(&self, shared: &Arc<Shared>) -> Result<(), Error> {
+        let mut consuming = self.consuming.lock().await;
+        if consuming.is_some() {
+            return Ok(());
+        }
+        let stop = CancellationToken::new();
+        let setup: Setup = {
+            let shared = shared.clone();
+            let extra = self.extra.clone();
+            let stop = stop.clone();
+            let deliveries = self.deliveries.clone();
+            let states = self.states.clone();
+            let base_tag = self.consumer_tag.clone();
+            Arc::new(move |session: Arc<Session>| {
+                let shared = shared.clone();
+                let extra = extra.clone();
+                let stop = stop.clone();
+                let deliveries = deliveries.clone();
+                let states = states.clone();
+                let base_tag = base_tag.clone();
+                Box::pin(async move {
+                    declare_topology(&session, &shared, &extra).await?;
+                    let groups: Vec<Arc<str>> = shared.dispatcher.snapshot().groups.keys().cloned().collect();
+                    for group in groups {
+                        let tag = if *group == *shared.config.consumer_group {
+                            base_tag.clone()
+                        } else {
+                            format!("{base_tag}.{group}")
+                        };
+                        consume::start_group(
+                            session.clone(),
+                            shared.clone(),
+                            group,
+                            tag,
+                            stop.clone(),
+                            deliveries.clone(),
+                            states.clone(),
+                        )
+                        .await?;
+                    }
+                    Ok(())
+                })
+            })
+        };
+        let link = Link::start("consumer", shared.clone(), setup);
+        link.wait_up(shared.config.connect_timeout).await?;
+        *consuming = Some(Consuming { link, stop });
+        Ok(())
+    }
+
+    pub(crate) async fn stop_consuming(&self) -> Result<(), Error> {
+        let Some(consuming) = self.consuming.lock().await.take() else {
+            return Ok(());
+        };
+        consuming.stop.cancel();
+        // In-flight handlers finish and ack before the channel closes.
+        self.deliveries.close();
+        self.deliveries.wait().await;
+        self.deliveries.reopen();
+        consuming.link.close().await;
+        Ok(())
+    }
+
+    pub(crate) async fn close(&self) -> Result<(), Error> {
+        self.stop_consuming().await?;
+        self.watcher.cancel();
+        self.publisher.close().await;
+        Ok(())
+    }
+
+    pub(crate) async fn health(&self, _shared: &Arc<Shared>) -> HealthStatus {
+        let describe = |state: &LinkState, role: &str| match state {
+            LinkState::Up(s) if !s.broken.is_cancelled() => None,
+            LinkState::Up(_) | LinkState::Connecting(None) => Some(format!("{role} connection is reconnecting")),
+            LinkState::Connecting(Some(e)) => Some(format!("{role} connection is reconnecting: {e}")),
+            LinkState::Failed(e) => Some(format!("{role} connection failed: {e}")),
+            LinkState::Closed => Some(format!("{role} connection is closed")),
+        };
+        let mut errors: Vec<String> = describe(&self.publisher.state(), "publisher").into_iter().collect();
+        let consuming = self.consuming.lock().await;
+        let consumer_up = match &*consuming {
+            Some(c) => {
+                let problem = describe(&c.link.state(), "consumer");
+                let up = problem.is_none();
+                errors.extend(problem);
+                up
+            }
+            None => false,
+        };
+        let consumers = lock(&self.states).clone();
+        let connected = matches!(self.publisher.state(), LinkState::Up(ref s) if !s.broken.is_cancelled());
+        HealthStatus {
+            healthy: errors.is_empty(),
+            transport: "rabbitmq",
+            connected,
+            consuming: consumer_up && consumers.values().all(|a| *a),
+            consumers,
+            error: (!errors.is_empty()).then(|| errors.join("; ")),
+        }
+    }
+
+    pub(crate) async fn bind(&self, shared: &Arc<Shared>, group: &str, routing_key: &str) -> Result<(), Error> {
+        lock(&self.extra).push((group.to_owned(), routing_key.to_owned()));
+        let session = self.publisher.wait_up(shared.config.confirm_timeout).await?;
+        let binding = topology::binding_for_key(&shared.config, routing_key);
+        topology::declare_group(&session.channel, &shared.config, group, &[binding])
+            .await
+            .map_err(|f| match f {
+                Failure::Fatal(e) => e,
+                Failure::Retry(reason) => Error::Broker {
+                    context: format!("binding `{routing_key}` for group `{group}`"),
+                    reason,
+                },
+            })
+    }
+
+    pub(crate) async fn queue_info(&self, queue: &str) -> Result<QueueInfo, Error> {
+        let session = self
+            .publisher
+            .wait_up(std::time::Duration::from_secs(10))
+            .await?;
+        // A passive declare of a missing queue closes its channel: use a throwaway one.
+        let channel = session
+            .connection
+            .create_channel()
+            .await
+            .map_err(|e| broker("opening a channel", &e))?;
+        let declared = channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await;
+        let _ = channel.close(200, "done".into()).await;
+        let q = declared.map_err(|e| broker(format!("reading queue `{queue}` (does it exist?)"), &e))?;
+        Ok(QueueInfo {
+            name: queue.to_owned(),
+            message_count: q.message_count(),
+            consumer_count: q.consumer_count(),
+        })
+    }
+}

@@ -1,0 +1,263 @@
+//! Declaring the topology derived from what the application registered.
+//!
+//! Names follow eventsource-py: exchange `{exchange}`, queue `{exchange}.{group}`,
+//! DLQ exchange `{exchange}_dlq` (direct), DLQ queue `{exchange}.{group}.dlq`
+//! bound with key `{exchange}.{group}`. Each group's queue is bound to exactly the
+//! routing keys its handlers take (a wildcard handler binds everything).
+
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{Channel, ExchangeKind};
+
+use crate::config::{Config, ExchangeType, QueueArgument};
+use crate::dispatch::{DispatchTable, GroupTable};
+use crate::registry::EventTypes;
+
+use super::errors::{Failure, declare_failure};
+
+/// One binding of a group queue to the main exchange.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Binding {
+    pub(crate) routing_key: String,
+    pub(crate) arguments: FieldTable,
+}
+
+impl Binding {
+    fn key(routing_key: impl Into<String>) -> Self {
+        Self {
+            routing_key: routing_key.into(),
+            arguments: FieldTable::default(),
+        }
+    }
+}
+
+fn string(value: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(value.as_bytes()))
+}
+
+/// The binding that routes `routing_key` (`{aggregate}.{event}`) on this exchange type.
+pub(crate) fn binding_for_key(config: &Config, routing_key: &str) -> Binding {
+    match config.exchange_type {
+        ExchangeType::Topic | ExchangeType::Direct => Binding::key(routing_key),
+        ExchangeType::Fanout => Binding::key(""),
+        ExchangeType::Headers => {
+            let mut arguments = FieldTable::default();
+            arguments.insert("x-match".into(), string("all"));
+            if let Some((aggregate, event)) = routing_key.split_once('.') {
+                arguments.insert("event_type".into(), string(event));
+                arguments.insert("aggregate_type".into(), string(aggregate));
+            }
+            Binding {
+                routing_key: String::new(),
+                arguments,
+            }
+        }
+    }
+}
+
+/// What a group's queue is bound to.
+pub(crate) fn bindings(config: &Config, group: &GroupTable, event_types: &EventTypes) -> Vec<Binding> {
+    if let Some(pattern) = &config.routing_key_pattern {
+        // An explicit pattern replaces the derived bindings; empty means none.
+        return pattern
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(|p| match config.exchange_type {
+                ExchangeType::Headers => binding_for_key(config, p),
+                _ => Binding::key(p),
+            })
+            .collect();
+    }
+    let mut out: Vec<Binding> = Vec::new();
+    if group.has_wildcard() {
+        match config.exchange_type {
+            ExchangeType::Topic => out.push(Binding::key("#")),
+            ExchangeType::Fanout => out.push(Binding::key("")),
+            ExchangeType::Headers => {
+                let mut arguments = FieldTable::default();
+                arguments.insert("x-match".into(), string("all"));
+                out.push(Binding {
+                    routing_key: String::new(),
+                    arguments,
+                });
+            }
+            // A direct exchange has no wildcard: bind every event type we know.
+            ExchangeType::Direct => {
+                for name in event_types.names() {
+                    if let Some(reg) = event_types.get(name) {
+                        out.push(Binding::key(reg.routing_key));
+                    }
+                }
+            }
+        }
+    }
+    if group.has_wildcard() && config.exchange_type != ExchangeType::Direct {
+        // The wildcard binding already routes every event here.
+        return out;
+    }
+    for event in group.events() {
+        let binding = binding_for_key(config, event.routing_key);
+        if !out.contains(&binding) {
+            out.push(binding);
+        }
+    }
+    out
+}
+
+fn exchange_kind(kind: ExchangeType) -> ExchangeKind {
+    match kind {
+        ExchangeType::Topic => ExchangeKind::Topic,
+        ExchangeType::Direct => ExchangeKind::Direct,
+        ExchangeType::Fanout => ExchangeKind::Fanout,
+        ExchangeType::Headers => ExchangeKind::Headers,
+    }
+}
+
+/// Declares the main exchange.
+pub(crate) async fn declare_exchange(channel: &Channel, config: &Config) -> Result<(), Failure> {
+    channel
+        .exchange_declare(
+            config.exchange_name.as_str().into(),
+            exchange_kind(config.exchange_type),
+            ExchangeDeclareOptions {
+                durable: config.durable,
+                auto_delete: config.auto_delete,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| declare_failure(&e, "exchange", &config.exchange_name))
+}
+
+/// The arguments of a group queue: dead-lettering plus the user's pass-through.
+pub(crate) fn queue_arguments(config: &Config, queue: &str) -> FieldTable {
+    let mut args = FieldTable::default();
+    if config.enable_dlq {
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            string(&config.dlq_exchange_name()),
+        );
+        args.insert("x-dead-letter-routing-key".into(), string(queue));
+    }
+    for (key, value) in &config.queue_arguments {
+        let value = match value {
+            QueueArgument::Str(s) => string(s),
+            QueueArgument::Int(i) => AMQPValue::LongLongInt(*i),
+            QueueArgument::Bool(b) => AMQPValue::Boolean(*b),
+        };
+        args.insert(ShortString::from(key.as_str()), value);
+    }
+    args
+}
+
+/// Declares a group's queue, its dead-letter queue and its bindings.
+pub(crate) async fn declare_group(
+    channel: &Channel,
+    config: &Config,
+    group: &str,
+    bindings: &[Binding],
+) -> Result<(), Failure> {
+    let queue = config.group_queue_name(group);
+    if config.enable_dlq {
+        let dlx = config.dlq_exchange_name();
+        channel
+            .exchange_declare(
+                dlx.as_str().into(),
+                ExchangeKind::Direct,
+                ExchangeDeclareOptions {
+                    durable: config.durable,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| declare_failure(&e, "exchange", &dlx))?;
+        let dlq = config.group_dlq_queue_name(group);
+        let mut dlq_args = FieldTable::default();
+        if let Some(ttl) = config.dlq_message_ttl {
+            dlq_args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(i64::from(ttl)));
+        }
+        if let Some(max) = config.dlq_max_length {
+            dlq_args.insert("x-max-length".into(), AMQPValue::LongLongInt(i64::from(max)));
+        }
+        channel
+            .queue_declare(
+                dlq.as_str().into(),
+                QueueDeclareOptions {
+                    durable: config.durable,
+                    ..QueueDeclareOptions::default()
+                },
+                dlq_args,
+            )
+            .await
+            .map_err(|e| declare_failure(&e, "queue", &dlq))?;
+        channel
+            .queue_bind(
+                dlq.as_str().into(),
+                dlx.as_str().into(),
+                queue.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| declare_failure(&e, "binding of queue", &dlq))?;
+    }
+    channel
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions {
+                durable: config.durable,
+                auto_delete: config.auto_delete,
+                ..QueueDeclareOptions::default()
+            },
+            queue_arguments(config, &queue),
+        )
+        .await
+        .map_err(|e| declare_failure(&e, "queue", &queue))?;
+    for binding in bindings {
+        bind(channel, config, &queue, binding).await?;
+    }
+    Ok(())
+}
+
+pub(crate) async fn bind(channel: &Channel, config: &Config, queue: &str, binding: &Binding) -> Result<(), Failure> {
+    channel
+        .queue_bind(
+            queue.into(),
+            config.exchange_name.as_str().into(),
+            binding.routing_key.as_str().into(),
+            QueueBindOptions::default(),
+            binding.arguments.clone(),
+        )
+        .await
+        .map_err(|e| declare_failure(&e, "binding of queue", queue))
+}
+
+/// Declares everything: the exchange, then every group with its bindings.
+pub(crate) async fn declare_all(
+    channel: &Channel,
+    config: &Config,
+    table: &DispatchTable,
+    event_types: &EventTypes,
+    extra: &[(String, String)],
+) -> Result<(), Failure> {
+    declare_exchange(channel, config).await?;
+    for (group, handlers) in &table.groups {
+        let mut group_bindings = bindings(config, handlers, event_types);
+        for (g, key) in extra {
+            if **g == **group {
+                group_bindings.push(binding_for_key(config, key));
+            }
+        }
+        declare_group(channel, config, group, &group_bindings).await?;
+    }
+    // Groups that only have runtime bindings (bind_routing_key before any handler).
+    for (g, key) in extra {
+        if !table.groups.contains_key(g.as_str()) {
+            declare_group(channel, config, g, &[binding_for_key(config, key)]).await?;
+        }
+    }
+    Ok(())
+}

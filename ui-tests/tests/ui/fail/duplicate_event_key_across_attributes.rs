@@ -1,0 +1,11 @@
+use eventbus::DomainEvent;
+use serde::{Deserialize, Serialize};
+
+#[derive(Serialize, Deserialize, DomainEvent)]
+#[event(aggregate = "Order", version = 2)]
+#[event(version = 3)]
+struct OrderPlaced {
+    customer_id: String,
+}
+
+fn main() {}

@@ -1,0 +1,27 @@
+use eventbus::{AnyEnvelope, DomainEvent, Envelope, HandlerError, handles, projection};
+use serde::{Deserialize, Serialize};
+
+#[derive(Serialize, Deserialize, DomainEvent)]
+#[event(aggregate = "Order")]
+struct OrderPlaced {
+    customer_id: String,
+}
+
+#[derive(Serialize, Deserialize, DomainEvent)]
+#[event(aggregate = "Order")]
+struct OrderShipped {
+    tracking_number: String,
+}
+
+#[derive(Default)]
+struct Stats;
+
+struct NotAnEvent;
+
+#[handles(NotAnEvent)]
+async fn notify(event: &Envelope<NotAnEvent>) -> Result<(), HandlerError> {
+    let _ = event;
+    Ok(())
+}
+
+fn main() {}

@@ -1,0 +1,24 @@
+use eventbus::{AnyEnvelope, DomainEvent, Envelope, HandlerError, handles, projection};
+use serde::{Deserialize, Serialize};
+
+#[derive(Serialize, Deserialize, DomainEvent)]
+#[event(aggregate = "Order")]
+struct OrderPlaced {
+    customer_id: String,
+}
+
+#[derive(Serialize, Deserialize, DomainEvent)]
+#[event(aggregate = "Order")]
+struct OrderShipped {
+    tracking_number: String,
+}
+
+#[derive(Default)]
+struct Stats;
+
+#[projection]
+struct Reporting {
+    count: u64,
+}
+
+fn main() {}

@@ -1,0 +1,29 @@
+use eventbus::{AnyEnvelope, DomainEvent, Envelope, HandlerError, handles, projection};
+use serde::{Deserialize, Serialize};
+
+#[derive(Serialize, Deserialize, DomainEvent)]
+#[event(aggregate = "Order")]
+struct OrderPlaced {
+    customer_id: String,
+}
+
+#[derive(Serialize, Deserialize, DomainEvent)]
+#[event(aggregate = "Order")]
+struct OrderShipped {
+    tracking_number: String,
+}
+
+#[derive(Default)]
+struct Stats;
+
+#[projection]
+impl Stats {
+    #[handles(OrderPlaced)]
+    #[handles(OrderShipped)]
+    async fn on_order(&self, event: &Envelope<OrderPlaced>) -> Result<(), HandlerError> {
+        let _ = event;
+        Ok(())
+    }
+}
+
+fn main() {}

@@ -1,0 +1,28 @@
+use eventbus::{AnyEnvelope, DomainEvent, Envelope, HandlerError, handles, projection};
+use serde::{Deserialize, Serialize};
+
+#[derive(Serialize, Deserialize, DomainEvent)]
+#[event(aggregate = "Order")]
+struct OrderPlaced {
+    customer_id: String,
+}
+
+#[derive(Serialize, Deserialize, DomainEvent)]
+#[event(aggregate = "Order")]
+struct OrderShipped {
+    tracking_number: String,
+}
+
+#[derive(Default)]
+struct Stats;
+
+#[projection(queue = "reporting")]
+impl Stats {
+    #[handles(OrderPlaced)]
+    async fn on_placed(&self, event: &Envelope<OrderPlaced>) -> Result<(), HandlerError> {
+        let _ = event;
+        Ok(())
+    }
+}
+
+fn main() {}

@@ -313,3 +313,131 @@ pub(crate) fn validate(meta: &EventMeta) -> Result<(), String> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::DomainEvent;
+    use chrono::TimeZone;
+    use serde::{Deserialize, Serialize};
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, DomainEvent)]
+    #[event(aggregate = "Order")]
+    struct OrderPlaced {
+        customer_id: String,
+        total_amount: f64,
+    }
+
+    fn uuid(s: &str) -> Uuid {
+        Uuid::parse_str(s).expect("valid uuid")
+    }
+
+    fn sample() -> Envelope<OrderPlaced> {
+        Envelope::new(
+            uuid("83b41aa6-b88a-49c8-811d-1eff6f1e7f42"),
+            OrderPlaced {
+                customer_id: "Zoë".into(),
+                total_amount: 1.5,
+            },
+        )
+        .with_event_id(uuid("f9b98ff4-654e-405f-9ea3-a85ae7cd1165"))
+        .with_correlation_id(uuid("ebeda83f-2d26-4203-a51a-e21cc068e3ab"))
+        .occurred_at(
+            Utc.with_ymd_and_hms(2026, 11, 23, 16, 15, 43)
+                .single()
+                .expect("valid time")
+                + chrono::Duration::microseconds(366_655),
+        )
+    }
+
+    #[test]
+    fn body_matches_eventsource_py_byte_for_byte() {
+        // Written by eventsource-py 0.15.1 (`model_dump_json()`) for the same event.
+        let expected = r#"{"event_id":"f9b98ff4-654e-405f-9ea3-a85ae7cd1165","event_type":"OrderPlaced","event_version":1,"occurred_at":"2026-11-23T16:15:43.366655Z","aggregate_id":"83b41aa6-b88a-49c8-811d-1eff6f1e7f42","aggregate_type":"Order","aggregate_version":1,"tenant_id":null,"actor_id":null,"correlation_id":"ebeda83f-2d26-4203-a51a-e21cc068e3ab","causation_id":null,"metadata":{},"customer_id":"Zoë","total_amount":1.5}"#;
+        let event = sample();
+        let body = encode_body(event.meta(), event.event()).expect("encodes");
+        assert_eq!(std::str::from_utf8(&body).expect("utf-8"), expected);
+    }
+
+    #[test]
+    fn whole_seconds_have_no_fraction_like_pydantic() {
+        let at = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).single().expect("valid");
+        assert_eq!(format_time(&at), "2026-01-01T00:00:00Z");
+        let at = at + chrono::Duration::microseconds(120);
+        assert_eq!(format_time(&at), "2026-01-01T00:00:00.000120Z");
+    }
+
+    #[test]
+    fn every_field_set_round_trips() {
+        let cause = sample();
+        let event = Envelope::new(
+            uuid("83b41aa6-b88a-49c8-811d-1eff6f1e7f42"),
+            OrderPlaced {
+                customer_id: "C-2".into(),
+                total_amount: 1e-7,
+            },
+        )
+        .version(7)
+        .event_version(3)
+        .with_tenant(uuid("11111111-2222-4333-8444-555555555555"))
+        .with_actor("user:ünïcode")
+        .with_metadata("source", "test")
+        .with_metadata("nested", serde_json::json!({"a": [1, 2.5, null]}))
+        .caused_by(&cause);
+        let body = encode_body(event.meta(), event.event()).expect("encodes");
+        let back = decode_body::<OrderPlaced>(&body).expect("decodes");
+        assert_eq!(back, event);
+        assert_eq!(back.meta().causation_id(), Some(cause.meta().event_id()));
+        assert_eq!(back.meta().correlation_id(), cause.meta().correlation_id());
+    }
+
+    #[test]
+    fn decodes_a_python_body_with_every_field() {
+        let body = r#"{"event_id":"b97dfc38-2782-4b9f-b091-0fbc104dabce","event_type":"OrderPlaced","event_version":2,"occurred_at":"2026-01-01T00:00:00Z","aggregate_id":"f87dabfc-43c9-461c-8a94-9ed40c65ca5b","aggregate_type":"Order","aggregate_version":4,"tenant_id":"11111111-2222-4333-8444-555555555555","actor_id":"alice","correlation_id":"b7f0ad93-d836-4d79-a0fc-d4ebd2404a20","causation_id":"f9b98ff4-654e-405f-9ea3-a85ae7cd1165","metadata":{"a":"é"},"customer_id":"c","total_amount":1.0}"#;
+        let e = decode_body::<OrderPlaced>(body.as_bytes()).expect("decodes");
+        let m = e.meta();
+        assert_eq!(m.event_version(), 2);
+        assert_eq!(m.aggregate_version(), 4);
+        assert_eq!(m.actor_id(), Some("alice"));
+        assert_eq!(m.tenant_id(), Some(uuid("11111111-2222-4333-8444-555555555555")));
+        assert_eq!(m.causation_id(), Some(uuid("f9b98ff4-654e-405f-9ea3-a85ae7cd1165")));
+        assert_eq!(m.metadata().get("a"), Some(&serde_json::json!("é")));
+        assert_eq!(format_time(&m.occurred_at()), "2026-01-01T00:00:00Z");
+        assert!((e.total_amount - 1.0).abs() < f64::EPSILON);
+    }
+
+    #[test]
+    fn headers_follow_eventsource_py() {
+        let event = sample().version(3);
+        let h = headers(event.meta());
+        let names: Vec<_> = h.iter().map(|(k, _)| *k).collect();
+        assert_eq!(
+            names,
+            ["event_type", "aggregate_type", "aggregate_id", "aggregate_version", "x-retry-count", "correlation_id"]
+        );
+        assert_eq!(h[3].1, HeaderValue::Int(3));
+        assert_eq!(h[4].1, HeaderValue::Int(0));
+        let wire = encode(&AnyEnvelope::from(event)).expect("encodes");
+        assert_eq!(wire.routing_key, "Order.OrderPlaced");
+        assert_eq!(wire.message_id, "f9b98ff4-654e-405f-9ea3-a85ae7cd1165");
+        assert_eq!(wire.timestamp, 1_795_450_543);
+    }
+
+    #[test]
+    fn bad_bodies_say_what_is_wrong() {
+        let err = decode_body::<OrderPlaced>(b"{not json").expect_err("invalid");
+        assert!(matches!(err, DecodeError::InvalidJson { .. }), "{err}");
+        let err = decode_body::<OrderPlaced>(br#"{"aggregate_id":"f87dabfc-43c9-461c-8a94-9ed40c65ca5b","aggregate_type":"Order","customer_id":"c"}"#)
+            .expect_err("missing field");
+        assert!(err.to_string().contains("total_amount"), "{err}");
+        assert!(err.to_string().contains("OrderPlaced"), "{err}");
+        let err = decode_body::<OrderPlaced>(br#"{"event_type":"OrderShipped","aggregate_id":"f87dabfc-43c9-461c-8a94-9ed40c65ca5b","aggregate_type":"Order","customer_id":"c","total_amount":1}"#)
+            .expect_err("wrong type");
+        assert!(matches!(err, DecodeError::EventTypeMismatch { .. }), "{err}");
+        let err = decode_body::<OrderPlaced>(br#"{"aggregate_version":0,"aggregate_id":"f87dabfc-43c9-461c-8a94-9ed40c65ca5b","aggregate_type":"Order","customer_id":"c","total_amount":1}"#)
+            .expect_err("version 0");
+        assert!(err.to_string().contains("aggregate_version"), "{err}");
+        let err = decode_body::<OrderPlaced>(&[0xff, 0xfe]).expect_err("not utf-8");
+        assert!(matches!(err, DecodeError::InvalidUtf8 { .. }), "{err}");
+    }
+}

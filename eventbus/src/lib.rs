@@ -45,6 +45,9 @@
 //! the `EVENTBUS_*` variables, declares the RabbitMQ topology for every
 //! registered projection, consumes until SIGINT/SIGTERM and shuts down gracefully.
 
+// Lets the derive's `::eventbus::...` paths resolve inside this crate's own tests.
+extern crate self as eventbus;
+
 mod bus;
 pub mod codec;
 pub mod config;

@@ -421,7 +421,7 @@ impl Bus {
 
     /// Every handler, typed and wildcard.
     pub fn total_subscriber_count(&self) -> usize {
-        self.shared.dispatcher.names().len()
+        self.shared.dispatcher.len()
     }
 
     /// The consumer groups and the event types each handles (`*` = all).

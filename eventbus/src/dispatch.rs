@@ -1,6 +1,6 @@
 //! Who handles what, per consumer group, and calling them with errors isolated.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 
 use futures_util::future::join_all;
@@ -162,15 +162,13 @@ impl Dispatcher {
         self.update(|subs| subs.entries.clear());
     }
 
-    /// Names of every handler, to check for duplicates.
-    pub(crate) fn names(&self) -> BTreeSet<Arc<str>> {
+    /// How many subscriptions there are.
+    pub(crate) fn len(&self) -> usize {
         self.subscriptions
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .entries
-            .iter()
-            .map(|(_, e)| e.name.clone())
-            .collect()
+            .len()
     }
 
     /// Calls every handler of `group` that takes `event`, concurrently; one

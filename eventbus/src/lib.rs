@@ -46,6 +46,7 @@
 //! registered projection, consumes until SIGINT/SIGTERM and shuts down gracefully.
 
 // Lets the derive's `::eventbus::...` paths resolve inside this crate's own tests.
+#[cfg(test)]
 extern crate self as eventbus;
 
 mod bus;

@@ -1,7 +1,8 @@
 //! Consuming a group's queue: decode, dispatch to the group's handlers, ack.
 //!
 //! Deliveries run concurrently up to the prefetch count. A delivery is acked
-//! only after every handler of the group succeeded. A delivery that cannot be
+//! only after every handler of the group succeeded (or when the group has no
+//! handler for that event type: a fanout exchange delivers everything). A delivery that cannot be
 //! decoded, or whose handlers failed, is rejected without requeue: the queue's
 //! dead-letter exchange parks it in the group's DLQ (never dropped silently;
 //! with the DLQ disabled it is logged as an error and dropped by the broker).
@@ -112,15 +113,26 @@ async fn handle(shared: &Shared, group: &str, session: &Session, delivery: Deliv
         .message_id()
         .as_ref()
         .map_or_else(|| "(none)".to_owned(), |id| id.as_str().to_owned());
+    let table = shared.dispatcher.snapshot();
+    if let Some(event_type) = wire::string_header(&delivery.properties, crate::codec::HEADER_EVENT_TYPE)
+        && event_types.get(&event_type).is_some()
+        && !table.groups.get(group).is_some_and(|g| g.takes(&event_type))
+    {
+        // A known event type delivered by a fanout exchange or a custom binding,
+        // and nothing in this group handles it: not ours. (An unknown type is
+        // dead-lettered below: it may be a message nobody can read.)
+        tracing::debug!(%group, %message_id, %event_type, "no handler in this group; acked");
+        add(&stats.events_processed_success, 1);
+        return finish(session, &message_id, delivery.acker.ack(BasicAckOptions::default()).await);
+    }
     let failure = match wire::decode(&event_types, &delivery.properties, &delivery.data) {
         Ok(event) => {
-            let table = shared.dispatcher.snapshot();
             let outcome = shared.dispatcher.dispatch(&table, group, &event, stats).await;
             if outcome.invoked == 0 {
-                Some(format!(
-                    "no handler in group `{group}` takes event type `{}` any more",
-                    event.meta().event_type()
-                ))
+                // A known event this group has no handler for (a fanout exchange, a
+                // custom binding, a handler unsubscribed at runtime): nobody here wants it.
+                tracing::debug!(%group, %message_id, event_type = %event.meta().event_type(), "no handler in this group; acked");
+                None
             } else if outcome.failures.is_empty() {
                 None
             } else {
@@ -162,6 +174,10 @@ async fn handle(shared: &Shared, group: &str, session: &Session, delivery: Deliv
             delivery.acker.reject(BasicRejectOptions { requeue: false }).await
         }
     };
+    finish(session, &message_id, acked);
+}
+
+fn finish(session: &Session, message_id: &str, acked: lapin::Result<bool>) {
     match acked {
         Ok(true) => {}
         Ok(false) => tracing::warn!(

@@ -246,7 +246,7 @@ impl RabbitTransport {
 
     pub(crate) async fn health(&self, _shared: &Arc<Shared>) -> HealthStatus {
         let describe = |state: &LinkState, role: &str| match state {
-            LinkState::Up(s) if !s.broken.is_cancelled() => None,
+            LinkState::Up(s) if !s.broken.is_cancelled() && s.connection.status().connected() => None,
             LinkState::Up(_) | LinkState::Connecting(None) => Some(format!("{role} connection is reconnecting")),
             LinkState::Connecting(Some(e)) => Some(format!("{role} connection is reconnecting: {e}")),
             LinkState::Failed(e) => Some(format!("{role} connection failed: {e}")),
@@ -264,7 +264,7 @@ impl RabbitTransport {
             None => false,
         };
         let consumers = lock(&self.states).clone();
-        let connected = matches!(self.publisher.state(), LinkState::Up(ref s) if !s.broken.is_cancelled());
+        let connected = matches!(self.publisher.state(), LinkState::Up(ref s) if !s.broken.is_cancelled() && s.connection.status().connected());
         HealthStatus {
             healthy: errors.is_empty(),
             transport: "rabbitmq",

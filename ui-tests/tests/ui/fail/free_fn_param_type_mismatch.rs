@@ -1,4 +1,4 @@
-use eventbus::{AnyEnvelope, DomainEvent, Envelope, HandlerError, handles, projection};
+use eventbus::{DomainEvent, Envelope, HandlerError, handles};
 use serde::{Deserialize, Serialize};
 
 #[derive(Serialize, Deserialize, DomainEvent)]
@@ -12,9 +12,6 @@ struct OrderPlaced {
 struct OrderShipped {
     tracking_number: String,
 }
-
-#[derive(Default)]
-struct Stats;
 
 #[handles(OrderShipped)]
 async fn notify(event: &Envelope<OrderPlaced>) -> Result<(), HandlerError> {

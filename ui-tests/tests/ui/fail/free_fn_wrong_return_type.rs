@@ -1,4 +1,4 @@
-use eventbus::{AnyEnvelope, DomainEvent, Envelope, HandlerError, handles, projection};
+use eventbus::{AnyEnvelope, DomainEvent, handles};
 use serde::{Deserialize, Serialize};
 
 #[derive(Serialize, Deserialize, DomainEvent)]
@@ -6,15 +6,6 @@ use serde::{Deserialize, Serialize};
 struct OrderPlaced {
     customer_id: String,
 }
-
-#[derive(Serialize, Deserialize, DomainEvent)]
-#[event(aggregate = "Order")]
-struct OrderShipped {
-    tracking_number: String,
-}
-
-#[derive(Default)]
-struct Stats;
 
 #[handles(all)]
 async fn audit(event: &AnyEnvelope) -> bool {

@@ -1,16 +1,10 @@
-use eventbus::{AnyEnvelope, DomainEvent, Envelope, HandlerError, handles, projection};
+use eventbus::{DomainEvent, Envelope, HandlerError, projection};
 use serde::{Deserialize, Serialize};
 
 #[derive(Serialize, Deserialize, DomainEvent)]
 #[event(aggregate = "Order")]
 struct OrderPlaced {
     customer_id: String,
-}
-
-#[derive(Serialize, Deserialize, DomainEvent)]
-#[event(aggregate = "Order")]
-struct OrderShipped {
-    tracking_number: String,
 }
 
 #[derive(Default)]

@@ -214,3 +214,29 @@ async fn a_wrong_ca_is_a_typed_error_never_a_fallback() {
         .expect_err("TLS files with amqp://");
     assert!(err.to_string().contains("amqps://"), "{err}");
 }
+
+#[tokio::test]
+async fn verification_can_be_switched_off_explicitly() {
+    let pki = Pki::new();
+    let listener = Listener::start(&pki, false);
+    // Default: verify against the system roots, which do not know our CA.
+    let err = Scope::new("no-ca")
+        .builder()
+        .url(&listener.url())
+        .build()
+        .await
+        .expect_err("self-signed CA is not trusted by default");
+    assert!(err.to_string().contains("TLS"), "{err}");
+    // Switched off: connects (and logs a warning).
+    let scope = Scope::new("no-verify");
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let bus = scope
+        .builder()
+        .url(&listener.url())
+        .configure(|c| c.verify_ssl = false)
+        .handler::<OrderPlaced, _, _>("insecure", forward(tx))
+        .build()
+        .await
+        .expect("connects without verification");
+    round_trip(bus, &mut rx).await;
+}

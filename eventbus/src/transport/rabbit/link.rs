@@ -153,6 +153,9 @@ async fn connect(shared: &Shared, role: &str) -> Result<Connection, Failure> {
     let props = ConnectionProperties::default()
         .with_connection_name(format!("eventbus {role} ({})", config.exchange_name).into());
     let tls = super::tls::config(config)?;
+    if tls.is_some() && !config.verify_ssl {
+        return super::tls::connect_unverified(uri, props, config).await;
+    }
     let connection = match tls {
         Some(tls) => {
             let runtime = lapin::runtime::default_runtime()

@@ -98,6 +98,12 @@ async fn audit_log(event: &AnyEnvelope) -> Result<(), HandlerError> {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,eventbus=info")),
+        )
+        .init();
     let mut builder = Bus::from_env();
     if std::env::var_os("EVENTBUS_URL").is_none() {
         println!("EVENTBUS_URL is not set: using the in-memory transport (memory://)");

@@ -1,0 +1,77 @@
+//! Shared by the examples: pick the transport, wait for handlers.
+#![allow(dead_code)]
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use eventbus::{Bus, BusBuilder};
+use tokio::sync::Notify;
+
+/// `Bus::from_env()`, on the in-memory transport when `EVENTBUS_URL` is unset.
+pub(crate) fn builder() -> BusBuilder {
+    logging();
+    if std::env::var_os("EVENTBUS_URL").is_none() {
+        println!("EVENTBUS_URL is not set: using the in-memory transport (memory://)");
+        Bus::from_env().memory()
+    } else {
+        Bus::from_env()
+    }
+}
+
+/// `Bus::from_env()` on RabbitMQ, for examples that need several processes' worth of consumers.
+pub(crate) fn rabbitmq_builder() -> BusBuilder {
+    logging();
+    if std::env::var_os("EVENTBUS_URL").is_none() {
+        println!("this example needs RabbitMQ: using amqp://guest:guest@localhost:5672/ (set EVENTBUS_URL to change)");
+    }
+    Bus::from_env()
+}
+
+/// Logs at `info` unless `RUST_LOG` says otherwise.
+pub(crate) fn logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,eventbus=info")),
+        )
+        .try_init();
+}
+
+/// Counts handled events and wakes a waiter when a target is reached.
+pub(crate) struct Counter {
+    count: AtomicUsize,
+    changed: Notify,
+}
+
+impl Counter {
+    pub(crate) const fn new() -> Self {
+        Self {
+            count: AtomicUsize::new(0),
+            changed: Notify::const_new(),
+        }
+    }
+
+    pub(crate) fn add(&self) {
+        self.count.fetch_add(1, Ordering::AcqRel);
+        self.changed.notify_waiters();
+    }
+
+    pub(crate) fn get(&self) -> usize {
+        self.count.load(Ordering::Acquire)
+    }
+
+    /// Waits until `target` events were counted (30 s at most).
+    pub(crate) async fn wait_for(&self, target: usize) -> Result<(), String> {
+        tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                let changed = self.changed.notified();
+                if self.get() >= target {
+                    return;
+                }
+                changed.await;
+            }
+        })
+        .await
+        .map_err(|_| format!("only {} of {target} events were handled within 30 s", self.get()))
+    }
+}

@@ -28,17 +28,20 @@ static HANDLED: Counter = Counter::new();
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let bus = support::builder()
         .configure(|c| c.exchange_name = "examples.basic".into())
-        .handler::<OrderCreated, _, _>("print_order", |event: Arc<Envelope<OrderCreated>>| async move {
-            println!(
-                "received {} for {}: ${:.2} (routing key {})",
-                event.meta().event_type(),
-                event.customer_id,
-                event.total,
-                event.meta().routing_key()
-            );
-            HANDLED.add();
-            Ok::<_, HandlerError>(())
-        })
+        .handler::<OrderCreated, _, _>(
+            "print_order",
+            |event: Arc<Envelope<OrderCreated>>| async move {
+                println!(
+                    "received {} for {}: ${:.2} (routing key {})",
+                    event.meta().event_type(),
+                    event.customer_id,
+                    event.total,
+                    event.meta().routing_key()
+                );
+                HANDLED.add();
+                Ok::<_, HandlerError>(())
+            },
+        )
         .build()
         .await?;
     bus.start_consuming().await?;

@@ -36,13 +36,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 // One at a time each: fair dispatch between the workers.
                 c.prefetch_count = 1;
             })
-            .handler::<TaskSubmitted, _, _>("work", move |task: Arc<Envelope<TaskSubmitted>>| async move {
-                println!("  worker-{} processed task {}", id + 1, task.number);
-                tokio::time::sleep(Duration::from_millis(20)).await; // the "work"
-                counter.add();
-                TOTAL.add();
-                Ok::<_, HandlerError>(())
-            })
+            .handler::<TaskSubmitted, _, _>(
+                "work",
+                move |task: Arc<Envelope<TaskSubmitted>>| async move {
+                    println!("  worker-{} processed task {}", id + 1, task.number);
+                    tokio::time::sleep(Duration::from_millis(20)).await; // the "work"
+                    counter.add();
+                    TOTAL.add();
+                    Ok::<_, HandlerError>(())
+                },
+            )
             .build()
             .await?;
         bus.start_consuming().await?;
@@ -53,7 +56,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         workers[0].config().queue_name()
     );
     workers[0]
-        .publish((1..=10).map(|number| Envelope::new(uuid::Uuid::new_v4(), TaskSubmitted { number })))
+        .publish(
+            (1..=10).map(|number| Envelope::new(uuid::Uuid::new_v4(), TaskSubmitted { number })),
+        )
         .await?;
     TOTAL.wait_for(10).await?;
     for bus in &workers {

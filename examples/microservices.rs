@@ -50,8 +50,14 @@ struct CustomerService {
 impl CustomerService {
     #[handles(CustomerCreated)]
     async fn registered(&self, event: &Envelope<CustomerCreated>) -> Result<(), HandlerError> {
-        println!("  [CustomerService] registered {} <{}>", event.name, event.email);
-        self.customers.lock().map_err(|e| HandlerError::new(e.to_string()))?.push(event.name.clone());
+        println!(
+            "  [CustomerService] registered {} <{}>",
+            event.name, event.email
+        );
+        self.customers
+            .lock()
+            .map_err(|e| HandlerError::new(e.to_string()))?
+            .push(event.name.clone());
         HANDLED.add();
         Ok(())
     }
@@ -64,7 +70,10 @@ struct OrderService;
 impl OrderService {
     #[handles(OrderCreated)]
     async fn created(&self, event: &Envelope<OrderCreated>) -> Result<(), HandlerError> {
-        println!("  [OrderService] order ${:.2} for {}", event.total, event.customer_id);
+        println!(
+            "  [OrderService] order ${:.2} for {}",
+            event.total, event.customer_id
+        );
         HANDLED.add();
         Ok(())
     }
@@ -77,7 +86,10 @@ struct PaymentService;
 impl PaymentService {
     #[handles(PaymentReceived)]
     async fn received(&self, event: &Envelope<PaymentReceived>) -> Result<(), HandlerError> {
-        println!("  [PaymentService] payment ${:.2} for order {}", event.amount, event.order_id);
+        println!(
+            "  [PaymentService] payment ${:.2} for order {}",
+            event.amount, event.order_id
+        );
         HANDLED.add();
         Ok(())
     }
@@ -89,9 +101,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .configure(|c| c.exchange_name = "examples.microservices".into())
         .build()
         .await?;
-    println!("exchange `{}` ({}):", bus.config().exchange_name, bus.config().exchange_type);
+    println!(
+        "exchange `{}` ({}):",
+        bus.config().exchange_name,
+        bus.config().exchange_type
+    );
     for (group, events) in bus.groups() {
-        println!("  queue {:<40} receives {events:?}", bus.config().group_queue_name(&group));
+        println!(
+            "  queue {:<40} receives {events:?}",
+            bus.config().group_queue_name(&group)
+        );
     }
     bus.start_consuming().await?;
 
@@ -118,8 +137,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         },
     )
     .caused_by(&order);
-    bus.publish([customer.into(), order.into(), eventbus::AnyEnvelope::from(payment)])
-        .await?;
+    bus.publish([
+        customer.into(),
+        order.into(),
+        eventbus::AnyEnvelope::from(payment),
+    ])
+    .await?;
     HANDLED.wait_for(3).await?;
     bus.shutdown(Duration::from_secs(10)).await?;
     println!("3 events, 3 deliveries: each service received only its own event");

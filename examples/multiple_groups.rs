@@ -31,7 +31,10 @@ struct Billing;
 impl Billing {
     #[handles(OrderPlaced)]
     async fn invoice(&self, order: &Envelope<OrderPlaced>) -> Result<(), HandlerError> {
-        println!("  [billing]   invoice {} for ${:.2}", order.customer_id, order.total_amount);
+        println!(
+            "  [billing]   invoice {} for ${:.2}",
+            order.customer_id, order.total_amount
+        );
         HANDLED.add();
         Ok(())
     }
@@ -70,7 +73,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build()
         .await?;
     for (group, events) in bus.groups() {
-        println!("group {group:<10} queue {:<28} handles {events:?}", bus.config().group_queue_name(&group));
+        println!(
+            "group {group:<10} queue {:<28} handles {events:?}",
+            bus.config().group_queue_name(&group)
+        );
     }
     bus.start_consuming().await?;
     let orders = ["CUST-1", "CUST-2"].map(|customer| {
@@ -86,6 +92,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // 2 events x 3 groups.
     HANDLED.wait_for(6).await?;
     bus.shutdown(Duration::from_secs(10)).await?;
-    println!("2 events published, {} deliveries: every group got every event", HANDLED.get());
+    println!(
+        "2 events published, {} deliveries: every group got every event",
+        HANDLED.get()
+    );
     Ok(())
 }

@@ -34,12 +34,28 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let health = bus.health_check().await;
     println!("before consuming: {}", serde_json::to_string(&health)?);
     bus.start_consuming().await?;
-    bus.publish((0..5).map(|i| Envelope::new(uuid::Uuid::new_v4(), Reading { celsius: 20.0 + f64::from(i) })))
-        .await?;
+    bus.publish((0..5).map(|i| {
+        Envelope::new(
+            uuid::Uuid::new_v4(),
+            Reading {
+                celsius: 20.0 + f64::from(i),
+            },
+        )
+    }))
+    .await?;
     HANDLED.wait_for(5).await?;
-    println!("while consuming:  {}", serde_json::to_string(&bus.health_check().await)?);
-    println!("queue info:       {}", serde_json::to_string(&bus.queue_info().await?)?);
-    println!("stats:            {}", serde_json::to_string(&bus.stats().to_map())?);
+    println!(
+        "while consuming:  {}",
+        serde_json::to_string(&bus.health_check().await)?
+    );
+    println!(
+        "queue info:       {}",
+        serde_json::to_string(&bus.queue_info().await?)?
+    );
+    println!(
+        "stats:            {}",
+        serde_json::to_string(&bus.stats().to_map())?
+    );
     bus.shutdown(Duration::from_secs(10)).await?;
     Ok(())
 }

@@ -51,7 +51,11 @@ impl OrderStatistics {
     #[handles(OrderPlaced)]
     async fn on_placed(&self, event: &Envelope<OrderPlaced>) -> Result<(), HandlerError> {
         self.counts.placed.fetch_add(1, Ordering::Relaxed);
-        *self.counts.revenue.lock().map_err(|e| HandlerError::new(e.to_string()))? += event.total_amount;
+        *self
+            .counts
+            .revenue
+            .lock()
+            .map_err(|e| HandlerError::new(e.to_string()))? += event.total_amount;
         println!(
             "[stats] order {} placed by {} for ${:.2}",
             event.meta().aggregate_id(),
@@ -116,7 +120,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         })
         .build()
         .await?;
-    println!("transport: {}, exchange: {}", bus.transport_name(), bus.config().exchange_name);
+    println!(
+        "transport: {}, exchange: {}",
+        bus.transport_name(),
+        bus.config().exchange_name
+    );
     bus.start_consuming().await?;
 
     let orders: Vec<Uuid> = (0..3).map(|_| Uuid::new_v4()).collect();
@@ -160,7 +168,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     })
     .await
-    .map_err(|_| format!("only {} of {EVENTS} events came back within 30 s", AUDITED.load(Ordering::Acquire)))?;
+    .map_err(|_| {
+        format!(
+            "only {} of {EVENTS} events came back within 30 s",
+            AUDITED.load(Ordering::Acquire)
+        )
+    })?;
 
     bus.shutdown(Duration::from_secs(10)).await?;
     println!(

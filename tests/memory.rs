@@ -104,30 +104,52 @@ async fn discovered_projections_and_functions_receive_their_events() {
         .expect("builds");
     let groups = bus.groups();
     assert_eq!(groups.get("default").map(Vec::len), Some(2), "{groups:?}");
-    assert_eq!(groups.get("crm"), Some(&vec!["CustomerRegistered".to_owned()]));
+    assert_eq!(
+        groups.get("crm"),
+        Some(&vec!["CustomerRegistered".to_owned()])
+    );
 
     let before = FREE_CALLS.load(Ordering::SeqCst);
     let report = bus
         .publish([
             AnyEnvelope::from(placed("C-1")),
             shipped().into(),
-            Envelope::new(Uuid::new_v4(), Registered { email: "a@b".into() }).into(),
+            Envelope::new(
+                Uuid::new_v4(),
+                Registered {
+                    email: "a@b".into(),
+                },
+            )
+            .into(),
         ])
         .await
         .expect("publishes");
     assert_eq!((report.published, report.total), (3, 3));
     assert_eq!(
         seen.entries(),
-        ["all:CustomerRegistered", "all:OrderPlaced", "all:OrderShipped", "placed:C-1"]
+        [
+            "all:CustomerRegistered",
+            "all:OrderPlaced",
+            "all:OrderShipped",
+            "placed:C-1"
+        ]
     );
     assert!(FREE_CALLS.load(Ordering::SeqCst) > before);
     let types: Vec<_> = bus.event_types().names().collect();
-    assert!(types.contains(&"CustomerRegistered") && types.contains(&"OrderPlaced"), "{types:?}");
+    assert!(
+        types.contains(&"CustomerRegistered") && types.contains(&"OrderPlaced"),
+        "{types:?}"
+    );
 }
 
 #[tokio::test]
 async fn subscribe_unsubscribe_and_counts() {
-    let bus = Bus::builder().memory().without_discovery().build().await.expect("builds");
+    let bus = Bus::builder()
+        .memory()
+        .without_discovery()
+        .build()
+        .await
+        .expect("builds");
     assert_eq!(bus.total_subscriber_count(), 0);
     let hits = Arc::new(AtomicUsize::new(0));
     let h = hits.clone();
@@ -155,7 +177,10 @@ async fn subscribe_unsubscribe_and_counts() {
     bus.publish([placed("C-9")]).await.expect("publishes");
     assert_eq!(hits.load(Ordering::SeqCst), 101);
 
-    assert!(!bus.unsubscribe(wild), "a wildcard id is not a typed subscription");
+    assert!(
+        !bus.unsubscribe(wild),
+        "a wildcard id is not a typed subscription"
+    );
     assert!(bus.unsubscribe_from_all_events(wild));
     assert!(!bus.unsubscribe_from_all_events(wild), "already gone");
     bus.publish([placed("C-9")]).await.expect("publishes");
@@ -163,14 +188,22 @@ async fn subscribe_unsubscribe_and_counts() {
 
     assert!(bus.unsubscribe(id));
     assert_eq!(bus.total_subscriber_count(), 0);
-    let err = bus.publish([placed("C-9")]).await.expect_err("nobody handles it");
+    let err = bus
+        .publish([placed("C-9")])
+        .await
+        .expect_err("nobody handles it");
     assert!(matches!(err, Error::Unroutable { .. }), "{err}");
     assert!(err.to_string().contains("Order.OrderPlaced"), "{err}");
 }
 
 #[tokio::test]
 async fn subscribe_all_and_clear_subscribers() {
-    let bus = Bus::builder().memory().without_discovery().build().await.expect("builds");
+    let bus = Bus::builder()
+        .memory()
+        .without_discovery()
+        .build()
+        .await
+        .expect("builds");
     let seen = Arc::new(Seen::default());
     let ids = bus.subscribe_all(Discovered { seen: seen.clone() });
     assert_eq!(ids.len(), 2);
@@ -188,7 +221,9 @@ async fn a_failing_handler_does_not_stop_the_others() {
     let bus = Bus::builder()
         .memory()
         .without_discovery()
-        .handler::<OrderPlaced, _, _>("failing", |_e| async { Err::<(), _>(HandlerError::new("boom")) })
+        .handler::<OrderPlaced, _, _>("failing", |_e| async {
+            Err::<(), _>(HandlerError::new("boom"))
+        })
         .handler::<OrderPlaced, _, _>("working", move |_e| {
             let ok = ok.clone();
             async move {
@@ -199,7 +234,9 @@ async fn a_failing_handler_does_not_stop_the_others() {
         .build()
         .await
         .expect("builds");
-    bus.publish([placed("A"), placed("B")]).await.expect("publish succeeds");
+    bus.publish([placed("A"), placed("B")])
+        .await
+        .expect("publish succeeds");
     assert_eq!(ok_calls.load(Ordering::SeqCst), 2);
     let stats = bus.stats();
     assert_eq!(stats.events_published, 2);
@@ -235,8 +272,14 @@ async fn background_publishes_are_tracked_and_awaited_by_shutdown() {
     assert_eq!(bus.stats().background_tasks_created, 1);
     assert_eq!(bus.background_task_count(), 1);
     // The handler waits; a short shutdown times out naming the pending task.
-    let err = bus.shutdown(Duration::from_millis(50)).await.expect_err("handler still running");
-    assert!(matches!(err, Error::ShutdownTimeout { pending: 1, .. }), "{err}");
+    let err = bus
+        .shutdown(Duration::from_millis(50))
+        .await
+        .expect_err("handler still running");
+    assert!(
+        matches!(err, Error::ShutdownTimeout { pending: 1, .. }),
+        "{err}"
+    );
     release.notify_one();
     bus.shutdown(Duration::from_secs(5)).await.expect("drains");
     assert_eq!(done.load(Ordering::SeqCst), 1);
@@ -253,11 +296,18 @@ async fn publish_batch_reports_counts_and_errors() {
         .build()
         .await
         .expect("builds");
-    let report = bus.publish_batch((0..10).map(|i| placed(&i.to_string())), false).await;
+    let report = bus
+        .publish_batch((0..10).map(|i| placed(&i.to_string())), false)
+        .await;
     assert_eq!((report.published, report.total), (10, 10));
     assert!(report.errors.is_empty());
     // OrderShipped has no handler: its chunk fails, the rest goes out.
-    let mixed: Vec<AnyEnvelope> = vec![placed("a").into(), placed("b").into(), placed("c").into(), shipped().into()];
+    let mixed: Vec<AnyEnvelope> = vec![
+        placed("a").into(),
+        placed("b").into(),
+        placed("c").into(),
+        shipped().into(),
+    ];
     let report = bus.publish_batch(mixed, true).await;
     assert_eq!((report.published, report.total), (3, 4));
     assert_eq!(report.errors.len(), 1);
@@ -272,7 +322,10 @@ async fn invalid_envelopes_are_rejected() {
         .build()
         .await
         .expect("builds");
-    let err = bus.publish([placed("x").version(0)]).await.expect_err("version 0");
+    let err = bus
+        .publish([placed("x").version(0)])
+        .await
+        .expect_err("version 0");
     assert!(matches!(err, Error::InvalidEnvelope(_)), "{err}");
     assert!(err.to_string().contains("aggregate_version"), "{err}");
 }
@@ -319,16 +372,21 @@ async fn manual_registration_conflicts_are_all_listed() {
         .expect_err("conflicts");
     let text = err.to_string();
     assert!(text.contains("2 conflict(s)"), "{text}");
-    assert!(text.contains("handler `same` is registered 2 times"), "{text}");
+    assert!(
+        text.contains("handler `same` is registered 2 times"),
+        "{text}"
+    );
     assert!(text.contains("supplied twice"), "{text}");
 }
 
 #[tokio::test]
 async fn the_builder_never_falls_back_to_memory() {
-    let bus = Bus::builder().url("amqp://guest:guest@127.0.0.1:1/").configure(|c| {
-        c.connect_timeout = Duration::from_millis(300);
-        c.reconnect_delay = Duration::from_millis(50);
-    });
+    let bus = Bus::builder()
+        .url("amqp://guest:guest@127.0.0.1:1/")
+        .configure(|c| {
+            c.connect_timeout = Duration::from_millis(300);
+            c.reconnect_delay = Duration::from_millis(50);
+        });
     let err = bus.build().await.expect_err("nothing listens on port 1");
     assert!(matches!(err, Error::NotConnected(_)), "{err}");
     let text = err.to_string();
@@ -338,7 +396,11 @@ async fn the_builder_never_falls_back_to_memory() {
 
 #[tokio::test]
 async fn malformed_urls_are_config_errors() {
-    let err = Bus::builder().url("amqp://u:secret@host:port/").build().await.expect_err("bad url");
+    let err = Bus::builder()
+        .url("amqp://u:secret@host:port/")
+        .build()
+        .await
+        .expect_err("bad url");
     assert!(matches!(err, Error::Config(_)), "{err}");
     assert!(!err.to_string().contains("secret"), "{err}");
     assert!(!format!("{err:?}").contains("secret"), "{err:?}");

@@ -20,7 +20,8 @@ const WAIT: Duration = Duration::from_secs(20);
 /// A handler that forwards what it receives to a channel.
 fn forward<E: eventbus::DomainEvent + Clone>(
     tx: mpsc::UnboundedSender<Envelope<E>>,
-) -> impl Fn(Arc<Envelope<E>>) -> std::future::Ready<Result<(), HandlerError>> + Send + Sync + 'static {
+) -> impl Fn(Arc<Envelope<E>>) -> std::future::Ready<Result<(), HandlerError>> + Send + Sync + 'static
+{
     move |e: Arc<Envelope<E>>| {
         let _ = tx.send((*e).clone());
         std::future::ready(Ok(()))
@@ -57,12 +58,18 @@ async fn a_round_trip_keeps_every_envelope_field() {
     assert_eq!(report.published, 1);
     let got = recv(&mut rx).await;
     assert_eq!(got, sent);
-    bus.shutdown(Duration::from_secs(10)).await.expect("shuts down");
+    bus.shutdown(Duration::from_secs(10))
+        .await
+        .expect("shuts down");
     let stats = bus.stats();
     assert_eq!(stats.events_published, 1);
     assert_eq!(stats.events_consumed, 1);
     assert_eq!(stats.events_processed_success, 1);
-    assert!(stats.connected_at.is_some() && stats.last_publish_at.is_some() && stats.last_consume_at.is_some());
+    assert!(
+        stats.connected_at.is_some()
+            && stats.last_publish_at.is_some()
+            && stats.last_consume_at.is_some()
+    );
 }
 
 #[tokio::test]
@@ -73,7 +80,9 @@ async fn topology_binds_exactly_the_handled_keys() {
         .builder()
         .handler::<OrderPlaced, _, _>("p", |_e| async { Ok::<_, HandlerError>(()) })
         .handler::<OrderShipped, _, _>("s", |_e| async { Ok::<_, HandlerError>(()) })
-        .wildcard_handler("audit", Some(&audit), |_e| async { Ok::<_, HandlerError>(()) })
+        .wildcard_handler("audit", Some(&audit), |_e| async {
+            Ok::<_, HandlerError>(())
+        })
         .build()
         .await
         .expect("connects");
@@ -98,13 +107,23 @@ async fn topology_binds_exactly_the_handled_keys() {
     assert_eq!(config.dlq_exchange_name(), format!("{x}_dlq"));
     assert_eq!(config.dlq_queue_name(), format!("{x}.default.dlq"));
     let info = bus.queue_info().await.expect("queue exists");
-    assert_eq!((info.name.as_str(), info.message_count, info.consumer_count), (config.queue_name().as_str(), 0, 0));
-    bus.shutdown(Duration::from_secs(5)).await.expect("shuts down");
+    assert_eq!(
+        (info.name.as_str(), info.message_count, info.consumer_count),
+        (config.queue_name().as_str(), 0, 0)
+    );
+    bus.shutdown(Duration::from_secs(5))
+        .await
+        .expect("shuts down");
 }
 
 #[tokio::test]
 async fn every_exchange_type_routes_each_event_to_the_groups_that_handle_it() {
-    for kind in [ExchangeType::Topic, ExchangeType::Direct, ExchangeType::Fanout, ExchangeType::Headers] {
+    for kind in [
+        ExchangeType::Topic,
+        ExchangeType::Direct,
+        ExchangeType::Fanout,
+        ExchangeType::Headers,
+    ] {
         let scope = Scope::new(&format!("kind-{kind}"));
         let (ptx, mut prx) = mpsc::unbounded_channel();
         let (stx, mut srx) = mpsc::unbounded_channel();
@@ -140,8 +159,14 @@ async fn every_exchange_type_routes_each_event_to_the_groups_that_handle_it() {
             .unwrap_or_else(|e| panic!("{kind}: publish failed: {e}"));
         assert_eq!(recv(&mut prx).await.customer_id, "P-1", "{kind}");
         assert_eq!(recv(&mut srx).await.tracking_number, "S-1", "{kind}");
-        placed_bus.shutdown(Duration::from_secs(5)).await.expect("shuts down");
-        shipped_bus.shutdown(Duration::from_secs(5)).await.expect("shuts down");
+        placed_bus
+            .shutdown(Duration::from_secs(5))
+            .await
+            .expect("shuts down");
+        shipped_bus
+            .shutdown(Duration::from_secs(5))
+            .await
+            .expect("shuts down");
         // Nothing else arrived: each group got only its own event type.
         assert!(prx.try_recv().is_err(), "{kind}: placed group got more");
         assert!(srx.try_recv().is_err(), "{kind}: shipped group got more");
@@ -171,7 +196,12 @@ async fn members_of_one_group_share_the_work() {
                 let (count, all, counts) = (count.clone(), all.clone(), counts.clone());
                 async move {
                     count.fetch_add(1, Ordering::SeqCst);
-                    if counts.iter().map(|c| c.load(Ordering::SeqCst)).sum::<usize>() == 10 {
+                    if counts
+                        .iter()
+                        .map(|c| c.load(Ordering::SeqCst))
+                        .sum::<usize>()
+                        == 10
+                    {
                         all.notify_one();
                     }
                     Ok::<_, HandlerError>(())
@@ -189,9 +219,13 @@ async fn members_of_one_group_share_the_work() {
         .publish((0..10).map(|i| placed(&format!("C-{i}"))))
         .await
         .expect("confirmed");
-    tokio::time::timeout(WAIT, all.notified()).await.expect("all 10 handled");
+    tokio::time::timeout(WAIT, all.notified())
+        .await
+        .expect("all 10 handled");
     for bus in &buses {
-        bus.shutdown(Duration::from_secs(5)).await.expect("shuts down");
+        bus.shutdown(Duration::from_secs(5))
+            .await
+            .expect("shuts down");
     }
     let got: Vec<usize> = counts.iter().map(|c| c.load(Ordering::SeqCst)).collect();
     assert_eq!(got.iter().sum::<usize>(), 10, "{got:?}");
@@ -230,7 +264,9 @@ async fn each_group_receives_every_event() {
         assert_eq!(got, sent);
     }
     for bus in &buses {
-        bus.shutdown(Duration::from_secs(5)).await.expect("shuts down");
+        bus.shutdown(Duration::from_secs(5))
+            .await
+            .expect("shuts down");
     }
 }
 
@@ -251,7 +287,9 @@ async fn an_event_nobody_is_bound_for_is_unroutable() {
     bus.bind_event_type::<OrderShipped>().await.expect("binds");
     bus.publish([shipped("S-2")]).await.expect("now routable");
     assert_eq!(common::message_count(&scope.queue("default")).await, 1);
-    bus.shutdown(Duration::from_secs(5)).await.expect("shuts down");
+    bus.shutdown(Duration::from_secs(5))
+        .await
+        .expect("shuts down");
 }
 
 #[tokio::test]
@@ -262,8 +300,14 @@ async fn a_conflicting_queue_fails_startup_naming_queue_and_argument() {
     // Everything as eventbus declares it, plus a length limit it does not ask for.
     let mut args = FieldTable::default();
     let queue = scope.queue("default");
-    args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString(format!("{}_dlq", scope.exchange).into()));
-    args.insert("x-dead-letter-routing-key".into(), AMQPValue::LongString(queue.clone().into()));
+    args.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString(format!("{}_dlq", scope.exchange).into()),
+    );
+    args.insert(
+        "x-dead-letter-routing-key".into(),
+        AMQPValue::LongString(queue.clone().into()),
+    );
     args.insert("x-max-length".into(), AMQPValue::LongLongInt(5));
     ch.queue_declare(
         scope.queue("default").as_str().into(),
@@ -282,7 +326,10 @@ async fn a_conflicting_queue_fails_startup_naming_queue_and_argument() {
         .await
         .expect_err("conflicting arguments");
     let text = err.to_string();
-    assert!(matches!(err, Error::TopologyConflict { kind: "queue", .. }), "{text}");
+    assert!(
+        matches!(err, Error::TopologyConflict { kind: "queue", .. }),
+        "{text}"
+    );
     assert!(text.contains(&scope.queue("default")), "{text}");
     assert!(text.contains("x-max-length"), "{text}");
     let _ = conn.close(200, "done".into()).await;
@@ -294,15 +341,19 @@ async fn queue_arguments_pass_through_for_quorum_queues() {
     let bus = scope
         .builder()
         .configure(|c| {
-            c.queue_arguments
-                .insert("x-queue-type".into(), eventbus::config::QueueArgument::Str("quorum".into()));
+            c.queue_arguments.insert(
+                "x-queue-type".into(),
+                eventbus::config::QueueArgument::Str("quorum".into()),
+            );
         })
         .handler::<OrderPlaced, _, _>("p", |_e| async { Ok::<_, HandlerError>(()) })
         .build()
         .await
         .expect("declares a quorum queue");
     assert_eq!(common::queue_type(&scope.queue("default")), "quorum");
-    bus.shutdown(Duration::from_secs(5)).await.expect("shuts down");
+    bus.shutdown(Duration::from_secs(5))
+        .await
+        .expect("shuts down");
 }
 
 #[tokio::test]
@@ -328,7 +379,9 @@ async fn shutdown_lets_in_flight_handlers_finish_and_ack() {
         .expect("connects");
     bus.start_consuming().await.expect("consumes");
     bus.publish([placed("slow")]).await.expect("confirmed");
-    tokio::time::timeout(WAIT, started.notified()).await.expect("handler started");
+    tokio::time::timeout(WAIT, started.notified())
+        .await
+        .expect("handler started");
     let closing = {
         let bus = bus.clone();
         tokio::spawn(async move { bus.shutdown(Duration::from_secs(20)).await })
@@ -353,18 +406,33 @@ async fn health_reports_connection_and_consumers() {
         .await
         .expect("connects");
     let health = bus.health_check().await;
-    assert!(health.healthy && health.connected && !health.consuming, "{health:?}");
+    assert!(
+        health.healthy && health.connected && !health.consuming,
+        "{health:?}"
+    );
     bus.start_consuming().await.expect("consumes");
     let health = bus.health_check().await;
     assert!(health.healthy && health.consuming, "{health:?}");
-    assert_eq!(health.consumers.get(&scope.queue("default")), Some(&true), "{health:?}");
+    assert_eq!(
+        health.consumers.get(&scope.queue("default")),
+        Some(&true),
+        "{health:?}"
+    );
     assert_eq!(bus.queue_info().await.expect("info").consumer_count, 1);
     bus.stop_consuming().await.expect("stops");
     assert!(!bus.health_check().await.consuming);
-    bus.shutdown(Duration::from_secs(5)).await.expect("shuts down");
+    bus.shutdown(Duration::from_secs(5))
+        .await
+        .expect("shuts down");
     let health = bus.health_check().await;
     assert!(!health.healthy && !health.connected, "{health:?}");
-    assert!(health.error.as_deref().is_some_and(|e| e.contains("closed")), "{health:?}");
+    assert!(
+        health
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("closed")),
+        "{health:?}"
+    );
 }
 
 #[tokio::test]
@@ -393,13 +461,22 @@ async fn undecodable_and_failing_messages_are_dead_lettered_not_dropped() {
     let ch = conn.create_channel().await.expect("channel");
     let header = |event_type: &str| {
         let mut h = FieldTable::default();
-        h.insert("event_type".into(), AMQPValue::LongString(event_type.into()));
+        h.insert(
+            "event_type".into(),
+            AMQPValue::LongString(event_type.into()),
+        );
         lapin::BasicProperties::default().with_headers(h)
     };
     let raw_messages: [(&[u8], &str); 3] = [
         (b"{not json", "OrderPlaced"),
-        (br#"{"aggregate_id":"f87dabfc-43c9-461c-8a94-9ed40c65ca5b","aggregate_type":"Order"}"#, "Nope"),
-        (br#"{"aggregate_id":"f87dabfc-43c9-461c-8a94-9ed40c65ca5b","aggregate_type":"Order"}"#, "OrderPlaced"),
+        (
+            br#"{"aggregate_id":"f87dabfc-43c9-461c-8a94-9ed40c65ca5b","aggregate_type":"Order"}"#,
+            "Nope",
+        ),
+        (
+            br#"{"aggregate_id":"f87dabfc-43c9-461c-8a94-9ed40c65ca5b","aggregate_type":"Order"}"#,
+            "OrderPlaced",
+        ),
     ];
     for (body, event_type) in raw_messages {
         ch.basic_publish(
@@ -414,7 +491,9 @@ async fn undecodable_and_failing_messages_are_dead_lettered_not_dropped() {
         .await
         .expect("confirmed");
     }
-    bus.publish([placed("bad"), placed("good")]).await.expect("confirmed");
+    bus.publish([placed("bad"), placed("good")])
+        .await
+        .expect("confirmed");
     let dlq = format!("{}.dlq", scope.queue("default"));
     common::eventually("four dead-lettered messages", WAIT, || async {
         common::message_count(&dlq).await == 4
@@ -426,7 +505,9 @@ async fn undecodable_and_failing_messages_are_dead_lettered_not_dropped() {
     assert_eq!(stats.events_processed_failed, 4);
     assert_eq!(stats.events_processed_success, 1);
     let _ = conn.close(200, "done".into()).await;
-    bus.shutdown(Duration::from_secs(5)).await.expect("shuts down");
+    bus.shutdown(Duration::from_secs(5))
+        .await
+        .expect("shuts down");
 }
 
 #[tokio::test]
@@ -449,5 +530,7 @@ async fn subscribing_at_runtime_binds_the_new_event_type() {
     .await;
     bus.publish([shipped("late")]).await.expect("routable now");
     assert_eq!(recv(&mut rx).await.tracking_number, "late");
-    bus.shutdown(Duration::from_secs(5)).await.expect("shuts down");
+    bus.shutdown(Duration::from_secs(5))
+        .await
+        .expect("shuts down");
 }

@@ -18,7 +18,10 @@ use uuid::Uuid;
 static SERIAL: AsyncMutex<()> = AsyncMutex::const_new(());
 
 fn rabbitmqctl(args: &[&str]) {
-    let out = Command::new("rabbitmqctl").args(args).output().expect("rabbitmqctl runs");
+    let out = Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .expect("rabbitmqctl runs");
     assert!(
         out.status.success(),
         "rabbitmqctl {args:?} failed: {}",
@@ -51,7 +54,10 @@ async fn consuming_bus(scope: &Scope, handled: &Handled) -> Bus {
 fn publish_in_background(
     bus: &Bus,
     batches: usize,
-) -> (mpsc::UnboundedReceiver<usize>, tokio::task::JoinHandle<BTreeSet<Uuid>>) {
+) -> (
+    mpsc::UnboundedReceiver<usize>,
+    tokio::task::JoinHandle<BTreeSet<Uuid>>,
+) {
     let (tx, rx) = mpsc::unbounded_channel();
     let bus = bus.clone();
     let task = tokio::spawn(async move {
@@ -75,9 +81,11 @@ fn publish_in_background(
 }
 
 async fn assert_all_handled(confirmed: &BTreeSet<Uuid>, handled: &Handled) {
-    common::eventually("every confirmed event handled", Duration::from_secs(60), || async {
-        handled.lock().expect("not poisoned").is_superset(confirmed)
-    })
+    common::eventually(
+        "every confirmed event handled",
+        Duration::from_secs(60),
+        || async { handled.lock().expect("not poisoned").is_superset(confirmed) },
+    )
     .await;
 }
 
@@ -92,13 +100,22 @@ async fn confirmed_events_survive_the_broker_closing_every_connection() {
     while progress.recv().await.is_some_and(|batch| batch < 5) {}
     rabbitmqctl(&["close_all_connections", "eventbus reconnect test"]);
     let confirmed = task.await.expect("publisher task");
-    assert!(confirmed.len() >= 250, "most batches confirmed: {}", confirmed.len());
+    assert!(
+        confirmed.len() >= 250,
+        "most batches confirmed: {}",
+        confirmed.len()
+    );
     assert_all_handled(&confirmed, &handled).await;
     let stats = bus.stats();
-    assert!(stats.reconnections >= 2, "publisher and consumer reconnected: {stats:?}");
+    assert!(
+        stats.reconnections >= 2,
+        "publisher and consumer reconnected: {stats:?}"
+    );
     let health = bus.health_check().await;
     assert!(health.healthy && health.consuming, "{health:?}");
-    bus.shutdown(Duration::from_secs(10)).await.expect("shuts down");
+    bus.shutdown(Duration::from_secs(10))
+        .await
+        .expect("shuts down");
 }
 
 #[tokio::test]
@@ -110,10 +127,14 @@ async fn confirmed_events_survive_a_broker_restart() {
     let (mut progress, task) = publish_in_background(&bus, 20);
     while progress.recv().await.is_some_and(|batch| batch < 3) {}
     rabbitmqctl(&["stop_app"]);
-    common::eventually("health to report the outage", Duration::from_secs(20), || async {
-        let health = bus.health_check().await;
-        !health.healthy && !health.connected && health.error.is_some()
-    })
+    common::eventually(
+        "health to report the outage",
+        Duration::from_secs(20),
+        || async {
+            let health = bus.health_check().await;
+            !health.healthy && !health.connected && health.error.is_some()
+        },
+    )
     .await;
     rabbitmqctl(&["start_app"]);
     rabbitmqctl(&["await_startup"]);
@@ -121,5 +142,7 @@ async fn confirmed_events_survive_a_broker_restart() {
     assert!(!confirmed.is_empty());
     assert_all_handled(&confirmed, &handled).await;
     assert!(bus.stats().reconnections >= 2);
-    bus.shutdown(Duration::from_secs(10)).await.expect("shuts down");
+    bus.shutdown(Duration::from_secs(10))
+        .await
+        .expect("shuts down");
 }

@@ -34,32 +34,87 @@ struct Pki {
 
 impl Pki {
     fn new() -> Self {
-        let dir = std::env::temp_dir().join(format!("eventbus-tls-{}", uuid::Uuid::new_v4().simple()));
+        let dir =
+            std::env::temp_dir().join(format!("eventbus-tls-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let days = ["-days", "2"];
         for ca in ["ca", "other-ca"] {
             openssl(
                 &dir,
-                &[&["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", &format!("{ca}.key")][..],
-                  &["-out", &format!("{ca}.pem"), "-subj", &format!("/CN=eventbus test {ca}")],
-                  &days[..]]
-                    .concat(),
+                &[
+                    &[
+                        "req",
+                        "-x509",
+                        "-newkey",
+                        "rsa:2048",
+                        "-nodes",
+                        "-keyout",
+                        &format!("{ca}.key"),
+                    ][..],
+                    &[
+                        "-out",
+                        &format!("{ca}.pem"),
+                        "-subj",
+                        &format!("/CN=eventbus test {ca}"),
+                    ],
+                    &days[..],
+                ]
+                .concat(),
             );
         }
-        std::fs::write(dir.join("server.ext"), "subjectAltName=DNS:localhost,IP:127.0.0.1\n").expect("ext");
+        std::fs::write(
+            dir.join("server.ext"),
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+        )
+        .expect("ext");
         std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").expect("ext");
         for (name, cn) in [("server", "localhost"), ("client", "eventbus-client")] {
-            openssl(&dir, &["genpkey", "-algorithm", "RSA", "-out", &format!("{name}.key")]);
             openssl(
                 &dir,
-                &["req", "-new", "-key", &format!("{name}.key"), "-out", &format!("{name}.csr"), "-subj", &format!("/CN={cn}")],
+                &[
+                    "genpkey",
+                    "-algorithm",
+                    "RSA",
+                    "-out",
+                    &format!("{name}.key"),
+                ],
             );
             openssl(
                 &dir,
-                &[&["x509", "-req", "-in", &format!("{name}.csr"), "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial"][..],
-                  &["-out", &format!("{name}.pem"), "-extfile", &format!("{name}.ext")],
-                  &days[..]]
-                    .concat(),
+                &[
+                    "req",
+                    "-new",
+                    "-key",
+                    &format!("{name}.key"),
+                    "-out",
+                    &format!("{name}.csr"),
+                    "-subj",
+                    &format!("/CN={cn}"),
+                ],
+            );
+            openssl(
+                &dir,
+                &[
+                    &[
+                        "x509",
+                        "-req",
+                        "-in",
+                        &format!("{name}.csr"),
+                        "-CA",
+                        "ca.pem",
+                        "-CAkey",
+                        "ca.key",
+                        "-CAcreateserial",
+                    ][..],
+                    &[
+                        "-out",
+                        &format!("{name}.pem"),
+                        "-extfile",
+                        &format!("{name}.ext"),
+                    ],
+                    &days[..],
+                ]
+                .concat(),
             );
         }
         // The broker runs as its own user: let it read the files.
@@ -110,20 +165,34 @@ impl Listener {
 impl Drop for Listener {
     fn drop(&mut self) {
         let _ = Command::new("rabbitmqctl")
-            .args(["eval", &format!("rabbit_networking:stop_tcp_listener({}).", self.port)])
+            .args([
+                "eval",
+                &format!("rabbit_networking:stop_tcp_listener({}).", self.port),
+            ])
             .output();
     }
 }
 
 async fn round_trip(bus: eventbus::Bus, rx: &mut mpsc::UnboundedReceiver<String>) {
     bus.start_consuming().await.expect("consumes over TLS");
-    bus.publish([placed("tls")]).await.expect("confirmed over TLS");
-    let got = tokio::time::timeout(Duration::from_secs(20), rx.recv()).await.expect("in time");
+    bus.publish([placed("tls")])
+        .await
+        .expect("confirmed over TLS");
+    let got = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+        .await
+        .expect("in time");
     assert_eq!(got.as_deref(), Some("tls"));
-    bus.shutdown(Duration::from_secs(5)).await.expect("shuts down");
+    bus.shutdown(Duration::from_secs(5))
+        .await
+        .expect("shuts down");
 }
 
-fn forward(tx: mpsc::UnboundedSender<String>) -> impl Fn(Arc<Envelope<OrderPlaced>>) -> std::future::Ready<Result<(), HandlerError>> + Send + Sync + 'static {
+fn forward(
+    tx: mpsc::UnboundedSender<String>,
+) -> impl Fn(Arc<Envelope<OrderPlaced>>) -> std::future::Ready<Result<(), HandlerError>>
++ Send
++ Sync
++ 'static {
     move |e| {
         let _ = tx.send(e.customer_id.clone());
         std::future::ready(Ok(()))
@@ -203,7 +272,11 @@ async fn a_wrong_ca_is_a_typed_error_never_a_fallback() {
     assert!(text.contains("guest:***@localhost"), "{text}");
     assert!(!text.contains("guest:guest"), "{text}");
     // Fatal at once: no retry storm until the connect timeout.
-    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
 
     // Certificates configured with a plain amqp:// URL: refused, not silently ignored.
     let err = Scope::new("plain-with-ca")

@@ -30,7 +30,10 @@ struct NeedsPool {
 #[projection]
 impl NeedsPool {
     #[handles(billing::InvoiceIssued)]
-    async fn on_issued(&self, event: &Envelope<billing::InvoiceIssued>) -> Result<(), HandlerError> {
+    async fn on_issued(
+        &self,
+        event: &Envelope<billing::InvoiceIssued>,
+    ) -> Result<(), HandlerError> {
         let _ = (self.pool, event.amount);
         Ok(())
     }
@@ -38,16 +41,29 @@ impl NeedsPool {
 
 #[tokio::test]
 async fn startup_lists_every_conflict() {
-    let err = Bus::builder().memory().build().await.expect_err("conflicts");
+    let err = Bus::builder()
+        .memory()
+        .build()
+        .await
+        .expect_err("conflicts");
     let Error::Registry(registry) = &err else {
         panic!("expected a registry error, got {err}");
     };
     let text = err.to_string();
     assert_eq!(registry.conflicts.len(), 2, "{text}");
-    assert!(text.contains("event type `Issued` is claimed by both"), "{text}");
-    assert!(text.contains("InvoiceIssued") && text.contains("LabelIssued"), "{text}");
+    assert!(
+        text.contains("event type `Issued` is claimed by both"),
+        "{text}"
+    );
+    assert!(
+        text.contains("InvoiceIssued") && text.contains("LabelIssued"),
+        "{text}"
+    );
     assert!(text.contains("#[event(name = \"...\")]"), "{text}");
-    assert!(text.contains("projection `registry_conflicts::NeedsPool` does not implement `Default`"), "{text}");
+    assert!(
+        text.contains("projection `registry_conflicts::NeedsPool` does not implement `Default`"),
+        "{text}"
+    );
 }
 
 #[tokio::test]
@@ -63,5 +79,8 @@ async fn supplying_the_instance_resolves_the_projection_conflict() {
     let text = err.to_string();
     assert!(text.contains("1 conflict(s)"), "{text}");
     assert!(!text.contains("NeedsPool"), "{text}");
-    let _ = shipping::LabelIssued { label: String::new() }.label;
+    let _ = shipping::LabelIssued {
+        label: String::new(),
+    }
+    .label;
 }

@@ -11,14 +11,14 @@ use serde::Serialize;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
-use crate::error::ConfigError;
 use crate::dispatch::{Dispatcher, SubscriptionId};
 use crate::envelope::{AnyEnvelope, Envelope};
+use crate::error::ConfigError;
 use crate::error::{Error, HandlerError, HandlerResult, RegistryError};
 use crate::event::DomainEvent;
 use crate::registry::{
-    Discovered, EventRegistration, EventTypes, FunctionRegistration, HandlerEntry, Invoke, Projection,
-    ProjectionRegistration,
+    Discovered, EventRegistration, EventTypes, FunctionRegistration, HandlerEntry, Invoke,
+    Projection, ProjectionRegistration,
 };
 use crate::stats::{BusStats, Stats, add};
 use crate::transport::{Transport, rabbit};
@@ -199,7 +199,11 @@ impl fmt::Debug for BusBuilder {
             .field("events", &self.events)
             .field(
                 "projections",
-                &self.projections.iter().map(|(r, _)| r.name).collect::<Vec<_>>(),
+                &self
+                    .projections
+                    .iter()
+                    .map(|(r, _)| r.name)
+                    .collect::<Vec<_>>(),
             )
             .field(
                 "handlers",
@@ -404,7 +408,11 @@ impl Bus {
             .snapshot()
             .groups
             .values()
-            .map(|g| g.handlers_for(event_type).filter(|h| h.event.is_some()).count())
+            .map(|g| {
+                g.handlers_for(event_type)
+                    .filter(|h| h.event.is_some())
+                    .count()
+            })
             .sum()
     }
 
@@ -506,7 +514,11 @@ impl Bus {
     /// Adds a binding for `routing_key` to the default group's queue (RabbitMQ).
     pub async fn bind_routing_key(&self, routing_key: &str) -> Result<(), Error> {
         self.transport
-            .bind(&self.shared, &self.shared.config.consumer_group, routing_key)
+            .bind(
+                &self.shared,
+                &self.shared.config.consumer_group,
+                routing_key,
+            )
             .await
     }
 
@@ -660,7 +672,8 @@ impl BusBuilder {
     /// Supplies the instance of a projection (one holding a database pool,
     /// say); registers it if discovery did not.
     pub fn projection<P: Projection>(mut self, projection: P) -> Self {
-        self.projections.push((P::registration(), Arc::new(projection)));
+        self.projections
+            .push((P::registration(), Arc::new(projection)));
         self
     }
 
@@ -714,8 +727,13 @@ impl BusBuilder {
         }
 
         // Projections: discovered ones, plus instances supplied here (which win).
-        let mut projections: BTreeMap<&'static str, (&'static ProjectionRegistration, Option<Arc<dyn Any + Send + Sync>>)> =
-            BTreeMap::new();
+        let mut projections: BTreeMap<
+            &'static str,
+            (
+                &'static ProjectionRegistration,
+                Option<Arc<dyn Any + Send + Sync>>,
+            ),
+        > = BTreeMap::new();
         for reg in &discovered.projections {
             projections.insert(reg.name, (reg, None));
         }
@@ -743,7 +761,12 @@ impl BusBuilder {
             };
             entries.extend(projection_entries(reg, &instance, group));
         }
-        entries.extend(discovered.functions.iter().map(|f| function_entry(f, group)));
+        entries.extend(
+            discovered
+                .functions
+                .iter()
+                .map(|f| function_entry(f, group)),
+        );
         for h in self.handlers {
             entries.push(HandlerEntry {
                 name: h.name.into(),

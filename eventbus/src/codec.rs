@@ -81,7 +81,10 @@ pub struct WireMessage {
 impl WireMessage {
     /// The header `name`, if present.
     pub fn header(&self, name: &str) -> Option<&HeaderValue> {
-        self.headers.iter().find(|(k, _)| *k == name).map(|(_, v)| v)
+        self.headers
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v)
     }
 }
 
@@ -101,7 +104,10 @@ pub fn encode(envelope: &AnyEnvelope) -> Result<WireMessage, serde_json::Error> 
 /// The headers eventsource-py writes for an event, in its order.
 pub fn headers(meta: &EventMeta) -> Vec<(&'static str, HeaderValue)> {
     let mut headers = vec![
-        (HEADER_EVENT_TYPE, HeaderValue::Str(meta.event_type.to_string())),
+        (
+            HEADER_EVENT_TYPE,
+            HeaderValue::Str(meta.event_type.to_string()),
+        ),
         (
             HEADER_AGGREGATE_TYPE,
             HeaderValue::Str(meta.aggregate_type.to_string()),
@@ -179,7 +185,10 @@ struct BodyOut<'a, E> {
 }
 
 /// Encodes the JSON body of an event.
-pub fn encode_body<E: Serialize>(meta: &EventMeta, event: &E) -> Result<Vec<u8>, serde_json::Error> {
+pub fn encode_body<E: Serialize>(
+    meta: &EventMeta,
+    event: &E,
+) -> Result<Vec<u8>, serde_json::Error> {
     let mut out = Vec::with_capacity(512);
     BodyOut {
         event_id: &meta.event_id,
@@ -361,7 +370,10 @@ mod tests {
 
     #[test]
     fn whole_seconds_have_no_fraction_like_pydantic() {
-        let at = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).single().expect("valid");
+        let at = Utc
+            .with_ymd_and_hms(2026, 1, 1, 0, 0, 0)
+            .single()
+            .expect("valid");
         assert_eq!(format_time(&at), "2026-01-01T00:00:00Z");
         let at = at + chrono::Duration::microseconds(120);
         assert_eq!(format_time(&at), "2026-01-01T00:00:00.000120Z");
@@ -399,8 +411,14 @@ mod tests {
         assert_eq!(m.event_version(), 2);
         assert_eq!(m.aggregate_version(), 4);
         assert_eq!(m.actor_id(), Some("alice"));
-        assert_eq!(m.tenant_id(), Some(uuid("11111111-2222-4333-8444-555555555555")));
-        assert_eq!(m.causation_id(), Some(uuid("f9b98ff4-654e-405f-9ea3-a85ae7cd1165")));
+        assert_eq!(
+            m.tenant_id(),
+            Some(uuid("11111111-2222-4333-8444-555555555555"))
+        );
+        assert_eq!(
+            m.causation_id(),
+            Some(uuid("f9b98ff4-654e-405f-9ea3-a85ae7cd1165"))
+        );
         assert_eq!(m.metadata().get("a"), Some(&serde_json::json!("é")));
         assert_eq!(format_time(&m.occurred_at()), "2026-01-01T00:00:00Z");
         assert!((e.total_amount - 1.0).abs() < f64::EPSILON);
@@ -413,7 +431,14 @@ mod tests {
         let names: Vec<_> = h.iter().map(|(k, _)| *k).collect();
         assert_eq!(
             names,
-            ["event_type", "aggregate_type", "aggregate_id", "aggregate_version", "x-retry-count", "correlation_id"]
+            [
+                "event_type",
+                "aggregate_type",
+                "aggregate_id",
+                "aggregate_version",
+                "x-retry-count",
+                "correlation_id"
+            ]
         );
         assert_eq!(h[3].1, HeaderValue::Int(3));
         assert_eq!(h[4].1, HeaderValue::Int(0));
@@ -433,7 +458,10 @@ mod tests {
         assert!(err.to_string().contains("OrderPlaced"), "{err}");
         let err = decode_body::<OrderPlaced>(br#"{"event_type":"OrderShipped","aggregate_id":"f87dabfc-43c9-461c-8a94-9ed40c65ca5b","aggregate_type":"Order","customer_id":"c","total_amount":1}"#)
             .expect_err("wrong type");
-        assert!(matches!(err, DecodeError::EventTypeMismatch { .. }), "{err}");
+        assert!(
+            matches!(err, DecodeError::EventTypeMismatch { .. }),
+            "{err}"
+        );
         let err = decode_body::<OrderPlaced>(br#"{"aggregate_version":0,"aggregate_id":"f87dabfc-43c9-461c-8a94-9ed40c65ca5b","aggregate_type":"Order","customer_id":"c","total_amount":1}"#)
             .expect_err("version 0");
         assert!(err.to_string().contains("aggregate_version"), "{err}");

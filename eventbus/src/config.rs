@@ -40,7 +40,9 @@ impl BrokerUrl {
             reason,
         };
         let (scheme, _) = raw.split_once("://").ok_or_else(|| {
-            invalid("expected `memory://`, `amqp://user:pass@host:port/vhost` or `amqps://...`".into())
+            invalid(
+                "expected `memory://`, `amqp://user:pass@host:port/vhost` or `amqps://...`".into(),
+            )
         })?;
         let kind = match scheme.to_ascii_lowercase().as_str() {
             "memory" => UrlKind::Memory,
@@ -325,17 +327,33 @@ impl Config {
         if let Some(name) = env.get("CONSUMER_NAME") {
             c.consumer_name = Some(name);
         }
-        env.parse("PREFETCH_COUNT", &mut c.prefetch_count, "an integer 0..=65535")?;
+        env.parse(
+            "PREFETCH_COUNT",
+            &mut c.prefetch_count,
+            "an integer 0..=65535",
+        )?;
         env.parse("MAX_RETRIES", &mut c.max_retries, "a non-negative integer")?;
         env.flag("ENABLE_DLQ", &mut c.enable_dlq)?;
         env.string("DLQ_EXCHANGE_SUFFIX", &mut c.dlq_exchange_suffix)?;
-        env.optional("DLQ_MESSAGE_TTL", &mut c.dlq_message_ttl, "milliseconds, a non-negative integer")?;
-        env.optional("DLQ_MAX_LENGTH", &mut c.dlq_max_length, "a non-negative integer")?;
+        env.optional(
+            "DLQ_MESSAGE_TTL",
+            &mut c.dlq_message_ttl,
+            "milliseconds, a non-negative integer",
+        )?;
+        env.optional(
+            "DLQ_MAX_LENGTH",
+            &mut c.dlq_max_length,
+            "a non-negative integer",
+        )?;
         env.flag("DURABLE", &mut c.durable)?;
         env.flag("AUTO_DELETE", &mut c.auto_delete)?;
         env.seconds("RECONNECT_DELAY", &mut c.reconnect_delay)?;
         env.seconds("MAX_RECONNECT_DELAY", &mut c.max_reconnect_delay)?;
-        env.parse("HEARTBEAT", &mut c.heartbeat, "seconds, an integer 0..=65535")?;
+        env.parse(
+            "HEARTBEAT",
+            &mut c.heartbeat,
+            "seconds, an integer 0..=65535",
+        )?;
         env.flag("ENABLE_TRACING", &mut c.enable_tracing)?;
         env.flag("VERIFY_SSL", &mut c.verify_ssl)?;
         env.path("CA_FILE", &mut c.ca_file);
@@ -343,14 +361,30 @@ impl Config {
         env.path("KEY_FILE", &mut c.key_file);
         env.seconds("RETRY_BASE_DELAY", &mut c.retry_base_delay)?;
         env.seconds("RETRY_MAX_DELAY", &mut c.retry_max_delay)?;
-        env.parse("RETRY_JITTER", &mut c.retry_jitter, "a fraction between 0.0 and 1.0")?;
+        env.parse(
+            "RETRY_JITTER",
+            &mut c.retry_jitter,
+            "a fraction between 0.0 and 1.0",
+        )?;
         env.seconds("SHUTDOWN_TIMEOUT", &mut c.shutdown_timeout)?;
         if let Some(pattern) = env.get("ROUTING_KEY_PATTERN") {
             c.routing_key_pattern = Some(pattern);
         }
-        env.parse("PUBLISH_CHUNK_SIZE", &mut c.publish_chunk_size, "a positive integer")?;
-        env.parse("MAX_CONCURRENT_PUBLISHES", &mut c.max_concurrent_publishes, "a positive integer")?;
-        env.parse("PUBLISH_CONFIRM_WINDOW", &mut c.publish_confirm_window, "a positive integer")?;
+        env.parse(
+            "PUBLISH_CHUNK_SIZE",
+            &mut c.publish_chunk_size,
+            "a positive integer",
+        )?;
+        env.parse(
+            "MAX_CONCURRENT_PUBLISHES",
+            &mut c.max_concurrent_publishes,
+            "a positive integer",
+        )?;
+        env.parse(
+            "PUBLISH_CONFIRM_WINDOW",
+            &mut c.publish_confirm_window,
+            "a positive integer",
+        )?;
         env.seconds("CONFIRM_TIMEOUT", &mut c.confirm_timeout)?;
         env.seconds("CONNECT_TIMEOUT", &mut c.connect_timeout)?;
         if let Some(args) = env.get("QUEUE_ARGUMENTS") {
@@ -393,7 +427,11 @@ impl Config {
         }
         if self.cert_file.is_some() != self.key_file.is_some() {
             return Err(invalid(
-                if self.cert_file.is_some() { "KEY_FILE" } else { "CERT_FILE" },
+                if self.cert_file.is_some() {
+                    "KEY_FILE"
+                } else {
+                    "CERT_FILE"
+                },
                 "(unset)".into(),
                 "EVENTBUS_CERT_FILE and EVENTBUS_KEY_FILE set together, for mutual TLS",
             ));
@@ -430,11 +468,14 @@ impl Config {
 fn parse_queue_arguments(raw: &str) -> Result<BTreeMap<String, QueueArgument>, ConfigError> {
     let mut out = BTreeMap::new();
     for pair in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (key, value) = pair.split_once('=').ok_or_else(|| ConfigError::InvalidValue {
-            name: format!("{ENV_PREFIX}QUEUE_ARGUMENTS"),
-            value: raw.to_owned(),
-            expected: "comma-separated `key=value` pairs, e.g. `x-queue-type=quorum`".to_owned(),
-        })?;
+        let (key, value) = pair
+            .split_once('=')
+            .ok_or_else(|| ConfigError::InvalidValue {
+                name: format!("{ENV_PREFIX}QUEUE_ARGUMENTS"),
+                value: raw.to_owned(),
+                expected: "comma-separated `key=value` pairs, e.g. `x-queue-type=quorum`"
+                    .to_owned(),
+            })?;
         let value = value.trim();
         let value = if let Ok(i) = value.parse::<i64>() {
             QueueArgument::Int(i)
@@ -484,7 +525,11 @@ impl Env<'_> {
     {
         if let Some(v) = self.get(name) {
             *slot = v.trim().parse().map_err(|e: T::Err| {
-                let expected = if expected.is_empty() { e.to_string() } else { expected.to_owned() };
+                let expected = if expected.is_empty() {
+                    e.to_string()
+                } else {
+                    expected.to_owned()
+                };
                 Self::invalid(name, &v, &expected)
             })?;
         }
@@ -498,7 +543,11 @@ impl Env<'_> {
         expected: &str,
     ) -> Result<(), ConfigError> {
         if let Some(v) = self.get(name) {
-            *slot = Some(v.trim().parse().map_err(|_| Self::invalid(name, &v, expected))?);
+            *slot = Some(
+                v.trim()
+                    .parse()
+                    .map_err(|_| Self::invalid(name, &v, expected))?,
+            );
         }
         Ok(())
     }
@@ -521,7 +570,9 @@ impl Env<'_> {
                 .parse::<f64>()
                 .ok()
                 .and_then(|s| Duration::try_from_secs_f64(s).ok())
-                .ok_or_else(|| Self::invalid(name, &v, "seconds, a non-negative number such as `1.5`"))?;
+                .ok_or_else(|| {
+                    Self::invalid(name, &v, "seconds, a non-negative number such as `1.5`")
+                })?;
         }
         Ok(())
     }
@@ -569,7 +620,10 @@ mod tests {
             ("EVENTBUS_ENABLE_DLQ", "false"),
             ("EVENTBUS_DLQ_MESSAGE_TTL", "86400000"),
             ("EVENTBUS_RECONNECT_DELAY", "0.5"),
-            ("EVENTBUS_QUEUE_ARGUMENTS", "x-queue-type=quorum, x-max-length=10"),
+            (
+                "EVENTBUS_QUEUE_ARGUMENTS",
+                "x-queue-type=quorum, x-max-length=10",
+            ),
         ])
         .expect("valid");
         assert!(c.url.is_memory());
@@ -583,7 +637,10 @@ mod tests {
             c.queue_arguments.get("x-queue-type"),
             Some(&QueueArgument::Str("quorum".into()))
         );
-        assert_eq!(c.queue_arguments.get("x-max-length"), Some(&QueueArgument::Int(10)));
+        assert_eq!(
+            c.queue_arguments.get("x-max-length"),
+            Some(&QueueArgument::Int(10))
+        );
     }
 
     #[test]
@@ -595,7 +652,11 @@ mod tests {
         );
         let err = from(&[("EVENTBUS_EXCHANGE_TYPE", "round-robin")]).expect_err("invalid");
         assert!(err.to_string().contains("EVENTBUS_EXCHANGE_TYPE"), "{err}");
-        assert!(err.to_string().contains("`topic`, `direct`, `fanout`, `headers`"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("`topic`, `direct`, `fanout`, `headers`"),
+            "{err}"
+        );
         let err = from(&[("EVENTBUS_ENABLE_DLQ", "maybe")]).expect_err("invalid");
         assert!(err.to_string().contains("`true` or `false`"), "{err}");
         let err = from(&[("EVENTBUS_RETRY_JITTER", "2")]).expect_err("invalid");
@@ -606,7 +667,8 @@ mod tests {
 
     #[test]
     fn malformed_urls_are_rejected_without_echoing_the_password() {
-        let err = from(&[("EVENTBUS_URL", "amqp://bob:s3cret@host:notaport/")]).expect_err("bad port");
+        let err =
+            from(&[("EVENTBUS_URL", "amqp://bob:s3cret@host:notaport/")]).expect_err("bad port");
         let text = err.to_string();
         assert!(text.contains("EVENTBUS_URL"), "{text}");
         assert!(!text.contains("s3cret"), "{text}");

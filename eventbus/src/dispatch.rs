@@ -185,10 +185,12 @@ impl Dispatcher {
             return Outcome::default();
         };
         let meta = event.meta();
-        let calls = handlers.handlers_for(meta.event_type()).map(|entry| async move {
-            let result = entry.invoke.call(event).await;
-            (entry, result)
-        });
+        let calls = handlers
+            .handlers_for(meta.event_type())
+            .map(|entry| async move {
+                let result = entry.invoke.call(event).await;
+                (entry, result)
+            });
         let results = join_all(calls).await;
         let mut outcome = Outcome {
             invoked: results.len(),

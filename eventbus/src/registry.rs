@@ -237,7 +237,9 @@ impl Discovered {
     pub(crate) fn from_inventory() -> Self {
         let mut events: Vec<_> = inventory::iter::<EventRegistration>().copied().collect();
         events.sort_by_key(|e| (e.event_type, (e.rust_type)()));
-        let mut projections: Vec<_> = inventory::iter::<ProjectionSubmission>().map(|p| p.0).collect();
+        let mut projections: Vec<_> = inventory::iter::<ProjectionSubmission>()
+            .map(|p| p.0)
+            .collect();
         projections.sort_by_key(|p| p.name);
         let mut functions: Vec<_> = inventory::iter::<FunctionRegistration>().collect();
         functions.sort_by_key(|f| f.name);

@@ -30,7 +30,8 @@ pub(crate) struct Stamp(AtomicI64);
 
 impl Stamp {
     pub(crate) fn now(&self) {
-        self.0.store(Utc::now().timestamp_micros(), Ordering::Relaxed);
+        self.0
+            .store(Utc::now().timestamp_micros(), Ordering::Relaxed);
     }
     fn get(&self) -> Option<DateTime<Utc>> {
         match self.0.load(Ordering::Relaxed) {
@@ -101,17 +102,28 @@ impl BusStats {
     /// The statistics as a map, as eventsource-py's `get_stats_dict()`; times in ISO-8601.
     pub fn to_map(&self) -> BTreeMap<&'static str, serde_json::Value> {
         let time = |t: Option<DateTime<Utc>>| {
-            t.map_or(serde_json::Value::Null, |t| crate::codec::format_time(&t).into())
+            t.map_or(serde_json::Value::Null, |t| {
+                crate::codec::format_time(&t).into()
+            })
         };
         BTreeMap::from([
             ("events_published", self.events_published.into()),
             ("events_consumed", self.events_consumed.into()),
-            ("events_processed_success", self.events_processed_success.into()),
-            ("events_processed_failed", self.events_processed_failed.into()),
+            (
+                "events_processed_success",
+                self.events_processed_success.into(),
+            ),
+            (
+                "events_processed_failed",
+                self.events_processed_failed.into(),
+            ),
             ("messages_sent_to_dlq", self.messages_sent_to_dlq.into()),
             ("handlers_invoked", self.handlers_invoked.into()),
             ("handler_errors", self.handler_errors.into()),
-            ("background_tasks_created", self.background_tasks_created.into()),
+            (
+                "background_tasks_created",
+                self.background_tasks_created.into(),
+            ),
             ("reconnections", self.reconnections.into()),
             ("last_publish_at", time(self.last_publish_at)),
             ("last_consume_at", time(self.last_consume_at)),

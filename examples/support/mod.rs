@@ -22,7 +22,9 @@ pub(crate) fn builder() -> BusBuilder {
 pub(crate) fn rabbitmq_builder() -> BusBuilder {
     logging();
     if std::env::var_os("EVENTBUS_URL").is_none() {
-        println!("this example needs RabbitMQ: using amqp://guest:guest@localhost:5672/ (set EVENTBUS_URL to change)");
+        println!(
+            "this example needs RabbitMQ: using amqp://guest:guest@localhost:5672/ (set EVENTBUS_URL to change)"
+        );
     }
     Bus::from_env()
 }
@@ -72,6 +74,11 @@ impl Counter {
             }
         })
         .await
-        .map_err(|_| format!("only {} of {target} events were handled within 30 s", self.get()))
+        .map_err(|_| {
+            format!(
+                "only {} of {target} events were handled within 30 s",
+                self.get()
+            )
+        })
     }
 }

@@ -12,7 +12,8 @@ use uuid::Uuid;
 
 /// The broker the tests use: `EVENTBUS_TEST_URL`, default the local RabbitMQ.
 pub fn url() -> String {
-    std::env::var("EVENTBUS_TEST_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
+    std::env::var("EVENTBUS_TEST_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, DomainEvent)]
@@ -65,18 +66,24 @@ impl Scope {
     /// A builder on this scope's exchange, discovery off, fast retries.
     pub fn builder(&self) -> BusBuilder {
         let exchange = self.exchange.clone();
-        Bus::builder().url(&url()).without_discovery().configure(move |c| {
-            c.exchange_name = exchange;
-            c.reconnect_delay = Duration::from_millis(100);
-            c.max_reconnect_delay = Duration::from_secs(1);
-            c.connect_timeout = Duration::from_secs(10);
-            c.confirm_timeout = Duration::from_secs(20);
-        })
+        Bus::builder()
+            .url(&url())
+            .without_discovery()
+            .configure(move |c| {
+                c.exchange_name = exchange;
+                c.reconnect_delay = Duration::from_millis(100);
+                c.max_reconnect_delay = Duration::from_secs(1);
+                c.connect_timeout = Duration::from_secs(10);
+                c.confirm_timeout = Duration::from_secs(20);
+            })
     }
 
     /// Also delete the queues of `group`.
     pub fn group(&self, group: &str) -> String {
-        self.groups.lock().expect("not poisoned").push(group.to_owned());
+        self.groups
+            .lock()
+            .expect("not poisoned")
+            .push(group.to_owned());
         group.to_owned()
     }
 
@@ -91,21 +98,31 @@ impl Drop for Scope {
         let groups = self.groups.lock().map(|g| g.clone()).unwrap_or_default();
         // Drop is synchronous: clean up on a runtime of our own.
         let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
                 return;
             };
             rt.block_on(async move {
-                let Ok(conn) = Connection::connect(&url(), ConnectionProperties::default()).await else {
+                let Ok(conn) = Connection::connect(&url(), ConnectionProperties::default()).await
+                else {
                     return;
                 };
-                let Ok(ch) = conn.create_channel().await else { return };
+                let Ok(ch) = conn.create_channel().await else {
+                    return;
+                };
                 for g in groups {
                     for q in [format!("{exchange}.{g}"), format!("{exchange}.{g}.dlq")] {
-                        let _ = ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await;
+                        let _ = ch
+                            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                            .await;
                     }
                 }
                 for x in [exchange.clone(), format!("{exchange}_dlq")] {
-                    let _ = ch.exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default()).await;
+                    let _ = ch
+                        .exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default())
+                        .await;
                 }
                 let _ = conn.close(200, "cleanup".into()).await;
             });
@@ -126,7 +143,10 @@ where
         if check().await {
             return;
         }
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -160,10 +180,21 @@ pub async fn message_count(queue: &str) -> u32 {
 /// `rabbitmqctl list_bindings` for one exchange: `(queue, routing key)` pairs, sorted.
 pub fn bindings_of(exchange: &str) -> Vec<(String, String)> {
     let out = std::process::Command::new("rabbitmqctl")
-        .args(["list_bindings", "-q", "--no-table-headers", "source_name", "destination_name", "routing_key"])
+        .args([
+            "list_bindings",
+            "-q",
+            "--no-table-headers",
+            "source_name",
+            "destination_name",
+            "routing_key",
+        ])
         .output()
         .expect("rabbitmqctl runs");
-    assert!(out.status.success(), "rabbitmqctl failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "rabbitmqctl failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let mut v: Vec<(String, String)> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| {

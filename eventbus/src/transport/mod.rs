@@ -63,7 +63,12 @@ impl Transport {
             shared.config.max_concurrent_publishes.max(1)
         };
         let results: Vec<(usize, Result<usize, Error>)> = stream::iter(events.chunks(chunk_size))
-            .map(|chunk| async move { (chunk.len(), self.publish(shared, chunk, preserve_order).await) })
+            .map(|chunk| async move {
+                (
+                    chunk.len(),
+                    self.publish(shared, chunk, preserve_order).await,
+                )
+            })
             .buffer_unordered(concurrency)
             .collect()
             .await;
@@ -116,7 +121,12 @@ impl Transport {
         }
     }
 
-    pub(crate) async fn bind(&self, shared: &Arc<Shared>, group: &str, routing_key: &str) -> Result<(), Error> {
+    pub(crate) async fn bind(
+        &self,
+        shared: &Arc<Shared>,
+        group: &str,
+        routing_key: &str,
+    ) -> Result<(), Error> {
         match self {
             Self::Memory => Err(self.unsupported("binding a routing key")),
             Self::Rabbit(r) => r.bind(shared, group, routing_key).await,

@@ -12,7 +12,9 @@ use std::sync::{Arc, Mutex};
 
 use futures_util::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions};
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions,
+};
 use lapin::types::FieldTable;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -114,20 +116,31 @@ async fn handle(shared: &Shared, group: &str, session: &Session, delivery: Deliv
         .as_ref()
         .map_or_else(|| "(none)".to_owned(), |id| id.as_str().to_owned());
     let table = shared.dispatcher.snapshot();
-    if let Some(event_type) = wire::string_header(&delivery.properties, crate::codec::HEADER_EVENT_TYPE)
+    if let Some(event_type) =
+        wire::string_header(&delivery.properties, crate::codec::HEADER_EVENT_TYPE)
         && event_types.get(&event_type).is_some()
-        && !table.groups.get(group).is_some_and(|g| g.takes(&event_type))
+        && !table
+            .groups
+            .get(group)
+            .is_some_and(|g| g.takes(&event_type))
     {
         // A known event type delivered by a fanout exchange or a custom binding,
         // and nothing in this group handles it: not ours. (An unknown type is
         // dead-lettered below: it may be a message nobody can read.)
         tracing::debug!(%group, %message_id, %event_type, "no handler in this group; acked");
         add(&stats.events_processed_success, 1);
-        return finish(session, &message_id, delivery.acker.ack(BasicAckOptions::default()).await);
+        return finish(
+            session,
+            &message_id,
+            delivery.acker.ack(BasicAckOptions::default()).await,
+        );
     }
     let failure = match wire::decode(&event_types, &delivery.properties, &delivery.data) {
         Ok(event) => {
-            let outcome = shared.dispatcher.dispatch(&table, group, &event, stats).await;
+            let outcome = shared
+                .dispatcher
+                .dispatch(&table, group, &event, stats)
+                .await;
             if outcome.invoked == 0 {
                 // A known event this group has no handler for (a fanout exchange, a
                 // custom binding, a handler unsubscribed at runtime): nobody here wants it.
@@ -171,7 +184,10 @@ async fn handle(shared: &Shared, group: &str, session: &Session, delivery: Deliv
             } else {
                 tracing::error!(%group, %message_id, %reason, "message rejected and dropped: the dead-letter queue is disabled");
             }
-            delivery.acker.reject(BasicRejectOptions { requeue: false }).await
+            delivery
+                .acker
+                .reject(BasicRejectOptions { requeue: false })
+                .await
         }
     };
     finish(session, &message_id, acked);

@@ -29,10 +29,14 @@ impl Failure {
         match error.kind() {
             ErrorKind::ProtocolError(e) => match e.kind() {
                 AMQPErrorKind::Hard(AMQPHardError::NOTALLOWED)
-                | AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED) => Self::Fatal(Error::Connect {
-                    url: url.redacted(),
-                    reason: format!("the broker refused access (check user, password and vhost): {reason}"),
-                }),
+                | AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED) => {
+                    Self::Fatal(Error::Connect {
+                        url: url.redacted(),
+                        reason: format!(
+                            "the broker refused access (check user, password and vhost): {reason}"
+                        ),
+                    })
+                }
                 _ => Self::Retry(reason),
             },
             ErrorKind::AuthProviderError(_) => Self::Fatal(Error::Connect {
@@ -61,7 +65,10 @@ pub(crate) fn declare_failure(error: &lapin::Error, kind: &'static str, name: &s
     let reason = scrub(&error.to_string());
     match error.kind() {
         ErrorKind::ProtocolError(e)
-            if matches!(e.kind(), AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED)) =>
+            if matches!(
+                e.kind(),
+                AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED)
+            ) =>
         {
             Failure::Fatal(Error::TopologyConflict {
                 kind,

@@ -35,7 +35,11 @@ impl Session {
     /// Marks the session as failed; the supervisor reconnects.
     pub(crate) fn fail(&self, why: &str) {
         if !self.broken.is_cancelled() {
-            tracing::warn!(generation = self.generation, reason = why, "AMQP session failed; reconnecting");
+            tracing::warn!(
+                generation = self.generation,
+                reason = why,
+                "AMQP session failed; reconnecting"
+            );
             self.broken.cancel();
         }
     }
@@ -104,12 +108,18 @@ impl Link {
                         return Err(fatal.unwrap_or_else(|| Error::NotConnected(reason.clone())));
                     }
                     LinkState::Closed => {
-                        return Err(Error::NotConnected(format!("the {} connection is closed", self.role)));
+                        return Err(Error::NotConnected(format!(
+                            "the {} connection is closed",
+                            self.role
+                        )));
                     }
                     _ => {}
                 }
                 if rx.changed().await.is_err() {
-                    return Err(Error::NotConnected(format!("the {} connection is closed", self.role)));
+                    return Err(Error::NotConnected(format!(
+                        "the {} connection is closed",
+                        self.role
+                    )));
                 }
             }
         };
@@ -132,7 +142,10 @@ impl Link {
     pub(crate) async fn close(&self) {
         self.cancel.cancel();
         if let LinkState::Up(session) = self.state() {
-            let _ = session.connection.close(200, "eventbus shutdown".into()).await;
+            let _ = session
+                .connection
+                .close(200, "eventbus shutdown".into())
+                .await;
         }
         self.state.send_replace(LinkState::Closed);
     }

@@ -27,7 +27,6 @@ use consume::ConsumerStates;
 use errors::{Failure, broker};
 use link::{Link, LinkState, Session, Setup};
 
-
 type ExtraBindings = Arc<Mutex<Vec<(String, String)>>>;
 
 struct Consuming {
@@ -72,7 +71,11 @@ fn default_consumer_name() -> String {
 }
 
 /// Declares everything the registry implies, on the session's main channel.
-async fn declare_topology(session: &Session, shared: &Shared, extra: &ExtraBindings) -> Result<(), Failure> {
+async fn declare_topology(
+    session: &Session,
+    shared: &Shared,
+    extra: &ExtraBindings,
+) -> Result<(), Failure> {
     let extra = lock(extra).clone();
     topology::declare_all(
         &session.channel,
@@ -170,7 +173,11 @@ impl RabbitTransport {
         });
     }
 
-    pub(crate) async fn publish(&self, shared: &Arc<Shared>, events: &[AnyEnvelope]) -> Result<usize, Error> {
+    pub(crate) async fn publish(
+        &self,
+        shared: &Arc<Shared>,
+        events: &[AnyEnvelope],
+    ) -> Result<usize, Error> {
         publish::publish(&self.publisher, &self.window, shared, events).await
     }
 
@@ -196,7 +203,13 @@ impl RabbitTransport {
                 let base_tag = base_tag.clone();
                 Box::pin(async move {
                     declare_topology(&session, &shared, &extra).await?;
-                    let groups: Vec<Arc<str>> = shared.dispatcher.snapshot().groups.keys().cloned().collect();
+                    let groups: Vec<Arc<str>> = shared
+                        .dispatcher
+                        .snapshot()
+                        .groups
+                        .keys()
+                        .cloned()
+                        .collect();
                     for group in groups {
                         let tag = if *group == *shared.config.consumer_group {
                             base_tag.clone()
@@ -246,13 +259,21 @@ impl RabbitTransport {
 
     pub(crate) async fn health(&self, _shared: &Arc<Shared>) -> HealthStatus {
         let describe = |state: &LinkState, role: &str| match state {
-            LinkState::Up(s) if !s.broken.is_cancelled() && s.connection.status().connected() => None,
-            LinkState::Up(_) | LinkState::Connecting(None) => Some(format!("{role} connection is reconnecting")),
-            LinkState::Connecting(Some(e)) => Some(format!("{role} connection is reconnecting: {e}")),
+            LinkState::Up(s) if !s.broken.is_cancelled() && s.connection.status().connected() => {
+                None
+            }
+            LinkState::Up(_) | LinkState::Connecting(None) => {
+                Some(format!("{role} connection is reconnecting"))
+            }
+            LinkState::Connecting(Some(e)) => {
+                Some(format!("{role} connection is reconnecting: {e}"))
+            }
             LinkState::Failed(e) => Some(format!("{role} connection failed: {e}")),
             LinkState::Closed => Some(format!("{role} connection is closed")),
         };
-        let mut errors: Vec<String> = describe(&self.publisher.state(), "publisher").into_iter().collect();
+        let mut errors: Vec<String> = describe(&self.publisher.state(), "publisher")
+            .into_iter()
+            .collect();
         let consuming = self.consuming.lock().await;
         let consumer_up = match &*consuming {
             Some(c) => {
@@ -275,9 +296,17 @@ impl RabbitTransport {
         }
     }
 
-    pub(crate) async fn bind(&self, shared: &Arc<Shared>, group: &str, routing_key: &str) -> Result<(), Error> {
+    pub(crate) async fn bind(
+        &self,
+        shared: &Arc<Shared>,
+        group: &str,
+        routing_key: &str,
+    ) -> Result<(), Error> {
         lock(&self.extra).push((group.to_owned(), routing_key.to_owned()));
-        let session = self.publisher.wait_up(shared.config.confirm_timeout).await?;
+        let session = self
+            .publisher
+            .wait_up(shared.config.confirm_timeout)
+            .await?;
         let binding = topology::binding_for_key(&shared.config, routing_key);
         topology::declare_group(&session.channel, &shared.config, group, &[binding])
             .await
@@ -312,7 +341,8 @@ impl RabbitTransport {
             )
             .await;
         let _ = channel.close(200, "done".into()).await;
-        let q = declared.map_err(|e| broker(format!("reading queue `{queue}` (does it exist?)"), &e))?;
+        let q = declared
+            .map_err(|e| broker(format!("reading queue `{queue}` (does it exist?)"), &e))?;
         Ok(QueueInfo {
             name: queue.to_owned(),
             message_count: q.message_count(),

@@ -81,7 +81,12 @@ impl rustls::client::danger::ServerCertVerifier for NoVerification {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -90,7 +95,12 @@ impl rustls::client::danger::ServerCertVerifier for NoVerification {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
@@ -106,7 +116,9 @@ fn tls_failure(config: &Config, reason: String) -> Failure {
 }
 
 /// A rustls client configuration that skips server verification.
-pub(crate) fn insecure_client_config(config: &Config) -> Result<Arc<rustls::ClientConfig>, Failure> {
+pub(crate) fn insecure_client_config(
+    config: &Config,
+) -> Result<Arc<rustls::ClientConfig>, Failure> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -117,10 +129,19 @@ pub(crate) fn insecure_client_config(config: &Config) -> Result<Arc<rustls::Clie
         (Some(cert), Some(key)) => {
             let certs = CertificateDer::pem_file_iter(cert)
                 .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| tls_failure(config, format!("cannot read EVENTBUS_CERT_FILE `{}`: {e}", cert.display())))?;
+                .map_err(|e| {
+                    tls_failure(
+                        config,
+                        format!("cannot read EVENTBUS_CERT_FILE `{}`: {e}", cert.display()),
+                    )
+                })?;
             // Never echo key material: only the path and what went wrong.
-            let key = PrivateKeyDer::from_pem_file(key)
-                .map_err(|e| tls_failure(config, format!("cannot read EVENTBUS_KEY_FILE `{}`: {e}", key.display())))?;
+            let key = PrivateKeyDer::from_pem_file(key).map_err(|e| {
+                tls_failure(
+                    config,
+                    format!("cannot read EVENTBUS_KEY_FILE `{}`: {e}", key.display()),
+                )
+            })?;
             builder
                 .with_client_auth_cert(certs, key)
                 .map_err(|e| tls_failure(config, format!("client certificate rejected: {e}")))?
@@ -145,9 +166,10 @@ pub(crate) async fn connect_unverified(
         .map_err(|e| Failure::fatal(format!("no async runtime for lapin: {e}")))?;
     let connect = async move |uri: AMQPUri, runtime| {
         let host = uri.authority.host.clone();
-        let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host.as_str(), uri.authority.port))
-            .await?
-            .collect();
+        let addrs: Vec<std::net::SocketAddr> =
+            tokio::net::lookup_host((host.as_str(), uri.authority.port))
+                .await?
+                .collect();
         let stream = AsyncTcpStream::connect(&runtime, addrs).await?;
         let AsyncTcpStream::Plain(plain) = stream else {
             return Err(std::io::Error::other("expected a plain TCP stream").into());

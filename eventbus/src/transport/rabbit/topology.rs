@@ -56,7 +56,11 @@ pub(crate) fn binding_for_key(config: &Config, routing_key: &str) -> Binding {
 }
 
 /// What a group's queue is bound to.
-pub(crate) fn bindings(config: &Config, group: &GroupTable, event_types: &EventTypes) -> Vec<Binding> {
+pub(crate) fn bindings(
+    config: &Config,
+    group: &GroupTable,
+    event_types: &EventTypes,
+) -> Vec<Binding> {
     if let Some(pattern) = &config.routing_key_pattern {
         // An explicit pattern replaces the derived bindings; empty means none.
         return pattern
@@ -177,10 +181,16 @@ pub(crate) async fn declare_group(
         let dlq = config.group_dlq_queue_name(group);
         let mut dlq_args = FieldTable::default();
         if let Some(ttl) = config.dlq_message_ttl {
-            dlq_args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(i64::from(ttl)));
+            dlq_args.insert(
+                "x-message-ttl".into(),
+                AMQPValue::LongLongInt(i64::from(ttl)),
+            );
         }
         if let Some(max) = config.dlq_max_length {
-            dlq_args.insert("x-max-length".into(), AMQPValue::LongLongInt(i64::from(max)));
+            dlq_args.insert(
+                "x-max-length".into(),
+                AMQPValue::LongLongInt(i64::from(max)),
+            );
         }
         channel
             .queue_declare(
@@ -222,7 +232,12 @@ pub(crate) async fn declare_group(
     Ok(())
 }
 
-pub(crate) async fn bind(channel: &Channel, config: &Config, queue: &str, binding: &Binding) -> Result<(), Failure> {
+pub(crate) async fn bind(
+    channel: &Channel,
+    config: &Config,
+    queue: &str,
+    binding: &Binding,
+) -> Result<(), Failure> {
     channel
         .queue_bind(
             queue.into(),

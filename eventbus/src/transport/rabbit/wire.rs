@@ -21,7 +21,9 @@ pub(crate) fn header_value(value: &HeaderValue) -> AMQPValue {
 /// Reads a header the way eventsource-py may have written it: any integer width, or a string.
 pub(crate) fn read_header(value: &AMQPValue) -> Option<HeaderValue> {
     Some(match value {
-        AMQPValue::LongString(s) => HeaderValue::Str(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::LongString(s) => {
+            HeaderValue::Str(String::from_utf8_lossy(s.as_bytes()).into_owned())
+        }
         AMQPValue::ShortString(s) => HeaderValue::Str(s.as_str().to_owned()),
         AMQPValue::ShortShortInt(i) => HeaderValue::Int(i64::from(*i)),
         AMQPValue::ShortShortUInt(i) => HeaderValue::Int(i64::from(*i)),

@@ -1,7 +1,7 @@
 //! `#[derive(DomainEvent)]`: parse, check, expand.
 
 use proc_macro2::TokenStream;
-use quote::quote;
+use quote::{quote, quote_spanned};
 use syn::{Data, DeriveInput, Fields, LitStr};
 
 use crate::attr::{self, Errors, EventArgs};
@@ -28,9 +28,7 @@ pub(crate) fn expand(input: &DeriveInput) -> TokenStream {
 
     let mut args = EventArgs::default();
     for a in input.attrs.iter().filter(|a| a.path().is_ident("event")) {
-        if let Err(e) = a.parse_args_with(|input: syn::parse::ParseStream<'_>| args.parse_into(input)) {
-            errors.push(e);
-        }
+        args.parse_attr(a, ident, &mut errors);
     }
 
     let mut shape_ok = true;
@@ -88,27 +86,50 @@ pub(crate) fn expand(input: &DeriveInput) -> TokenStream {
         .name
         .clone()
         .unwrap_or_else(|| LitStr::new(&ident.to_string(), ident.span()));
-    attr::check_routing_name(&name, "event type name", &mut errors);
+    attr::check_routing_name(
+        &name,
+        "event type name",
+        "name",
+        &ident.to_string(),
+        args.name.is_none(),
+        &mut errors,
+    );
     let aggregate = match &args.aggregate {
         Some(aggregate) => {
-            attr::check_routing_name(aggregate, "aggregate type", &mut errors);
+            attr::check_routing_name(
+                aggregate,
+                "aggregate type",
+                "aggregate",
+                "Order",
+                false,
+                &mut errors,
+            );
             aggregate.clone()
         }
         None => {
-            errors.spanned(
-                ident,
-                format!(
-                    "missing aggregate type: add `#[event(aggregate = \"...\")]` to `{ident}`, e.g. `#[event(aggregate = \"Order\")]`"
-                ),
-            );
+            if !args.aggregate_given {
+                errors.spanned(
+                    ident,
+                    format!(
+                        "missing aggregate type: add `#[event(aggregate = \"...\")]` to `{ident}`, e.g. `#[event(aggregate = \"Order\")]`"
+                    ),
+                );
+            }
             LitStr::new("Unknown", ident.span())
         }
     };
     let version: u32 = match &args.version {
         Some(lit) => match lit.base10_parse::<u32>() {
-            Ok(v) if v >= 1 => v,
-            _ => {
-                errors.spanned(lit, "`version` must be an integer >= 1, e.g. `version = 2`");
+            Ok(0) => {
+                errors.spanned(
+                    lit,
+                    "event versions start at 1: write `version = 1` (the default, so the key can go) or higher",
+                );
+                1
+            }
+            Ok(v) => v,
+            Err(_) => {
+                errors.spanned(lit, "`version` must be an integer from 1 to 4294967295 (a `u32`), e.g. `version = 2`");
                 1
             }
         },
@@ -119,8 +140,12 @@ pub(crate) fn expand(input: &DeriveInput) -> TokenStream {
         return errors.to_compile_errors();
     }
     let krate = attr::crate_path(args.krate.clone());
-    let routing_key = LitStr::new(&format!("{}.{}", aggregate.value(), name.value()), name.span());
-    let impl_block = quote! {
+    let routing_key = LitStr::new(
+        &format!("{}.{}", aggregate.value(), name.value()),
+        name.span(),
+    );
+    // Spanned on the struct's name: "implemented for `OrderPlaced`" hints point there.
+    let impl_block = quote_spanned! {ident.span()=>
         #[automatically_derived]
         impl #krate::DomainEvent for #ident {
             const EVENT_TYPE: &'static str = #name;

@@ -3,11 +3,12 @@
 use std::collections::BTreeMap;
 
 use proc_macro2::TokenStream;
-use quote::{format_ident, quote, quote_spanned};
+use quote::{ToTokens, format_ident, quote};
 use syn::spanned::Spanned;
 use syn::{ImplItem, ItemImpl, LitStr, Type};
 
 use crate::attr::{self, Errors, HandlesArgs, ProjectionArgs, Target};
+use crate::handler::{self, Glue};
 use crate::signature;
 
 struct Handler {
@@ -18,13 +19,7 @@ struct Handler {
 
 pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
     let mut errors = Errors::default();
-    let args = match syn::parse2::<ProjectionArgs>(args) {
-        Ok(args) => args,
-        Err(e) => {
-            errors.push(e);
-            ProjectionArgs::default()
-        }
-    };
+    let args = ProjectionArgs::parse(args, &mut errors);
     let mut item = match syn::parse2::<ItemImpl>(input.clone()) {
         Ok(item) => item,
         Err(_) => {
@@ -36,10 +31,13 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
             return quote!(#err #input);
         }
     };
-    if let Some((_, path, _)) = &item.trait_ {
+    if let Some((_, path, for_token)) = &item.trait_ {
         errors.spanned(
-            path,
-            "`#[projection]` goes on an inherent impl block (`impl MyProjection { ... }`), not a trait impl",
+            quote!(#path #for_token),
+            format!(
+                "`#[projection]` goes on an inherent impl block, not a trait impl: write `#[projection] impl {} {{ ... }}` with the `#[handles]` methods in it",
+                attr::type_text(&item.self_ty)
+            ),
         );
     }
     if !item.generics.params.is_empty() {
@@ -67,32 +65,39 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
                 true
             }
         });
-        if found.len() > 1 {
+        for extra in found.iter().skip(1) {
             errors.spanned(
-                &found[1],
-                "one `#[handles]` per method; write one method per event type",
+                extra,
+                "one `#[handles]` per method; write one method per event type, or take every event with `#[handles(all)]`",
             );
         }
         let Some(attr) = found.first() else {
             continue;
         };
-        let parsed = match attr.parse_args::<HandlesArgs>() {
-            Ok(parsed) => parsed,
-            Err(e) => {
-                errors.push(e);
-                continue;
-            }
+        let tokens = match &attr.meta {
+            syn::Meta::List(list) => list.tokens.clone(),
+            _ => TokenStream::new(),
+        };
+        let Some(parsed) = HandlesArgs::parse(tokens, attr.to_token_stream(), true, &mut errors)
+        else {
+            continue;
         };
         if let Some(group) = &parsed.group {
             errors.spanned(
                 group,
-                "inside a `#[projection]`, set the group on the projection: `#[projection(group = \"...\")]`",
+                format!(
+                    "a method of a `#[projection]` cannot set its own group; remove it here and set it on the impl block: `#[projection(group = {})]`",
+                    group.value.to_token_stream()
+                ),
             );
         }
         if let Some(krate) = &parsed.krate {
             errors.spanned(
                 krate,
-                "inside a `#[projection]`, set `crate` on the projection: `#[projection(crate = \"...\")]`",
+                format!(
+                    "a method of a `#[projection]` cannot set `crate`; remove it here and set it on the impl block: `#[projection(crate = \"{}\")]`",
+                    krate.value.to_token_stream().to_string().replace(' ', "")
+                ),
             );
         }
         let key = parsed.target.key();
@@ -100,7 +105,8 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
             errors.error(
                 parsed.target.span(),
                 format!(
-                    "`{key}` is already handled by `{first}` in this projection; handle each event type once per projection (or put the second handler in another projection)"
+                    "`{}` is already handled by `{first}` in this projection; handle each event type once per projection (merge the two methods, or move one to another projection)",
+                    parsed.target.display()
                 ),
             );
             continue;
@@ -130,28 +136,32 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
     };
     let private = quote!(#krate::__private);
 
-    let mut glue = Vec::new();
+    let support = if handlers
+        .iter()
+        .any(|h| matches!(h.target, Target::Event(_)))
+    {
+        handler::support(&krate)
+    } else {
+        TokenStream::new()
+    };
+    let mut consts = Vec::new();
+    let mut glue_fns = Vec::new();
     let mut specs = Vec::new();
     for (index, handler) in handlers.iter().enumerate() {
         let method = &handler.method;
         let call_fn = format_ident!("__eventbus_call_{}", index);
         let method_name = LitStr::new(&method.to_string(), method.span());
-        let param_span = handler.checked.param_span;
-        let output_span = handler.checked.output_span;
-        let (event_reg, downcast, expected) = match &handler.target {
-            Target::Event(ty) => (
-                quote_spanned!(ty.span()=> ::core::option::Option::Some(#private::EventRegistration::of::<#ty>())),
-                quote_spanned!(param_span=> event.downcast_ref::<#ty>()),
-                quote_spanned!(ty.span()=> <#ty as #krate::DomainEvent>::EVENT_TYPE),
-            ),
-            Target::All(_) => (
-                quote!(::core::option::Option::None),
-                quote!(::core::option::Option::Some(event)),
-                quote!("any event"),
-            ),
-        };
-        let call = quote_spanned!(output_span=> #private::into_handler_result(Self::#method(this, event).await));
-        glue.push(quote! {
+        let glue = Glue::new(
+            &krate,
+            &handler.target,
+            &handler.checked,
+            Some(index),
+            Some(self_ty),
+        );
+        consts.push(glue.event_const());
+        let event_reg = glue.registration();
+        let body = glue.body(&method_name, |event| quote!(Self::#method(this, #event)));
+        glue_fns.push(quote! {
             #[doc(hidden)]
             fn #call_fn<'a>(
                 this: &'a (dyn ::core::any::Any + ::core::marker::Send + ::core::marker::Sync),
@@ -161,10 +171,7 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
                     let ::core::option::Option::Some(this) = #private::projection::<Self>(this) else {
                         return ::core::result::Result::Err(#private::misrouted(#method_name, #name, "another projection"));
                     };
-                    let ::core::option::Option::Some(event) = #downcast else {
-                        return ::core::result::Result::Err(#private::misrouted(#method_name, #expected, event.meta().event_type()));
-                    };
-                    #call
+                    #body
                 })
             }
         });
@@ -182,9 +189,12 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
 
         #[doc(hidden)]
         const _: () = {
+            #support
+
             #[automatically_derived]
             impl #self_ty {
-                #(#glue)*
+                #(#consts)*
+                #(#glue_fns)*
 
                 #[doc(hidden)]
                 fn __eventbus_default_instance() -> ::core::option::Option<
@@ -235,11 +245,23 @@ fn type_name(ty: &Type) -> LitStr {
 pub(crate) fn check_group(group: &LitStr, errors: &mut Errors) {
     let value = group.value();
     if value.trim().is_empty() {
-        errors.spanned(group, "the consumer group cannot be empty; name it, e.g. `group = \"billing\"`");
-    } else if value.contains(['*', '#', ' ']) {
         errors.spanned(
             group,
-            format!("invalid consumer group `{value}`: it becomes part of a queue name; avoid `*`, `#` and spaces"),
+            "the consumer group cannot be empty; name it, e.g. `group = \"billing\"`",
+        );
+    } else if value.contains(|c: char| c == '*' || c == '#' || c.is_whitespace()) {
+        let fixed: String = value
+            .split(|c: char| c == '*' || c == '#' || c.is_whitespace())
+            .filter(|part| !part.is_empty())
+            .collect::<Vec<_>>()
+            .join("-");
+        let fixed = fixed.trim_matches(['-', '.']);
+        let example = if fixed.is_empty() { "billing" } else { fixed };
+        errors.spanned(
+            group,
+            format!(
+                "invalid consumer group `{value}`: it becomes part of a queue name, where spaces, `*` and `#` are not allowed; write e.g. `group = \"{example}\"`"
+            ),
         );
     }
 }

@@ -1,4 +1,4 @@
-use eventbus::{DomainEvent, Envelope, HandlerError, projection};
+use eventbus::{DomainEvent, Envelope, HandlerError, handles};
 use serde::{Deserialize, Serialize};
 
 #[derive(Serialize, Deserialize, DomainEvent)]
@@ -7,13 +7,12 @@ struct OrderPlaced {
     customer_id: String,
 }
 
-#[derive(Default)]
 struct Stats;
 
-#[projection]
 impl Stats {
-    #[handles(OrderPlacd)]
-    async fn on_placed(&self, event: &Envelope<OrderPlacd>) -> Result<(), HandlerError> {
+    #[handles(OrderPlaced)]
+    async fn on_placed(event: &Envelope<OrderPlaced>) -> Result<(), HandlerError> {
+        let _ = event;
         Ok(())
     }
 }

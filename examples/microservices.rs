@@ -13,7 +13,7 @@ mod support;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use eventbus::{DomainEvent, Envelope, HandlerError, projection};
+use eventbus::{DomainEvent, Envelope, HandlerError, handles, projection};
 use serde::{Deserialize, Serialize};
 use support::Counter;
 use uuid::Uuid;

@@ -11,7 +11,13 @@ use crate::attr::{self, Errors, HandlesArgs, Target};
 use crate::projection::check_group;
 use crate::signature;
 
+/// What `#[projection]` leaves on a method it already checked and registered.
+const CHECKED: &str = "__eventbus_checked";
+
 pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
+    if args.to_string() == CHECKED {
+        return input;
+    }
     let mut errors = Errors::default();
     let function = match syn::parse2::<ItemFn>(input.clone()) {
         Ok(function) => function,

@@ -58,13 +58,21 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
         };
         let mut found = Vec::new();
         method.attrs.retain(|a| {
-            if a.path().is_ident("handles") {
+            if is_handles(a.path()) {
                 found.push(a.clone());
                 false
             } else {
                 true
             }
         });
+        // Leave a checked marker in place of the first `#[handles]`: the user's import
+        // (or path) stays in use, and the attribute expands to the method unchanged.
+        if let Some(first) = found.first() {
+            let path = first.path();
+            method
+                .attrs
+                .push(syn::parse_quote!(#[#path(__eventbus_checked)]));
+        }
         for extra in found.iter().skip(1) {
             errors.spanned(
                 extra,
@@ -264,4 +272,9 @@ pub(crate) fn check_group(group: &LitStr, errors: &mut Errors) {
             ),
         );
     }
+}
+
+/// `handles`, `eventbus::handles`, `::eventbus::handles`, ...
+fn is_handles(path: &syn::Path) -> bool {
+    path.segments.last().is_some_and(|s| s.ident == "handles")
 }

@@ -106,6 +106,9 @@ impl fmt::Debug for Bus {
     }
 }
 
+/// A projection instance, type-erased.
+type Instance = Arc<dyn Any + Send + Sync>;
+
 type ClosureFn = Arc<dyn Fn(AnyEnvelope) -> crate::registry::HandlerFuture<'static> + Send + Sync>;
 
 fn typed_closure<E, F, Fut>(handler: F) -> ClosureFn
@@ -187,7 +190,7 @@ pub struct BusBuilder {
     config: Result<Config, ConfigError>,
     discover: bool,
     events: Vec<EventRegistration>,
-    projections: Vec<(&'static ProjectionRegistration, Arc<dyn Any + Send + Sync>)>,
+    projections: Vec<(&'static ProjectionRegistration, Instance)>,
     handlers: Vec<ManualHandler>,
 }
 
@@ -729,10 +732,7 @@ impl BusBuilder {
         // Projections: discovered ones, plus instances supplied here (which win).
         let mut projections: BTreeMap<
             &'static str,
-            (
-                &'static ProjectionRegistration,
-                Option<Arc<dyn Any + Send + Sync>>,
-            ),
+            (&'static ProjectionRegistration, Option<Instance>),
         > = BTreeMap::new();
         for reg in &discovered.projections {
             projections.insert(reg.name, (reg, None));

@@ -3,9 +3,9 @@
 //! Typed domain events for Rust services on RabbitMQ, wire-compatible with
 //! eventsource-py. Annotate events and projections; one line wires the rest.
 //!
-//! ```
+//! ```standalone_crate
 //! use std::sync::atomic::{AtomicU64, Ordering};
-//! use eventbus::{projection, Bus, DomainEvent, Envelope, HandlerError};
+//! use eventbus::{Bus, DomainEvent, Envelope, HandlerError, handles, projection};
 //! use serde::{Deserialize, Serialize};
 //!
 //! #[derive(Debug, Clone, Serialize, Deserialize, DomainEvent)]

@@ -1,4 +1,4 @@
-use eventbus::{AnyEnvelope, DomainEvent, HandlerError, projection};
+use eventbus::{AnyEnvelope, DomainEvent, HandlerError, handles, projection};
 use serde::{Deserialize, Serialize};
 
 #[derive(Serialize, Deserialize, DomainEvent)]

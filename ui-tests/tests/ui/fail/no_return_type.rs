@@ -1,4 +1,4 @@
-use eventbus::{DomainEvent, Envelope, projection};
+use eventbus::{DomainEvent, Envelope, handles, projection};
 use serde::{Deserialize, Serialize};
 
 #[derive(Serialize, Deserialize, DomainEvent)]

@@ -1,4 +1,4 @@
-use eventbus::{DomainEvent, HandlerError, projection};
+use eventbus::{DomainEvent, HandlerError, handles, projection};
 use serde::{Deserialize, Serialize};
 
 #[derive(Serialize, Deserialize, DomainEvent)]

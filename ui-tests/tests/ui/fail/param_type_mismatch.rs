@@ -1,4 +1,4 @@
-use eventbus::{DomainEvent, Envelope, HandlerError, projection};
+use eventbus::{DomainEvent, Envelope, HandlerError, handles, projection};
 use serde::{Deserialize, Serialize};
 
 #[derive(Serialize, Deserialize, DomainEvent)]

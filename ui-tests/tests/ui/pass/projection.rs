@@ -3,7 +3,7 @@
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use eventbus::{AnyEnvelope, DomainEvent, Envelope, HandlerError, Projection, projection};
+use eventbus::{AnyEnvelope, DomainEvent, Envelope, HandlerError, Projection, handles, projection};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize, DomainEvent)]

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use eventbus::{DomainEvent, Envelope, HandlerError, Projection, projection};
+use eventbus::{DomainEvent, Envelope, HandlerError, Projection, handles, projection};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize, DomainEvent)]

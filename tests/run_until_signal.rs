@@ -1,0 +1,102 @@
+//! `Bus::from_env().run()` in a real process: it serves, and SIGTERM stops it
+//! gracefully with exit status 0.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::Scope;
+use eventbus::{Bus, DomainEvent, Envelope};
+use serde::{Deserialize, Serialize};
+
+/// The same event type as the service's (`src/bin/serve.rs`).
+#[derive(Debug, Clone, Serialize, Deserialize, DomainEvent)]
+#[event(aggregate = "Service")]
+struct Ping {
+    note: String,
+}
+
+/// Kills the service if the test fails before it exits.
+struct Service(std::process::Child);
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Lines of a child's output, read on a thread so that waits can time out.
+fn lines(reader: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(reader).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    rx
+}
+
+const WAIT: Duration = Duration::from_secs(30);
+
+#[tokio::test]
+async fn sigterm_stops_the_service_gracefully() {
+    let scope = Scope::new("serve");
+    let child = Command::new(env!("CARGO_BIN_EXE_serve"))
+        .env("EVENTBUS_URL", common::url())
+        .env("EVENTBUS_EXCHANGE_NAME", &scope.exchange)
+        .env("RUST_LOG", "eventbus=info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the serve binary starts");
+    let mut service = Service(child);
+    let stdout = lines(service.0.stdout.take().expect("stdout piped"));
+    let stderr = lines(service.0.stderr.take().expect("stderr piped"));
+    // It logs "event bus running" once it consumes.
+    while !stderr
+        .recv_timeout(WAIT)
+        .expect("the service reports it is running")
+        .contains("event bus running")
+    {}
+    // Publish one event to its exchange: the service's wildcard handler takes it.
+    let publisher = Bus::builder()
+        .url(&common::url())
+        .without_discovery()
+        .configure(|c| c.exchange_name = scope.exchange.clone())
+        .build()
+        .await
+        .expect("connects");
+    let event = Envelope::new(
+        uuid::Uuid::new_v4(),
+        Ping {
+            note: "hello".into(),
+        },
+    );
+    let id = event.meta().event_id().to_string();
+    publisher
+        .publish([event])
+        .await
+        .expect("routed to the service queue");
+    publisher
+        .shutdown(Duration::from_secs(5))
+        .await
+        .expect("closes");
+
+    let first = stdout
+        .recv_timeout(WAIT)
+        .expect("the service handles the event");
+    assert_eq!(first, format!("handled Ping {id}"));
+
+    let status = Command::new("kill")
+        .args(["-TERM", &service.0.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+    let last = stdout.recv_timeout(WAIT).expect("the service stops");
+    assert_eq!(last, "stopped cleanly");
+    let exit = service.0.wait().expect("the service exits");
+    assert!(exit.success(), "graceful exit, got {exit:?}");
+}

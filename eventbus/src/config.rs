@@ -184,71 +184,71 @@ pub enum QueueArgument {
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct Config {
-    /// `EVENTBUS_URL`: `memory://`, `amqp://...` or `amqps://...` [`amqp://guest:guest@localhost:5672/`].
+    /// `EVENTBUS_URL`: `memory://`, `amqp://...` or `amqps://...`. Default: `amqp://guest:guest@localhost:5672/`.
     pub url: BrokerUrl,
-    /// `EVENTBUS_EXCHANGE_NAME` [`events`].
+    /// `EVENTBUS_EXCHANGE_NAME`. Default: `events`.
     pub exchange_name: String,
-    /// `EVENTBUS_EXCHANGE_TYPE` [`topic`].
+    /// `EVENTBUS_EXCHANGE_TYPE`. Default: `topic`.
     pub exchange_type: ExchangeType,
-    /// `EVENTBUS_CONSUMER_GROUP`: group of projections without `group = ...` [`default`].
+    /// `EVENTBUS_CONSUMER_GROUP`: group of projections without `group = ...`. Default: `default`.
     pub consumer_group: String,
-    /// `EVENTBUS_CONSUMER_NAME`: consumer tag prefix [`{hostname}-{8 hex}`].
+    /// `EVENTBUS_CONSUMER_NAME`: consumer tag prefix. Default: `{hostname}-{8 hex}`.
     pub consumer_name: Option<String>,
-    /// `EVENTBUS_PREFETCH_COUNT` [10].
+    /// `EVENTBUS_PREFETCH_COUNT`. Default: 10.
     pub prefetch_count: u16,
-    /// `EVENTBUS_MAX_RETRIES` [3].
+    /// `EVENTBUS_MAX_RETRIES`. Default: 3.
     pub max_retries: u32,
-    /// `EVENTBUS_ENABLE_DLQ` [true].
+    /// `EVENTBUS_ENABLE_DLQ`. Default: true.
     pub enable_dlq: bool,
-    /// `EVENTBUS_DLQ_EXCHANGE_SUFFIX` [`_dlq`].
+    /// `EVENTBUS_DLQ_EXCHANGE_SUFFIX`. Default: `_dlq`.
     pub dlq_exchange_suffix: String,
-    /// `EVENTBUS_DLQ_MESSAGE_TTL` in milliseconds [none].
+    /// `EVENTBUS_DLQ_MESSAGE_TTL` in milliseconds. Default: none.
     pub dlq_message_ttl: Option<u32>,
-    /// `EVENTBUS_DLQ_MAX_LENGTH` [none].
+    /// `EVENTBUS_DLQ_MAX_LENGTH`. Default: none.
     pub dlq_max_length: Option<u32>,
-    /// `EVENTBUS_DURABLE` [true].
+    /// `EVENTBUS_DURABLE`. Default: true.
     pub durable: bool,
-    /// `EVENTBUS_AUTO_DELETE` [false].
+    /// `EVENTBUS_AUTO_DELETE`. Default: false.
     pub auto_delete: bool,
-    /// `EVENTBUS_RECONNECT_DELAY` in seconds [1.0].
+    /// `EVENTBUS_RECONNECT_DELAY` in seconds. Default: 1.0.
     pub reconnect_delay: Duration,
-    /// `EVENTBUS_MAX_RECONNECT_DELAY` in seconds [60.0].
+    /// `EVENTBUS_MAX_RECONNECT_DELAY` in seconds. Default: 60.0.
     pub max_reconnect_delay: Duration,
-    /// `EVENTBUS_HEARTBEAT` in seconds [60].
+    /// `EVENTBUS_HEARTBEAT` in seconds. Default: 60.
     pub heartbeat: u16,
-    /// `EVENTBUS_ENABLE_TRACING` [true].
+    /// `EVENTBUS_ENABLE_TRACING`. Default: true.
     pub enable_tracing: bool,
-    /// `EVENTBUS_VERIFY_SSL` [true]; false disables certificate checks (logged as a warning).
+    /// `EVENTBUS_VERIFY_SSL`: `false` disables certificate checks (logged as a warning). Default: true.
     pub verify_ssl: bool,
-    /// `EVENTBUS_CA_FILE`: PEM CA to trust [none].
+    /// `EVENTBUS_CA_FILE`: PEM CA to trust. Default: none.
     pub ca_file: Option<PathBuf>,
-    /// `EVENTBUS_CERT_FILE`: PEM client certificate for mutual TLS [none].
+    /// `EVENTBUS_CERT_FILE`: PEM client certificate for mutual TLS. Default: none.
     pub cert_file: Option<PathBuf>,
-    /// `EVENTBUS_KEY_FILE`: PEM client key for mutual TLS [none].
+    /// `EVENTBUS_KEY_FILE`: PEM client key for mutual TLS. Default: none.
     pub key_file: Option<PathBuf>,
-    /// `EVENTBUS_RETRY_BASE_DELAY` in seconds [1.0].
+    /// `EVENTBUS_RETRY_BASE_DELAY` in seconds. Default: 1.0.
     pub retry_base_delay: Duration,
-    /// `EVENTBUS_RETRY_MAX_DELAY` in seconds [60.0].
+    /// `EVENTBUS_RETRY_MAX_DELAY` in seconds. Default: 60.0.
     pub retry_max_delay: Duration,
-    /// `EVENTBUS_RETRY_JITTER`: fraction, 0.0..=1.0 [0.1].
+    /// `EVENTBUS_RETRY_JITTER`: fraction, 0.0..=1.0. Default: 0.1.
     pub retry_jitter: f64,
-    /// `EVENTBUS_SHUTDOWN_TIMEOUT` in seconds [30.0].
+    /// `EVENTBUS_SHUTDOWN_TIMEOUT` in seconds. Default: 30.0.
     pub shutdown_timeout: Duration,
-    /// `EVENTBUS_ROUTING_KEY_PATTERN`: bind this instead of the handled keys [none].
+    /// `EVENTBUS_ROUTING_KEY_PATTERN`: bind this instead of the handled keys. Default: none.
     pub routing_key_pattern: Option<String>,
-    /// `EVENTBUS_PUBLISH_CHUNK_SIZE` [100].
+    /// `EVENTBUS_PUBLISH_CHUNK_SIZE`. Default: 100.
     pub publish_chunk_size: usize,
-    /// `EVENTBUS_MAX_CONCURRENT_PUBLISHES` [10].
+    /// `EVENTBUS_MAX_CONCURRENT_PUBLISHES`. Default: 10.
     pub max_concurrent_publishes: usize,
-    /// `EVENTBUS_PUBLISH_CONFIRM_WINDOW`: publisher confirms in flight [1000].
+    /// `EVENTBUS_PUBLISH_CONFIRM_WINDOW`: publisher confirms in flight. Default: 1000.
     pub publish_confirm_window: usize,
-    /// `EVENTBUS_CONFIRM_TIMEOUT` in seconds [30.0].
+    /// `EVENTBUS_CONFIRM_TIMEOUT` in seconds. Default: 30.0.
     pub confirm_timeout: Duration,
     /// `EVENTBUS_CONNECT_TIMEOUT` in seconds: how long startup keeps retrying an
-    /// unreachable broker before failing [30.0].
+    /// unreachable broker before failing. Default: 30.0.
     pub connect_timeout: Duration,
     /// `EVENTBUS_QUEUE_ARGUMENTS`: `key=value,...` for the group queues, e.g.
-    /// `x-queue-type=quorum` [none].
+    /// `x-queue-type=quorum`. Default: none.
     pub queue_arguments: BTreeMap<String, QueueArgument>,
 }
 

@@ -105,8 +105,6 @@ impl Default for Dispatcher {
 /// The result of calling one group's handlers for one event.
 #[derive(Debug, Default)]
 pub(crate) struct Outcome {
-    /// Handlers called.
-    pub(crate) invoked: usize,
     pub(crate) failures: Vec<(Arc<str>, HandlerError)>,
 }
 
@@ -181,19 +179,32 @@ impl Dispatcher {
         event: &AnyEnvelope,
         stats: &Stats,
     ) -> Outcome {
+        self.dispatch_only(table, group, event, stats, None).await
+    }
+
+    /// [`Dispatcher::dispatch`], calling only the handlers named in `only` when given
+    /// (a retry runs only the handlers that failed).
+    pub(crate) async fn dispatch_only(
+        &self,
+        table: &DispatchTable,
+        group: &str,
+        event: &AnyEnvelope,
+        stats: &Stats,
+        only: Option<&[String]>,
+    ) -> Outcome {
         let Some(handlers) = table.groups.get(group) else {
             return Outcome::default();
         };
         let meta = event.meta();
-        let calls = handlers
+        let selected = handlers
             .handlers_for(meta.event_type())
-            .map(|entry| async move {
-                let result = entry.invoke.call(event).await;
-                (entry, result)
-            });
+            .filter(|entry| only.is_none_or(|names| names.iter().any(|n| **n == *entry.name)));
+        let calls = selected.map(|entry| async move {
+            let result = entry.invoke.call(event).await;
+            (entry, result)
+        });
         let results = join_all(calls).await;
         let mut outcome = Outcome {
-            invoked: results.len(),
             failures: Vec::new(),
         };
         add(&stats.handlers_invoked, results.len() as u64);

@@ -113,7 +113,9 @@ impl Drop for Scope {
                     return;
                 };
                 for g in groups {
-                    for q in [format!("{exchange}.{g}"), format!("{exchange}.{g}.dlq")] {
+                    let mut queues = vec![format!("{exchange}.{g}"), format!("{exchange}.{g}.dlq")];
+                    queues.extend((1..=10).map(|n| format!("{exchange}.{g}.retry.{n}")));
+                    for q in queues {
                         let _ = ch
                             .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
                             .await;

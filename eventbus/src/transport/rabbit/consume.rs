@@ -2,10 +2,9 @@
 //!
 //! Deliveries run concurrently up to the prefetch count. A delivery is acked
 //! only after every handler of the group succeeded (or when the group has no
-//! handler for that event type: a fanout exchange delivers everything). A delivery that cannot be
-//! decoded, or whose handlers failed, is rejected without requeue: the queue's
-//! dead-letter exchange parks it in the group's DLQ (never dropped silently;
-//! with the DLQ disabled it is logged as an error and dropped by the broker).
+//! handler for that known event type: a fanout exchange delivers everything),
+//! or after the broker confirmed its retry or dead-letter copy (see
+//! [`super::failure`]). Nothing is dropped silently.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -13,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
 };
 use lapin::types::FieldTable;
 use tokio_util::sync::CancellationToken;
@@ -23,7 +22,9 @@ use crate::bus::Shared;
 use crate::stats::add;
 
 use super::errors::{Failure, broker, scrub};
+use super::failure::{self, DeadLetter};
 use super::link::Session;
+use super::publish::{Outgoing, Publisher};
 use super::wire;
 
 /// Which group consumers are active, for health checks.
@@ -45,6 +46,7 @@ pub(crate) async fn start_group(
     stop: CancellationToken,
     deliveries: TaskTracker,
     states: ConsumerStates,
+    publisher: Arc<Publisher>,
 ) -> Result<(), Failure> {
     let config = &shared.config;
     let queue = config.group_queue_name(&group);
@@ -85,7 +87,10 @@ pub(crate) async fn start_group(
                         let shared = shared.clone();
                         let group = group.clone();
                         let session = session.clone();
-                        deliveries.spawn(async move { handle(&shared, &group, &session, delivery).await });
+                        let publisher = publisher.clone();
+                        deliveries.spawn(async move {
+                            handle(&shared, &group, &session, &publisher, delivery).await;
+                        });
                     }
                     Some(Err(e)) => {
                         session.fail(&format!("consumer on {queue}: {}", scrub(&e.to_string())));
@@ -105,8 +110,24 @@ pub(crate) async fn start_group(
     Ok(())
 }
 
-async fn handle(shared: &Shared, group: &str, session: &Session, delivery: Delivery) {
+/// What to do with a delivery after its handlers ran.
+enum Verdict {
+    Ack,
+    Retry {
+        failed: Vec<String>,
+        reason: String,
+    },
+    DeadLetter {
+        reason: String,
+        error_type: String,
+        handler: Option<String>,
+        failed: Vec<String>,
+    },
+}
+
+async fn handle(shared: &Shared, group: &str, session: &Session, publisher: &Publisher, delivery: Delivery) {
     let stats = &shared.stats;
+    let config = &shared.config;
     add(&stats.events_consumed, 1);
     stats.last_consume_at.now();
     let event_types = shared.event_types();
@@ -116,81 +137,139 @@ async fn handle(shared: &Shared, group: &str, session: &Session, delivery: Deliv
         .as_ref()
         .map_or_else(|| "(none)".to_owned(), |id| id.as_str().to_owned());
     let table = shared.dispatcher.snapshot();
-    if let Some(event_type) =
+    let retry_count = failure::retry_count(&delivery.properties);
+    let verdict = if let Some(event_type) =
         wire::string_header(&delivery.properties, crate::codec::HEADER_EVENT_TYPE)
         && event_types.get(&event_type).is_some()
-        && !table
-            .groups
-            .get(group)
-            .is_some_and(|g| g.takes(&event_type))
+        && !table.groups.get(group).is_some_and(|g| g.takes(&event_type))
     {
         // A known event type delivered by a fanout exchange or a custom binding,
         // and nothing in this group handles it: not ours. (An unknown type is
         // dead-lettered below: it may be a message nobody can read.)
         tracing::debug!(%group, %message_id, %event_type, "no handler in this group; acked");
-        add(&stats.events_processed_success, 1);
-        return finish(
-            session,
-            &message_id,
-            delivery.acker.ack(BasicAckOptions::default()).await,
-        );
-    }
-    let failure = match wire::decode(&event_types, &delivery.properties, &delivery.data) {
-        Ok(event) => {
-            let outcome = shared
-                .dispatcher
-                .dispatch(&table, group, &event, stats)
-                .await;
-            if outcome.invoked == 0 {
-                // A known event this group has no handler for (a fanout exchange, a
-                // custom binding, a handler unsubscribed at runtime): nobody here wants it.
-                tracing::debug!(%group, %message_id, event_type = %event.meta().event_type(), "no handler in this group; acked");
-                None
-            } else if outcome.failures.is_empty() {
-                None
-            } else {
-                Some(
-                    outcome
+        Verdict::Ack
+    } else {
+        match wire::decode(&event_types, &delivery.properties, &delivery.data) {
+            Ok(event) => {
+                let only = failure::failed_handlers(&delivery.properties);
+                let outcome = shared
+                    .dispatcher
+                    .dispatch_only(&table, group, &event, stats, only.as_deref())
+                    .await;
+                if outcome.failures.is_empty() {
+                    Verdict::Ack
+                } else {
+                    let failed: Vec<String> = outcome.failures.iter().map(|(n, _)| n.to_string()).collect();
+                    let reason = outcome
                         .failures
                         .iter()
                         .map(|(name, error)| format!("{name}: {error}"))
                         .collect::<Vec<_>>()
-                        .join("; "),
-                )
+                        .join("; ");
+                    let permanent = outcome.failures.iter().find(|(_, e)| e.is_permanent());
+                    let (last_name, last_error) = permanent.unwrap_or(&outcome.failures[0]);
+                    if permanent.is_some() || retry_count >= config.max_retries {
+                        Verdict::DeadLetter {
+                            reason,
+                            error_type: last_error.error_type(),
+                            handler: Some(last_name.to_string()),
+                            failed,
+                        }
+                    } else {
+                        Verdict::Retry { failed, reason }
+                    }
+                }
+            }
+            Err(error) => {
+                tracing::error!(%group, %message_id, routing_key = %delivery.routing_key, %error, "cannot decode message");
+                Verdict::DeadLetter {
+                    reason: format!("undecodable message: {error}"),
+                    error_type: format!("DecodeError::{}", decode_kind(&error)),
+                    handler: None,
+                    failed: Vec::new(),
+                }
             }
         }
-        Err(error) => {
-            tracing::error!(
-                %group,
-                %message_id,
-                routing_key = %delivery.routing_key,
-                %error,
-                "cannot decode message"
+    };
+
+    let queue = config.group_queue_name(group);
+    let original_key = failure::original_routing_key(&delivery.properties, delivery.routing_key.as_str());
+    let copy = match &verdict {
+        Verdict::Ack => None,
+        Verdict::Retry { failed, reason } => {
+            let delay = failure::retry_delay(config, retry_count);
+            tracing::warn!(
+                %group, %message_id, attempt = retry_count + 1, max_retries = config.max_retries,
+                delay_ms = delay.as_millis() as u64, %reason, "handler failed; retrying later"
             );
-            Some(format!("undecodable message: {error}"))
+            Some(Outgoing {
+                exchange: String::new(),
+                routing_key: failure::retry_queue(config, group, retry_count + 1),
+                body: delivery.data.clone(),
+                properties: failure::retry_properties(&delivery.properties, retry_count, &original_key, failed, delay),
+                message_id: message_id.clone(),
+            })
         }
-    };
-    let acked = match &failure {
-        None => {
-            add(&stats.events_processed_success, 1);
-            delivery.acker.ack(BasicAckOptions::default()).await
-        }
-        Some(reason) => {
-            add(&stats.events_processed_failed, 1);
+        Verdict::DeadLetter { reason, error_type, handler, failed } => {
             stats.last_error_at.now();
-            if shared.config.enable_dlq {
-                add(&stats.messages_sent_to_dlq, 1);
-                tracing::warn!(%group, %message_id, %reason, "message dead-lettered");
+            if config.enable_dlq {
+                tracing::warn!(%group, %message_id, retries = retry_count, %reason, "message dead-lettered");
+                Some(Outgoing {
+                    exchange: config.dlq_exchange_name(),
+                    routing_key: queue.clone(),
+                    body: delivery.data.clone(),
+                    properties: failure::dead_letter_properties(
+                        &delivery.properties,
+                        retry_count,
+                        &original_key,
+                        &DeadLetter { reason, error_type, handler: handler.as_deref(), failed },
+                    ),
+                    message_id: message_id.clone(),
+                })
             } else {
-                tracing::error!(%group, %message_id, %reason, "message rejected and dropped: the dead-letter queue is disabled");
+                tracing::error!(%group, %message_id, %reason, body = %String::from_utf8_lossy(&delivery.data), "message dropped after its last attempt: the dead-letter queue is disabled (EVENTBUS_ENABLE_DLQ=false)");
+                None
             }
-            delivery
-                .acker
-                .reject(BasicRejectOptions { requeue: false })
-                .await
         }
     };
-    finish(session, &message_id, acked);
+    if let Some(copy) = copy {
+        // The original goes only once its copy is safe with the broker.
+        if let Err(error) = publisher.send(shared, std::slice::from_ref(&copy)).await {
+            stats.last_error_at.now();
+            tracing::error!(%group, %message_id, %error, "cannot park the message for retry or in the DLQ; returning it to the queue");
+            let requeued = delivery
+                .acker
+                .nack(BasicNackOptions { multiple: false, requeue: true })
+                .await;
+            finish(session, &message_id, requeued);
+            return;
+        }
+    }
+    match &verdict {
+        Verdict::Ack => add(&stats.events_processed_success, 1),
+        Verdict::Retry { .. } => {}
+        Verdict::DeadLetter { .. } => {
+            add(&stats.events_processed_failed, 1);
+            if config.enable_dlq {
+                add(&stats.messages_sent_to_dlq, 1);
+            }
+        }
+    }
+    finish(session, &message_id, delivery.acker.ack(BasicAckOptions::default()).await);
+}
+
+fn decode_kind(error: &crate::error::DecodeError) -> &'static str {
+    use crate::error::DecodeError as D;
+    match error {
+        D::MissingEventType => "MissingEventType",
+        D::UnknownEventType { .. } => "UnknownEventType",
+        D::WrongContentType { .. } => "WrongContentType",
+        D::InvalidUtf8 { .. } => "InvalidUtf8",
+        D::InvalidJson { .. } => "InvalidJson",
+        D::BodyMismatch { .. } => "BodyMismatch",
+        D::EventTypeMismatch { .. } => "EventTypeMismatch",
+        D::InvalidEnvelope { .. } => "InvalidEnvelope",
+    }
 }
 
 fn finish(session: &Session, message_id: &str, acked: lapin::Result<bool>) {

@@ -3,6 +3,7 @@
 
 mod consume;
 mod errors;
+mod failure;
 mod link;
 mod publish;
 mod tls;
@@ -15,7 +16,6 @@ use std::sync::{Arc, Mutex};
 
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -26,6 +26,7 @@ use crate::error::Error;
 use consume::ConsumerStates;
 use errors::{Failure, broker};
 use link::{Link, LinkState, Session, Setup};
+use publish::Publisher;
 
 type ExtraBindings = Arc<Mutex<Vec<(String, String)>>>;
 
@@ -36,8 +37,7 @@ struct Consuming {
 
 /// A connection to RabbitMQ with its topology declared.
 pub struct RabbitTransport {
-    publisher: Arc<Link>,
-    window: Arc<Semaphore>,
+    publisher: Arc<Publisher>,
     consuming: Arc<tokio::sync::Mutex<Option<Consuming>>>,
     deliveries: TaskTracker,
     states: ConsumerStates,
@@ -108,11 +108,10 @@ impl RabbitTransport {
                 })
             })
         };
-        let publisher = Link::start("publisher", shared.clone(), setup);
-        publisher.wait_up(shared.config.connect_timeout).await?;
+        let link = Link::start("publisher", shared.clone(), setup);
+        link.wait_up(shared.config.connect_timeout).await?;
         let transport = Self {
-            publisher,
-            window: Arc::new(Semaphore::new(shared.config.publish_confirm_window)),
+            publisher: Arc::new(Publisher::new(link, shared.config.publish_confirm_window)),
             consuming: Arc::default(),
             deliveries: TaskTracker::new(),
             states: ConsumerStates::default(),
@@ -131,7 +130,7 @@ impl RabbitTransport {
     /// Keeps bindings (and consumers) in step with runtime subscriptions.
     fn watch_subscriptions(&self, shared: Arc<Shared>) {
         let mut changes = shared.dispatcher.changes();
-        let publisher = self.publisher.clone();
+        let publisher = self.publisher.link.clone();
         let extra = self.extra.clone();
         let stop = self.watcher.clone();
         let consuming = self.consuming.clone();
@@ -178,7 +177,7 @@ impl RabbitTransport {
         shared: &Arc<Shared>,
         events: &[AnyEnvelope],
     ) -> Result<usize, Error> {
-        publish::publish(&self.publisher, &self.window, shared, events).await
+        self.publisher.publish_events(shared, events).await
     }
 
     pub(crate) async fn start_consuming(&self, shared: &Arc<Shared>) -> Result<(), Error> {
@@ -194,6 +193,7 @@ impl RabbitTransport {
             let deliveries = self.deliveries.clone();
             let states = self.states.clone();
             let base_tag = self.consumer_tag.clone();
+            let publisher = self.publisher.clone();
             Arc::new(move |session: Arc<Session>| {
                 let shared = shared.clone();
                 let extra = extra.clone();
@@ -201,6 +201,7 @@ impl RabbitTransport {
                 let deliveries = deliveries.clone();
                 let states = states.clone();
                 let base_tag = base_tag.clone();
+                let publisher = publisher.clone();
                 Box::pin(async move {
                     declare_topology(&session, &shared, &extra).await?;
                     let groups: Vec<Arc<str>> = shared
@@ -224,6 +225,7 @@ impl RabbitTransport {
                             stop.clone(),
                             deliveries.clone(),
                             states.clone(),
+                            publisher.clone(),
                         )
                         .await?;
                     }
@@ -253,7 +255,7 @@ impl RabbitTransport {
     pub(crate) async fn close(&self) -> Result<(), Error> {
         self.stop_consuming().await?;
         self.watcher.cancel();
-        self.publisher.close().await;
+        self.publisher.link.close().await;
         Ok(())
     }
 
@@ -271,7 +273,7 @@ impl RabbitTransport {
             LinkState::Failed(e) => Some(format!("{role} connection failed: {e}")),
             LinkState::Closed => Some(format!("{role} connection is closed")),
         };
-        let mut errors: Vec<String> = describe(&self.publisher.state(), "publisher")
+        let mut errors: Vec<String> = describe(&self.publisher.link.state(), "publisher")
             .into_iter()
             .collect();
         let consuming = self.consuming.lock().await;
@@ -285,7 +287,7 @@ impl RabbitTransport {
             None => false,
         };
         let consumers = lock(&self.states).clone();
-        let connected = matches!(self.publisher.state(), LinkState::Up(ref s) if !s.broken.is_cancelled() && s.connection.status().connected());
+        let connected = matches!(self.publisher.link.state(), LinkState::Up(ref s) if !s.broken.is_cancelled() && s.connection.status().connected());
         HealthStatus {
             healthy: errors.is_empty(),
             transport: "rabbitmq",
@@ -305,6 +307,7 @@ impl RabbitTransport {
         lock(&self.extra).push((group.to_owned(), routing_key.to_owned()));
         let session = self
             .publisher
+            .link
             .wait_up(shared.config.confirm_timeout)
             .await?;
         let binding = topology::binding_for_key(&shared.config, routing_key);
@@ -322,6 +325,7 @@ impl RabbitTransport {
     pub(crate) async fn queue_info(&self, queue: &str) -> Result<QueueInfo, Error> {
         let session = self
             .publisher
+            .link
             .wait_up(std::time::Duration::from_secs(10))
             .await?;
         // A passive declare of a missing queue closes its channel: use a throwaway one.

@@ -3,7 +3,8 @@
 //! Up to `publish_confirm_window` confirms are in flight across all callers.
 //! A publish is reported only when the broker confirmed it; messages whose
 //! confirm was lost with the connection are sent again on the next one
-//! (same `message_id`, so consumers can tell duplicates).
+//! (same `message_id`, so consumers can tell duplicates). Events, retries,
+//! dead letters and DLQ replays all go through here.
 
 use std::sync::Arc;
 
@@ -15,7 +16,7 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use crate::bus::Shared;
-use crate::codec::{self, WireMessage};
+use crate::codec;
 use crate::envelope::AnyEnvelope;
 use crate::error::Error;
 use crate::stats::add;
@@ -24,9 +25,20 @@ use super::errors::scrub;
 use super::link::Link;
 use super::wire;
 
-struct Outgoing {
-    wire: WireMessage,
-    properties: BasicProperties,
+/// One message to publish.
+pub(crate) struct Outgoing {
+    pub(crate) exchange: String,
+    pub(crate) routing_key: String,
+    pub(crate) body: Vec<u8>,
+    pub(crate) properties: BasicProperties,
+    /// For error messages.
+    pub(crate) message_id: String,
+}
+
+/// The publisher connection and the window of confirms in flight.
+pub(crate) struct Publisher {
+    pub(crate) link: Arc<Link>,
+    window: Arc<Semaphore>,
 }
 
 enum Outcome {
@@ -36,122 +48,141 @@ enum Outcome {
     Failed(Error),
 }
 
-pub(crate) async fn publish(
-    link: &Link,
-    window: &Arc<Semaphore>,
-    shared: &Arc<Shared>,
-    events: &[AnyEnvelope],
-) -> Result<usize, Error> {
-    let config = &shared.config;
-    let mut outgoing = Vec::with_capacity(events.len());
-    for event in events {
-        let meta = event.meta();
-        codec::validate(meta).map_err(Error::InvalidEnvelope)?;
-        let wire = codec::encode(event).map_err(|source| Error::Encode {
-            event_type: meta.event_type().to_owned(),
-            source,
-        })?;
-        let properties = wire::properties(&wire);
-        outgoing.push(Outgoing { wire, properties });
+impl Publisher {
+    pub(crate) fn new(link: Arc<Link>, window: usize) -> Self {
+        Self {
+            link,
+            window: Arc::new(Semaphore::new(window)),
+        }
     }
 
-    let deadline = Instant::now() + config.confirm_timeout;
-    let mut pending: Vec<usize> = (0..outgoing.len()).collect();
-    let mut published = 0;
-    let mut first_error: Option<Error> = None;
-    while !pending.is_empty() {
-        let session = link
-            .wait_up(deadline.saturating_duration_since(Instant::now()))
-            .await?;
-        let mut lost = Vec::new();
-        let mut inflight = FuturesUnordered::new();
-        let mut next = pending.iter().copied();
-        let mut sending = true;
-        loop {
-            tokio::select! {
-                biased;
-                Some((index, outcome)) = inflight.next(), if !inflight.is_empty() => match outcome {
-                    Outcome::Confirmed => published += 1,
-                    Outcome::Lost(reason) => {
-                        session.fail(&reason);
-                        lost.push(index);
-                    }
-                    Outcome::Failed(error) => {
-                        first_error.get_or_insert(error);
-                    }
-                },
-                permit = window.clone().acquire_owned(), if sending => {
-                    let Ok(permit) = permit else { break };
-                    let Some(index) = next.next() else {
-                        sending = false;
-                        continue;
-                    };
-                    let message = &outgoing[index];
-                    let sent = session
-                        .channel
-                        .basic_publish(
-                            config.exchange_name.as_str().into(),
-                            message.wire.routing_key.as_str().into(),
-                            BasicPublishOptions { mandatory: true, immediate: false },
-                            &message.wire.body,
-                            message.properties.clone(),
-                        )
-                        .await;
-                    match sent {
-                        Ok(confirm) => {
-                            let exchange = &config.exchange_name;
-                            let wire = &message.wire;
-                            inflight.push(async move {
+    /// Publishes events to the main exchange; returns how many were confirmed.
+    pub(crate) async fn publish_events(
+        &self,
+        shared: &Arc<Shared>,
+        events: &[AnyEnvelope],
+    ) -> Result<usize, Error> {
+        let config = &shared.config;
+        let mut outgoing = Vec::with_capacity(events.len());
+        for event in events {
+            let meta = event.meta();
+            codec::validate(meta).map_err(Error::InvalidEnvelope)?;
+            let wire = codec::encode(event).map_err(|source| Error::Encode {
+                event_type: meta.event_type().to_owned(),
+                source,
+            })?;
+            outgoing.push(Outgoing {
+                exchange: config.exchange_name.clone(),
+                properties: wire::properties(&wire),
+                routing_key: wire.routing_key,
+                body: wire.body,
+                message_id: wire.message_id,
+            });
+        }
+        let result = self.send(shared, &outgoing).await;
+        match &result {
+            Ok(n) => {
+                add(&shared.stats.events_published, *n as u64);
+                shared.stats.last_publish_at.now();
+            }
+            Err(_) => shared.stats.last_error_at.now(),
+        }
+        result
+    }
+
+    /// Publishes prepared messages, all confirmed or an error.
+    pub(crate) async fn send(&self, shared: &Shared, outgoing: &[Outgoing]) -> Result<usize, Error> {
+        let timeout = shared.config.confirm_timeout;
+        let deadline = Instant::now() + timeout;
+        let mut pending: Vec<usize> = (0..outgoing.len()).collect();
+        let mut confirmed = 0;
+        while !pending.is_empty() {
+            let session = self
+                .link
+                .wait_up(deadline.saturating_duration_since(Instant::now()))
+                .await?;
+            let mut lost = Vec::new();
+            let mut first_error: Option<Error> = None;
+            let mut inflight = FuturesUnordered::new();
+            let mut next = pending.iter().copied();
+            let mut sending = true;
+            loop {
+                tokio::select! {
+                    biased;
+                    Some((index, outcome)) = inflight.next(), if !inflight.is_empty() => match outcome {
+                        Outcome::Confirmed => confirmed += 1,
+                        Outcome::Lost(reason) => {
+                            session.fail(&reason);
+                            lost.push(index);
+                        }
+                        Outcome::Failed(error) => {
+                            first_error.get_or_insert(error);
+                        }
+                    },
+                    permit = self.window.clone().acquire_owned(), if sending => {
+                        let Ok(permit) = permit else { break };
+                        let Some(index) = next.next() else {
+                            sending = false;
+                            continue;
+                        };
+                        let message = &outgoing[index];
+                        let sent = session
+                            .channel
+                            .basic_publish(
+                                message.exchange.as_str().into(),
+                                message.routing_key.as_str().into(),
+                                BasicPublishOptions { mandatory: true, immediate: false },
+                                &message.body,
+                                message.properties.clone(),
+                            )
+                            .await;
+                        match sent {
+                            Ok(confirm) => inflight.push(async move {
                                 let result = tokio::time::timeout_at(deadline, confirm).await;
                                 drop(permit);
-                                (index, confirm_outcome(result, exchange, wire, config.confirm_timeout))
-                            });
+                                (index, confirm_outcome(result, message, timeout))
+                            }),
+                            Err(e) => {
+                                session.fail(&scrub(&e.to_string()));
+                                lost.push(index);
+                                lost.extend(next.by_ref());
+                                sending = false;
+                            }
                         }
-                        Err(e) => {
-                            session.fail(&scrub(&e.to_string()));
-                            lost.push(index);
-                            lost.extend(next.by_ref());
-                            sending = false;
-                        }
-                    }
-                },
-                else => break,
+                    },
+                    else => break,
+                }
             }
+            if let Some(error) = first_error {
+                return Err(error);
+            }
+            if !lost.is_empty() {
+                tracing::warn!(
+                    unconfirmed = lost.len(),
+                    "connection lost with publishes unconfirmed; sending them again after reconnecting"
+                );
+            }
+            pending = lost;
         }
-        if let Some(error) = first_error.take() {
-            add(&shared.stats.events_published, published as u64);
-            shared.stats.last_error_at.now();
-            return Err(error);
-        }
-        if !lost.is_empty() {
-            tracing::warn!(
-                unconfirmed = lost.len(),
-                "connection lost with publishes unconfirmed; sending them again after reconnecting"
-            );
-        }
-        pending = lost;
+        Ok(confirmed)
     }
-    add(&shared.stats.events_published, published as u64);
-    shared.stats.last_publish_at.now();
-    Ok(published)
 }
 
 fn confirm_outcome(
     result: Result<lapin::Result<Confirmation>, tokio::time::error::Elapsed>,
-    exchange: &str,
-    wire: &WireMessage,
+    message: &Outgoing,
     timeout: std::time::Duration,
 ) -> Outcome {
     match result {
         Ok(Ok(Confirmation::Ack(None))) => Outcome::Confirmed,
         Ok(Ok(Confirmation::Ack(Some(_)))) => Outcome::Failed(Error::Unroutable {
-            exchange: exchange.to_owned(),
-            routing_key: wire.routing_key.clone(),
-            event_id: wire.message_id.clone(),
+            exchange: message.exchange.clone(),
+            routing_key: message.routing_key.clone(),
+            event_id: message.message_id.clone(),
         }),
         Ok(Ok(Confirmation::Nack(_))) => Outcome::Failed(Error::Nacked {
-            routing_key: wire.routing_key.clone(),
-            event_id: wire.message_id.clone(),
+            routing_key: message.routing_key.clone(),
+            event_id: message.message_id.clone(),
         }),
         Ok(Ok(Confirmation::NotRequested)) => Outcome::Failed(Error::Broker {
             context: "publishing".into(),
@@ -159,7 +190,7 @@ fn confirm_outcome(
         }),
         Ok(Err(e)) => Outcome::Lost(scrub(&e.to_string())),
         Err(_) => Outcome::Failed(Error::ConfirmTimeout {
-            event_id: wire.message_id.clone(),
+            event_id: message.message_id.clone(),
             timeout,
         }),
     }

@@ -226,6 +226,24 @@ pub(crate) async fn declare_group(
         )
         .await
         .map_err(|e| declare_failure(&e, "queue", &queue))?;
+    // One delay queue per attempt; an expired message goes back to this group's queue only.
+    for attempt in 1..=config.max_retries {
+        let delay_queue = super::failure::retry_queue(config, group, attempt);
+        let mut args = FieldTable::default();
+        args.insert("x-dead-letter-exchange".into(), string(""));
+        args.insert("x-dead-letter-routing-key".into(), string(&queue));
+        channel
+            .queue_declare(
+                delay_queue.as_str().into(),
+                QueueDeclareOptions {
+                    durable: config.durable,
+                    ..QueueDeclareOptions::default()
+                },
+                args,
+            )
+            .await
+            .map_err(|e| declare_failure(&e, "queue", &delay_queue))?;
+    }
     for binding in bindings {
         bind(channel, config, &queue, binding).await?;
     }

@@ -62,6 +62,17 @@ pub(crate) fn string_header(properties: &BasicProperties, name: &str) -> Option<
         .and_then(|v| v.as_str().map(str::to_owned))
 }
 
+/// An integer header of an incoming message (any width, or a string holding one).
+pub(crate) fn int_header(properties: &BasicProperties, name: &str) -> Option<i64> {
+    properties
+        .headers()
+        .as_ref()?
+        .inner()
+        .get(name)
+        .and_then(read_header)
+        .and_then(|v| v.as_int())
+}
+
 /// Turns a delivery into an event, or says exactly why it cannot.
 pub(crate) fn decode(
     event_types: &EventTypes,

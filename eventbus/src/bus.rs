@@ -547,9 +547,30 @@ impl Bus {
             .await
     }
 
-    #[doc(hidden)]
-    pub fn __transport(&self) -> &Arc<Transport> {
-        &self.transport
+    /// The dead-letter queue of consumer group `group`.
+    pub fn dlq(&self, group: &str) -> crate::dlq::Dlq<'_> {
+        crate::dlq::Dlq {
+            bus: self,
+            group: group.to_owned(),
+        }
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    pub(crate) async fn group_queue_info_named(&self, queue: &str) -> Result<QueueInfo, Error> {
+        self.transport.queue_info(queue).await
+    }
+
+    pub(crate) fn rabbit(&self, operation: &'static str) -> Result<&rabbit::RabbitTransport, Error> {
+        match &*self.transport {
+            Transport::Rabbit(r) => Ok(r),
+            Transport::Memory => Err(Error::Unsupported {
+                operation,
+                transport: "memory",
+            }),
+        }
     }
 }
 

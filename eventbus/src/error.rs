@@ -221,23 +221,33 @@ type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// (a validation failure, say): the broker transport then skips retries.
 pub struct HandlerError {
     source: BoxError,
+    error_type: &'static str,
     permanent: bool,
+}
+
+/// The last path segment of a type name, without generics: `std::io::Error` -> `Error`.
+fn short_type_name<E>() -> &'static str {
+    let full = std::any::type_name::<E>();
+    let base = full.split('<').next().unwrap_or(full);
+    base.rsplit("::").next().unwrap_or(base).trim_start_matches('&')
 }
 
 impl HandlerError {
     /// A retryable failure.
-    pub fn new(source: impl Into<BoxError>) -> Self {
+    pub fn new<E: Into<BoxError>>(source: E) -> Self {
         Self {
             source: source.into(),
+            error_type: short_type_name::<E>(),
             permanent: false,
         }
     }
 
-    /// A failure that retrying cannot fix.
-    pub fn permanent(source: impl Into<BoxError>) -> Self {
+    /// A failure that retrying cannot fix: the broker transport dead-letters
+    /// the message at once.
+    pub fn permanent<E: Into<BoxError>>(source: E) -> Self {
         Self {
-            source: source.into(),
             permanent: true,
+            ..Self::new(source)
         }
     }
 
@@ -251,18 +261,10 @@ impl HandlerError {
         &*self.source
     }
 
-    /// The type name of the underlying error when known, for DLQ headers.
-    pub fn error_type(&self) -> String {
-        // `Box<dyn Error>` hides the concrete type; its Debug output starts with it.
-        let debug = format!("{:?}", self.source);
-        let end = debug
-            .find(|c: char| !(c.is_alphanumeric() || c == '_' || c == ':'))
-            .unwrap_or(debug.len());
-        if end == 0 {
-            "Error".to_owned()
-        } else {
-            debug[..end].to_owned()
-        }
+    /// The type name of the underlying error (`x-dlq-error-type`), e.g. `Error`
+    /// for `std::io::Error`, `String` for a message.
+    pub fn error_type(&self) -> &'static str {
+        self.error_type
     }
 }
 

@@ -53,6 +53,7 @@ mod bus;
 pub mod codec;
 pub mod config;
 mod dispatch;
+mod dlq;
 mod envelope;
 mod error;
 mod event;
@@ -66,6 +67,7 @@ pub use bus::{
 };
 pub use config::{BrokerUrl, Config, ExchangeType};
 pub use dispatch::SubscriptionId;
+pub use dlq::{Dlq, DlqMessage, ReplayFilter, ReplayReport};
 pub use envelope::{AnyEnvelope, Envelope, EventMeta};
 pub use error::{ConfigError, DecodeError, Error, HandlerError, HandlerResult, RegistryError};
 pub use event::DomainEvent;

@@ -14,8 +14,7 @@ pub(crate) mod rabbit;
 
 /// The transport under a [`Bus`](crate::Bus).
 #[derive(Debug)]
-#[doc(hidden)]
-pub enum Transport {
+pub(crate) enum Transport {
     /// In-process delivery.
     Memory,
     /// RabbitMQ.

@@ -171,7 +171,7 @@ async fn handle(shared: &Shared, group: &str, session: &Session, publisher: &Pub
                     if permanent.is_some() || retry_count >= config.max_retries {
                         Verdict::DeadLetter {
                             reason,
-                            error_type: last_error.error_type(),
+                            error_type: last_error.error_type().to_owned(),
                             handler: Some(last_name.to_string()),
                             failed,
                         }

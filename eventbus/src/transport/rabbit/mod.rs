@@ -2,6 +2,7 @@
 //! connections, each supervised and rebuilt after a drop.
 
 mod consume;
+mod dlq;
 mod errors;
 mod failure;
 mod link;
@@ -36,7 +37,7 @@ struct Consuming {
 }
 
 /// A connection to RabbitMQ with its topology declared.
-pub struct RabbitTransport {
+pub(crate) struct RabbitTransport {
     publisher: Arc<Publisher>,
     consuming: Arc<tokio::sync::Mutex<Option<Consuming>>>,
     deliveries: TaskTracker,

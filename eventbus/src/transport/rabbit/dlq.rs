@@ -1,0 +1,266 @@
+//! DLQ tooling on RabbitMQ (see [`crate::dlq`]).
+//!
+//! Messages are taken with `basic.get` and not acked; closing the channel
+//! returns every one we did not remove to the queue, in its original place.
+//! Removal (an ack) happens only after the broker confirmed the replayed copy.
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicGetOptions, QueuePurgeOptions};
+use lapin::types::AMQPValue;
+use lapin::{BasicProperties, Channel};
+
+use crate::bus::Shared;
+use crate::codec;
+use crate::dlq::{DlqMessage, ReplayFilter, ReplayReport};
+use crate::error::Error;
+
+use super::RabbitTransport;
+use super::errors::broker;
+use super::failure;
+use super::publish::Outgoing;
+use super::wire;
+
+/// Replayed copies are confirmed, then their originals acked, this many at a time.
+const REPLAY_CHUNK: usize = 200;
+
+fn json(value: &AMQPValue) -> serde_json::Value {
+    match value {
+        AMQPValue::FieldArray(items) => items.as_slice().iter().map(json).collect(),
+        AMQPValue::FieldTable(table) => table
+            .inner()
+            .iter()
+            .map(|(k, v)| (k.as_str().to_owned(), json(v)))
+            .collect::<serde_json::Map<_, _>>()
+            .into(),
+        AMQPValue::Boolean(b) => (*b).into(),
+        other => match wire::read_header(other) {
+            Some(codec::HeaderValue::Str(s)) => s.into(),
+            Some(codec::HeaderValue::Int(i)) => i.into(),
+            None => format!("{other:?}").into(),
+        },
+    }
+}
+
+fn describe(delivery: &Delivery) -> DlqMessage {
+    let p = &delivery.properties;
+    let text = |name: &str| wire::string_header(p, name);
+    DlqMessage {
+        message_id: p.message_id().as_ref().map(|id| id.as_str().to_owned()),
+        event_type: text(codec::HEADER_EVENT_TYPE),
+        reason: text(failure::DLQ_REASON),
+        error_type: text(failure::DLQ_ERROR_TYPE),
+        handler: text(failure::DLQ_HANDLER),
+        retry_count: wire::int_header(p, failure::DLQ_RETRY_COUNT),
+        dead_lettered_at: text(failure::DLQ_TIMESTAMP),
+        original_routing_key: text(failure::ORIGINAL_ROUTING_KEY),
+        headers: p
+            .headers()
+            .as_ref()
+            .map(|h| {
+                h.inner()
+                    .iter()
+                    .map(|(k, v)| (k.as_str().to_owned(), json(v)))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        body: String::from_utf8_lossy(&delivery.data).into_owned(),
+    }
+}
+
+fn matches(properties: &BasicProperties, filter: &ReplayFilter) -> bool {
+    if let Some(wanted) = &filter.event_type
+        && wire::string_header(properties, codec::HEADER_EVENT_TYPE).as_deref() != Some(wanted.as_str())
+    {
+        return false;
+    }
+    if let Some(age) = filter.older_than {
+        let Some(at) = wire::string_header(properties, failure::DLQ_TIMESTAMP)
+            .and_then(|t| codec::parse_time(&t).ok())
+        else {
+            return false;
+        };
+        let cutoff = Utc::now() - chrono::Duration::from_std(age).unwrap_or(chrono::Duration::MAX);
+        if at > cutoff {
+            return false;
+        }
+    }
+    true
+}
+
+/// Takes messages one by one without acking, up to `limit` (and never more
+/// than were there when we started, so a replay cannot chase its own tail).
+struct Scan {
+    channel: Channel,
+    queue: String,
+    left: u32,
+}
+
+impl Scan {
+    async fn next(&mut self) -> Result<Option<Delivery>, Error> {
+        if self.left == 0 {
+            return Ok(None);
+        }
+        self.left -= 1;
+        let got = self
+            .channel
+            .basic_get(self.queue.as_str().into(), BasicGetOptions { no_ack: false })
+            .await
+            .map_err(|e| broker(format!("reading `{}`", self.queue), &e))?;
+        Ok(got.map(|m| m.delivery))
+    }
+
+    /// Returns every message not acked to the queue.
+    async fn close(self) {
+        let _ = self.channel.close(200, "done".into()).await;
+    }
+}
+
+impl RabbitTransport {
+    async fn scan(&self, queue: &str, limit: usize) -> Result<Scan, Error> {
+        let info = self.queue_info(queue).await?;
+        let session = self
+            .publisher
+            .link
+            .wait_up(std::time::Duration::from_secs(10))
+            .await?;
+        let channel = session
+            .connection
+            .create_channel()
+            .await
+            .map_err(|e| broker("opening a channel", &e))?;
+        Ok(Scan {
+            channel,
+            queue: queue.to_owned(),
+            left: info.message_count.min(u32::try_from(limit).unwrap_or(u32::MAX)),
+        })
+    }
+
+    pub(crate) async fn dlq_list(&self, queue: &str, limit: usize) -> Result<Vec<DlqMessage>, Error> {
+        let mut scan = self.scan(queue, limit).await?;
+        let mut out = Vec::new();
+        let result = async {
+            while let Some(delivery) = scan.next().await? {
+                out.push(describe(&delivery));
+            }
+            Ok::<_, Error>(())
+        }
+        .await;
+        scan.close().await;
+        result.map(|()| out)
+    }
+
+    pub(crate) async fn dlq_show(&self, queue: &str, id: &str) -> Result<Option<DlqMessage>, Error> {
+        let mut scan = self.scan(queue, usize::MAX).await?;
+        let result = async {
+            while let Some(delivery) = scan.next().await? {
+                if delivery.properties.message_id().as_ref().is_some_and(|m| m.as_str() == id) {
+                    return Ok(Some(describe(&delivery)));
+                }
+            }
+            Ok(None)
+        }
+        .await;
+        scan.close().await;
+        result
+    }
+
+    /// Replays message `id`, or every message matching `filter`, to `target`.
+    pub(crate) async fn dlq_replay(
+        &self,
+        shared: &Arc<Shared>,
+        queue: &str,
+        target: &str,
+        id: Option<&str>,
+        filter: &ReplayFilter,
+    ) -> Result<ReplayReport, Error> {
+        let mut scan = self.scan(queue, usize::MAX).await?;
+        let mut report = ReplayReport::default();
+        let result = async {
+            let mut chunk = Chunk::default();
+            while let Some(delivery) = scan.next().await? {
+                let wanted = match id {
+                    Some(id) => delivery.properties.message_id().as_ref().is_some_and(|m| m.as_str() == id),
+                    None => matches(&delivery.properties, filter),
+                };
+                if !wanted {
+                    report.kept += 1;
+                    continue;
+                }
+                let copy = Outgoing {
+                    exchange: String::new(),
+                    routing_key: target.to_owned(),
+                    body: delivery.data.clone(),
+                    properties: failure::replay_properties(&delivery.properties),
+                    message_id: delivery
+                        .properties
+                        .message_id()
+                        .as_ref()
+                        .map_or_else(String::new, |m| m.as_str().to_owned()),
+                };
+                chunk.originals.push(delivery);
+                chunk.copies.push(copy);
+                if chunk.originals.len() >= REPLAY_CHUNK || id.is_some() {
+                    report.replayed += self.replay_chunk(shared, &mut chunk).await?;
+                }
+                if id.is_some() {
+                    break;
+                }
+            }
+            report.replayed += self.replay_chunk(shared, &mut chunk).await?;
+            Ok::<_, Error>(())
+        }
+        .await;
+        scan.close().await;
+        result.map(|()| report)
+    }
+
+    /// Publishes the copies, and only once they are confirmed acks the originals.
+    async fn replay_chunk(&self, shared: &Shared, chunk: &mut Chunk) -> Result<usize, Error> {
+        if chunk.originals.is_empty() {
+            return Ok(0);
+        }
+        self.publisher.send(shared, &chunk.copies).await?;
+        for original in &chunk.originals {
+            original
+                .acker
+                .ack(BasicAckOptions::default())
+                .await
+                .map_err(|e| broker("removing a replayed message from the DLQ", &e))?;
+        }
+        let n = chunk.originals.len();
+        chunk.originals.clear();
+        chunk.copies.clear();
+        Ok(n)
+    }
+
+    pub(crate) async fn dlq_purge(&self, queue: &str) -> Result<u32, Error> {
+        // Fails cleanly if the queue does not exist.
+        self.queue_info(queue).await?;
+        let session = self
+            .publisher
+            .link
+            .wait_up(std::time::Duration::from_secs(10))
+            .await?;
+        let channel = session
+            .connection
+            .create_channel()
+            .await
+            .map_err(|e| broker("opening a channel", &e))?;
+        let purged = channel
+            .queue_purge(queue.into(), QueuePurgeOptions::default())
+            .await
+            .map_err(|e| broker(format!("purging `{queue}`"), &e));
+        let _ = channel.close(200, "done".into()).await;
+        purged
+    }
+}
+
+/// DLQ messages taken for replay and their copies.
+#[derive(Default)]
+struct Chunk {
+    originals: Vec<Delivery>,
+    copies: Vec<Outgoing>,
+}

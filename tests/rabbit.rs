@@ -494,15 +494,55 @@ async fn undecodable_and_failing_messages_are_dead_lettered_not_dropped() {
     bus.publish([placed("bad"), placed("good")])
         .await
         .expect("confirmed");
-    let dlq = format!("{}.dlq", scope.queue("default"));
-    common::eventually("four dead-lettered messages", WAIT, || async {
-        common::message_count(&dlq).await == 4
+    // No event_type header at all, and a wrong content type.
+    ch.basic_publish(
+        scope.exchange.as_str().into(),
+        "Order.OrderPlaced".into(),
+        BasicPublishOptions::default(),
+        b"{}",
+        lapin::BasicProperties::default(),
+    )
+    .await
+    .expect("sent")
+    .await
+    .expect("confirmed");
+    ch.basic_publish(
+        scope.exchange.as_str().into(),
+        "Order.OrderPlaced".into(),
+        BasicPublishOptions::default(),
+        b"<xml/>",
+        header("OrderPlaced").with_content_type("text/xml".into()),
+    )
+    .await
+    .expect("sent")
+    .await
+    .expect("confirmed");
+    let dlq = bus.dlq("default");
+    common::eventually("six dead-lettered messages", WAIT, || async {
+        dlq.count().await.ok() == Some(6)
     })
     .await;
+    let reasons: Vec<String> = dlq
+        .list(10)
+        .await
+        .expect("lists")
+        .into_iter()
+        .map(|m| m.reason.unwrap_or_default())
+        .collect();
+    for expected in [
+        "not valid JSON",
+        "unknown event type `Nope`",
+        "missing field `customer_id`",
+        "customer `bad` is not allowed",
+        "no `event_type` header",
+        "unsupported content type `text/xml`",
+    ] {
+        assert!(reasons.iter().any(|r| r.contains(expected)), "{expected}: {reasons:#?}");
+    }
     assert_eq!(failures.lock().expect("not poisoned").as_slice(), ["bad"]);
     let stats = bus.stats();
-    assert_eq!(stats.messages_sent_to_dlq, 4);
-    assert_eq!(stats.events_processed_failed, 4);
+    assert_eq!(stats.messages_sent_to_dlq, 6);
+    assert_eq!(stats.events_processed_failed, 6);
     assert_eq!(stats.events_processed_success, 1);
     let _ = conn.close(200, "done".into()).await;
     bus.shutdown(Duration::from_secs(5))

@@ -46,6 +46,8 @@ pub(crate) struct Shared {
     pub(crate) dispatcher: Dispatcher,
     pub(crate) stats: Stats,
     pub(crate) tasks: TaskTracker,
+    /// Declare the topology on connect (off for tools that only inspect).
+    pub(crate) declare: bool,
 }
 
 impl Shared {
@@ -189,6 +191,7 @@ struct ManualHandler {
 pub struct BusBuilder {
     config: Result<Config, ConfigError>,
     discover: bool,
+    declare: bool,
     events: Vec<EventRegistration>,
     projections: Vec<(&'static ProjectionRegistration, Instance)>,
     handlers: Vec<ManualHandler>,
@@ -199,6 +202,7 @@ impl fmt::Debug for BusBuilder {
         f.debug_struct("BusBuilder")
             .field("config", &self.config)
             .field("discover", &self.discover)
+            .field("declare", &self.declare)
             .field("events", &self.events)
             .field(
                 "projections",
@@ -645,6 +649,7 @@ impl BusBuilder {
         Self {
             config,
             discover: true,
+            declare: true,
             events: Vec::new(),
             projections: Vec::new(),
             handlers: Vec::new(),
@@ -684,6 +689,14 @@ impl BusBuilder {
     /// Only what is registered through this builder: skip link-time discovery.
     pub fn without_discovery(mut self) -> Self {
         self.discover = false;
+        self
+    }
+
+    /// Declares nothing on the broker: for tools that only inspect or move
+    /// messages (the `eventbus` CLI), so a differing exchange type or queue
+    /// argument in their environment cannot conflict with the services'.
+    pub fn without_topology(mut self) -> Self {
+        self.declare = false;
         self
     }
 
@@ -825,6 +838,7 @@ impl BusBuilder {
             dispatcher,
             stats: Stats::default(),
             tasks: TaskTracker::new(),
+            declare: self.declare,
         });
         let transport = if shared.config.url.is_memory() {
             Transport::Memory

@@ -77,6 +77,9 @@ async fn declare_topology(
     shared: &Shared,
     extra: &ExtraBindings,
 ) -> Result<(), Failure> {
+    if !shared.declare {
+        return Ok(());
+    }
     let extra = lock(extra).clone();
     topology::declare_all(
         &session.channel,

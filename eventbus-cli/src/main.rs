@@ -1,0 +1,387 @@
+//! `eventbus`: look at and repair an eventbus deployment from the shell.
+//!
+//! Configured by the same `EVENTBUS_*` variables as `Bus::from_env()`, with
+//! flags taking precedence. Declares nothing on the broker. Exit status: 0 on
+//! success, 1 on an error, 2 on a usage error, 3 when a message id is not
+//! found, 4 when a destructive command was not confirmed.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use eventbus::{Bus, Config, DlqMessage, ReplayFilter};
+use serde::Serialize;
+
+#[derive(Debug, Parser)]
+#[command(name = "eventbus", version, about = "Inspect and repair an eventbus deployment on RabbitMQ")]
+struct Cli {
+    /// Broker URL (default: EVENTBUS_URL, then amqp://guest:guest@localhost:5672/).
+    #[arg(long, global = true)]
+    url: Option<String>,
+    /// Exchange name (default: EVENTBUS_EXCHANGE_NAME, then `events`).
+    #[arg(long, global = true)]
+    exchange: Option<String>,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Dead-letter queue of a consumer group.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+    /// Queues.
+    #[command(subcommand)]
+    Queue(QueueCommand),
+    /// Can we reach the broker?
+    Health,
+}
+
+#[derive(Debug, Args)]
+struct Group {
+    /// Consumer group (default: EVENTBUS_CONSUMER_GROUP, then `default`).
+    #[arg(long, short)]
+    group: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct Confirm {
+    /// Do not ask for confirmation.
+    #[arg(long, short)]
+    yes: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum DlqCommand {
+    /// Number of messages in the DLQ.
+    Count(Group),
+    /// Messages at the head of the DLQ (nothing is consumed).
+    List {
+        #[command(flatten)]
+        group: Group,
+        /// At most this many.
+        #[arg(long, short, default_value_t = 20)]
+        limit: usize,
+    },
+    /// One message, with its headers and body.
+    Show {
+        #[command(flatten)]
+        group: Group,
+        /// The message id (event id).
+        id: String,
+    },
+    /// Send one message back to its group's queue.
+    Replay {
+        #[command(flatten)]
+        group: Group,
+        /// The message id (event id).
+        id: String,
+    },
+    /// Send every matching message back to its group's queue.
+    ReplayAll {
+        #[command(flatten)]
+        group: Group,
+        /// Only this event type.
+        #[arg(long)]
+        event_type: Option<String>,
+        /// Only messages dead-lettered at least this many seconds ago.
+        #[arg(long, value_name = "SECONDS")]
+        older_than: Option<u64>,
+        #[command(flatten)]
+        confirm: Confirm,
+    },
+    /// Delete every message in the DLQ.
+    Purge {
+        #[command(flatten)]
+        group: Group,
+        #[command(flatten)]
+        confirm: Confirm,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum QueueCommand {
+    /// Name, messages and consumers of a group's queue.
+    Info(Group),
+}
+
+/// Why the command failed, with its exit status.
+enum Failure {
+    Error(String),
+    NotFound(String),
+    NotConfirmed(String),
+}
+
+impl From<eventbus::Error> for Failure {
+    fn from(e: eventbus::Error) -> Self {
+        Self::Error(e.to_string())
+    }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Error(e)) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+        Err(Failure::NotFound(e)) => {
+            eprintln!("not found: {e}");
+            ExitCode::from(3)
+        }
+        Err(Failure::NotConfirmed(e)) => {
+            eprintln!("aborted: {e}");
+            ExitCode::from(4)
+        }
+    }
+}
+
+fn config(cli: &Cli) -> Result<Config, Failure> {
+    let mut config = Config::from_env().map_err(|e| Failure::Error(e.to_string()))?;
+    if let Some(url) = &cli.url {
+        config.url = eventbus::BrokerUrl::parse(url).map_err(|e| Failure::Error(e.to_string()))?;
+    }
+    if let Some(exchange) = &cli.exchange {
+        config.exchange_name.clone_from(exchange);
+    }
+    if config.url.is_memory() {
+        return Err(Failure::Error(
+            "the eventbus tool needs a broker; memory:// has no queues to inspect".into(),
+        ));
+    }
+    config.connect_timeout = config.connect_timeout.min(Duration::from_secs(10));
+    Ok(config)
+}
+
+fn print_json(value: &impl Serialize) -> Result<(), Failure> {
+    let text = serde_json::to_string_pretty(value).map_err(|e| Failure::Error(e.to_string()))?;
+    println!("{text}");
+    Ok(())
+}
+
+/// Asks before a destructive command unless `--yes`; refuses without a terminal.
+fn confirm(question: &str, yes: bool) -> Result<(), Failure> {
+    if yes {
+        return Ok(());
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err(Failure::NotConfirmed(format!(
+            "{question} needs confirmation; pass --yes when not running interactively"
+        )));
+    }
+    eprint!("{question} [y/N] ");
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut answer)
+        .map_err(|e| Failure::Error(e.to_string()))?;
+    if matches!(answer.trim(), "y" | "Y" | "yes") {
+        Ok(())
+    } else {
+        Err(Failure::NotConfirmed(format!("{question} declined")))
+    }
+}
+
+fn cell(text: Option<&str>, width: usize) -> String {
+    let text = text.unwrap_or("-").replace(['\n', '\t'], " ");
+    if text.chars().count() > width {
+        let cut: String = text.chars().take(width.saturating_sub(3)).collect();
+        format!("{cut}...")
+    } else {
+        text
+    }
+}
+
+fn print_table(messages: &[DlqMessage]) {
+    let header = ["ID", "EVENT TYPE", "REASON", "ERROR TYPE", "RETRIES", "DEAD-LETTERED AT", "ROUTING KEY"];
+    let rows: Vec<[String; 7]> = messages
+        .iter()
+        .map(|m| {
+            [
+                cell(m.message_id.as_deref(), 36),
+                cell(m.event_type.as_deref(), 24),
+                cell(m.reason.as_deref(), 48),
+                cell(m.error_type.as_deref(), 20),
+                m.retry_count.map_or_else(|| "-".to_owned(), |n| n.to_string()),
+                cell(m.dead_lettered_at.as_deref(), 27),
+                cell(m.original_routing_key.as_deref(), 32),
+            ]
+        })
+        .collect();
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| {
+            rows.iter()
+                .map(|r| r[i].chars().count())
+                .chain([header[i].len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |cells: Vec<&str>| {
+        cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_owned()
+    };
+    println!("{}", line(header.to_vec()));
+    for row in &rows {
+        println!("{}", line(row.iter().map(String::as_str).collect()));
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
+    let config = config(&cli)?;
+    let default_group = config.consumer_group.clone();
+    let group_of = |g: &Group| g.group.clone().unwrap_or_else(|| default_group.clone());
+    let bus = Bus::builder()
+        .config(config)
+        .without_discovery()
+        .without_topology()
+        .build()
+        .await?;
+    let result = command(&cli, &bus, &group_of).await;
+    let _ = bus.shutdown(Duration::from_secs(5)).await;
+    result
+}
+
+async fn command(cli: &Cli, bus: &Bus, group_of: &dyn Fn(&Group) -> String) -> Result<(), Failure> {
+    match &cli.command {
+        Command::Health => {
+            let health = bus.health_check().await;
+            if cli.json {
+                print_json(&health)?;
+            } else {
+                println!(
+                    "{} ({} at {})",
+                    if health.healthy { "healthy" } else { "unhealthy" },
+                    health.transport,
+                    bus.config().url
+                );
+                if let Some(error) = &health.error {
+                    println!("error: {error}");
+                }
+            }
+            if health.healthy {
+                Ok(())
+            } else {
+                Err(Failure::Error(health.error.unwrap_or_else(|| "unhealthy".into())))
+            }
+        }
+        Command::Queue(QueueCommand::Info(group)) => {
+            let info = bus.group_queue_info(&group_of(group)).await?;
+            if cli.json {
+                print_json(&info)
+            } else {
+                println!("queue      {}", info.name);
+                println!("messages   {}", info.message_count);
+                println!("consumers  {}", info.consumer_count);
+                Ok(())
+            }
+        }
+        Command::Dlq(dlq_command) => dlq(cli, bus, dlq_command, group_of).await,
+    }
+}
+
+async fn dlq(cli: &Cli, bus: &Bus, command: &DlqCommand, group_of: &dyn Fn(&Group) -> String) -> Result<(), Failure> {
+    match command {
+        DlqCommand::Count(group) => {
+            let dlq = bus.dlq(&group_of(group));
+            let count = dlq.count().await?;
+            if cli.json {
+                print_json(&serde_json::json!({ "queue": dlq.queue_name(), "count": count }))
+            } else {
+                println!("{count}");
+                Ok(())
+            }
+        }
+        DlqCommand::List { group, limit } => {
+            let messages = bus.dlq(&group_of(group)).list(*limit).await?;
+            if cli.json {
+                print_json(&messages)
+            } else {
+                print_table(&messages);
+                Ok(())
+            }
+        }
+        DlqCommand::Show { group, id } => {
+            let dlq = bus.dlq(&group_of(group));
+            let message = dlq
+                .show(id)
+                .await?
+                .ok_or_else(|| Failure::NotFound(format!("no message `{id}` in {}", dlq.queue_name())))?;
+            if cli.json {
+                return print_json(&message);
+            }
+            print_table(std::slice::from_ref(&message));
+            println!("\nreason: {}", message.reason.as_deref().unwrap_or("-"));
+            println!("handler: {}", message.handler.as_deref().unwrap_or("-"));
+            println!("headers:");
+            for (k, v) in &message.headers {
+                println!("  {k}: {v}");
+            }
+            println!("body:\n{}", message.body);
+            Ok(())
+        }
+        DlqCommand::Replay { group, id } => {
+            let group = group_of(group);
+            let dlq = bus.dlq(&group);
+            if !dlq.replay(id).await? {
+                return Err(Failure::NotFound(format!("no message `{id}` in {}", dlq.queue_name())));
+            }
+            let target = bus.config().group_queue_name(&group);
+            if cli.json {
+                print_json(&serde_json::json!({ "replayed": 1, "to": target }))
+            } else {
+                println!("replayed {id} to {target}");
+                Ok(())
+            }
+        }
+        DlqCommand::ReplayAll {
+            group,
+            event_type,
+            older_than,
+            confirm: c,
+        } => {
+            let group = group_of(group);
+            let dlq = bus.dlq(&group);
+            let mut filter = ReplayFilter::all();
+            if let Some(t) = event_type {
+                filter = filter.event_type(t.clone());
+            }
+            if let Some(secs) = older_than {
+                filter = filter.older_than(Duration::from_secs(*secs));
+            }
+            confirm(&format!("replay matching messages from {} to {}?", dlq.queue_name(), bus.config().group_queue_name(&group)), c.yes)?;
+            let report = dlq.replay_all(&filter).await?;
+            if cli.json {
+                print_json(&report)
+            } else {
+                println!("replayed {}, kept {}", report.replayed, report.kept);
+                Ok(())
+            }
+        }
+        DlqCommand::Purge { group, confirm: c } => {
+            let dlq = bus.dlq(&group_of(group));
+            let count = dlq.count().await?;
+            confirm(&format!("purge {count} message(s) from {}?", dlq.queue_name()), c.yes)?;
+            let purged = dlq.purge().await?;
+            if cli.json {
+                print_json(&serde_json::json!({ "purged": purged }))
+            } else {
+                println!("purged {purged}");
+                Ok(())
+            }
+        }
+    }
+}

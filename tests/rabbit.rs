@@ -537,7 +537,10 @@ async fn undecodable_and_failing_messages_are_dead_lettered_not_dropped() {
         "no `event_type` header",
         "unsupported content type `text/xml`",
     ] {
-        assert!(reasons.iter().any(|r| r.contains(expected)), "{expected}: {reasons:#?}");
+        assert!(
+            reasons.iter().any(|r| r.contains(expected)),
+            "{expected}: {reasons:#?}"
+        );
     }
     assert_eq!(failures.lock().expect("not poisoned").as_slice(), ["bad"]);
     let stats = bus.stats();

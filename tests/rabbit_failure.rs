@@ -38,7 +38,11 @@ async fn failing_events_are_retried_with_backoff_then_dead_lettered_once() {
     let scope = Scope::new("retries");
     let audit_group = scope.group("audit");
     let events: Vec<Envelope<OrderPlaced>> = (0..1000).map(|i| placed(&format!("C-{i}"))).collect();
-    let failing: BTreeSet<Uuid> = events.iter().step_by(100).map(|e| e.meta().event_id()).collect();
+    let failing: BTreeSet<Uuid> = events
+        .iter()
+        .step_by(100)
+        .map(|e| e.meta().event_id())
+        .collect();
     assert_eq!(failing.len(), 10);
 
     let attempts = Attempts::default();
@@ -75,7 +79,10 @@ async fn failing_events_are_retried_with_backoff_then_dead_lettered_once() {
     assert_eq!(report.published, 1000);
 
     let dlq = bus.dlq("default");
-    common::eventually("10 messages in the DLQ", WAIT, || async { dlq.count().await.ok() == Some(10) }).await;
+    common::eventually("10 messages in the DLQ", WAIT, || async {
+        dlq.count().await.ok() == Some(10)
+    })
+    .await;
     common::eventually("the audit group saw all 1000", WAIT, || async {
         seen_by_audit.lock().expect("not poisoned").len() == 1000
     })
@@ -88,24 +95,42 @@ async fn failing_events_are_retried_with_backoff_then_dead_lettered_once() {
             for (k, pair) in times.windows(2).enumerate() {
                 let gap = pair[1] - pair[0];
                 let nominal = 0.2 * 2f64.powi(k as i32);
-                assert!(gap.as_secs_f64() >= nominal * 0.9 - 0.005, "retry {k} of {id} after {gap:?}");
+                assert!(
+                    gap.as_secs_f64() >= nominal * 0.9 - 0.005,
+                    "retry {k} of {id} after {gap:?}"
+                );
             }
         } else {
             assert_eq!(times.len(), 1, "healthy event {id} handled once");
         }
     }
-    let audit_seen = seen_by_audit.lock().expect("not poisoned");
-    assert!(audit_seen.values().all(|t| t.len() == 1), "the other group saw each event exactly once");
+    assert!(
+        seen_by_audit
+            .lock()
+            .expect("not poisoned")
+            .values()
+            .all(|t| t.len() == 1),
+        "the other group saw each event exactly once"
+    );
 
     let parked = dlq.list(100).await.expect("lists");
-    assert_eq!(dlq.count().await.expect("count"), 10, "listing consumes nothing");
+    assert_eq!(
+        dlq.count().await.expect("count"),
+        10,
+        "listing consumes nothing"
+    );
     let ids: BTreeSet<Uuid> = parked
         .iter()
         .map(|m| Uuid::parse_str(m.message_id.as_deref().expect("message id")).expect("uuid"))
         .collect();
     assert_eq!(ids, failing);
     for m in &parked {
-        assert!(m.reason.as_deref().is_some_and(|r| r.contains("cannot process")), "{m:?}");
+        assert!(
+            m.reason
+                .as_deref()
+                .is_some_and(|r| r.contains("cannot process")),
+            "{m:?}"
+        );
         assert_eq!(m.error_type.as_deref(), Some("String"), "{m:?}");
         assert_eq!(m.retry_count, Some(3));
         assert_eq!(m.handler.as_deref(), Some("flaky"));
@@ -114,8 +139,13 @@ async fn failing_events_are_retried_with_backoff_then_dead_lettered_once() {
         assert!(m.dead_lettered_at.is_some());
     }
     assert_eq!(bus.stats().messages_sent_to_dlq, 10);
-    bus.shutdown(Duration::from_secs(10)).await.expect("shuts down");
-    audit.shutdown(Duration::from_secs(10)).await.expect("shuts down");
+    bus.shutdown(Duration::from_secs(10))
+        .await
+        .expect("shuts down");
+    audit
+        .shutdown(Duration::from_secs(10))
+        .await
+        .expect("shuts down");
 }
 
 #[tokio::test]
@@ -135,18 +165,34 @@ async fn only_the_handlers_that_failed_run_again() {
             if n > 0 {
                 d.notify_one();
             }
-            std::future::ready(if n == 0 { Err(HandlerError::new("first try fails")) } else { Ok(()) })
+            std::future::ready(if n == 0 {
+                Err(HandlerError::new("first try fails"))
+            } else {
+                Ok(())
+            })
         })
         .build()
         .await
         .expect("connects");
     bus.start_consuming().await.expect("consumes");
     bus.publish([placed("once")]).await.expect("confirmed");
-    tokio::time::timeout(WAIT, done.notified()).await.expect("the retry ran");
-    bus.shutdown(Duration::from_secs(10)).await.expect("shuts down");
+    tokio::time::timeout(WAIT, done.notified())
+        .await
+        .expect("the retry ran");
+    bus.shutdown(Duration::from_secs(10))
+        .await
+        .expect("shuts down");
     assert_eq!(shaky.load(Ordering::SeqCst), 2);
-    assert_eq!(steady.load(Ordering::SeqCst), 1, "the handler that succeeded did not run again");
-    assert_eq!(bus.dlq("default").count().await.ok(), None, "shut down: no connection");
+    assert_eq!(
+        steady.load(Ordering::SeqCst),
+        1,
+        "the handler that succeeded did not run again"
+    );
+    assert_eq!(
+        bus.dlq("default").count().await.ok(),
+        None,
+        "shut down: no connection"
+    );
 }
 
 #[tokio::test]
@@ -176,10 +222,15 @@ async fn permanent_errors_skip_retries_and_healthy_messages_are_not_delayed() {
     bus.start_consuming().await.expect("consumes");
     let invalid = placed("invalid");
     let transient = placed("transient");
-    bus.publish([invalid.clone(), transient.clone()]).await.expect("confirmed");
+    bus.publish([invalid.clone(), transient.clone()])
+        .await
+        .expect("confirmed");
     bus.publish([placed("healthy")]).await.expect("confirmed");
     let dlq = bus.dlq("default");
-    common::eventually("the invalid event in the DLQ", WAIT, || async { dlq.count().await.ok() == Some(1) }).await;
+    common::eventually("the invalid event in the DLQ", WAIT, || async {
+        dlq.count().await.ok() == Some(1)
+    })
+    .await;
     common::eventually("the transient event retried", WAIT, || async {
         attempts
             .lock()
@@ -189,16 +240,33 @@ async fn permanent_errors_skip_retries_and_healthy_messages_are_not_delayed() {
     })
     .await;
     let attempts = attempts.lock().expect("not poisoned").clone();
-    assert_eq!(attempts[&invalid.meta().event_id()].len(), 1, "a permanent error is not retried");
+    assert_eq!(
+        attempts[&invalid.meta().event_id()].len(),
+        1,
+        "a permanent error is not retried"
+    );
     let retried = &attempts[&transient.meta().event_id()];
-    let healthy = healthy_at.lock().expect("not poisoned").expect("healthy handled");
-    assert!(healthy < retried[1], "the healthy event did not wait behind the retry");
+    let healthy = healthy_at
+        .lock()
+        .expect("not poisoned")
+        .expect("healthy handled");
+    assert!(
+        healthy < retried[1],
+        "the healthy event did not wait behind the retry"
+    );
     assert!(retried[1] - retried[0] >= Duration::from_millis(1350));
     let parked = dlq.list(10).await.expect("lists");
     assert_eq!(parked.len(), 1);
     assert_eq!(parked[0].retry_count, Some(0));
-    assert!(parked[0].reason.as_deref().is_some_and(|r| r.contains("customer id is invalid")));
-    bus.shutdown(Duration::from_secs(10)).await.expect("shuts down");
+    assert!(
+        parked[0]
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.contains("customer id is invalid"))
+    );
+    bus.shutdown(Duration::from_secs(10))
+        .await
+        .expect("shuts down");
 }
 
 #[tokio::test]
@@ -223,7 +291,9 @@ async fn replay_one_replay_all_and_purge() {
         })
         .handler::<OrderShipped, _, _>("buggy-shipping", move |e: Arc<Envelope<OrderShipped>>| {
             let result = if f.load(Ordering::SeqCst) {
-                h.lock().expect("not poisoned").push(e.tracking_number.clone());
+                h.lock()
+                    .expect("not poisoned")
+                    .push(e.tracking_number.clone());
                 Ok(())
             } else {
                 Err(HandlerError::permanent("bug #13"))
@@ -250,25 +320,45 @@ async fn replay_one_replay_all_and_purge() {
     bus.start_consuming().await.expect("consumes");
     other.start_consuming().await.expect("consumes");
     let first = placed("P-1");
-    bus.publish([AnyEnvelope::from(first.clone()), placed("P-2").into(), shipped("S-1").into()])
-        .await
-        .expect("confirmed");
+    bus.publish([
+        AnyEnvelope::from(first.clone()),
+        placed("P-2").into(),
+        shipped("S-1").into(),
+    ])
+    .await
+    .expect("confirmed");
     let dlq = bus.dlq("default");
-    common::eventually("three parked", WAIT, || async { dlq.count().await.ok() == Some(3) }).await;
-    common::eventually("the other group saw three", WAIT, || async { other_seen.load(Ordering::SeqCst) == 3 }).await;
+    common::eventually("three parked", WAIT, || async {
+        dlq.count().await.ok() == Some(3)
+    })
+    .await;
+    common::eventually("the other group saw three", WAIT, || async {
+        other_seen.load(Ordering::SeqCst) == 3
+    })
+    .await;
 
     // The bug is fixed: replay one, by id.
     fixed.store(true, Ordering::SeqCst);
     let id = first.meta().event_id().to_string();
     assert!(dlq.show(&id).await.expect("shows").is_some());
     assert!(dlq.replay(&id).await.expect("replays"));
-    assert!(!dlq.replay(&Uuid::new_v4().to_string()).await.expect("no such id"));
+    assert!(
+        !dlq.replay(&Uuid::new_v4().to_string())
+            .await
+            .expect("no such id")
+    );
     common::eventually("P-1 handled", WAIT, || async {
-        handled.lock().expect("not poisoned").contains(&"P-1".to_owned())
+        handled
+            .lock()
+            .expect("not poisoned")
+            .contains(&"P-1".to_owned())
     })
     .await;
     assert_eq!(dlq.count().await.expect("count"), 2);
-    assert!(dlq.show(&id).await.expect("shows").is_none(), "removed after the replay was confirmed");
+    assert!(
+        dlq.show(&id).await.expect("shows").is_none(),
+        "removed after the replay was confirmed"
+    );
 
     // Replay all of one event type; the rest stays.
     let report = dlq
@@ -277,7 +367,10 @@ async fn replay_one_replay_all_and_purge() {
         .expect("replays");
     assert_eq!((report.replayed, report.kept), (1, 1));
     common::eventually("S-1 handled", WAIT, || async {
-        handled.lock().expect("not poisoned").contains(&"S-1".to_owned())
+        handled
+            .lock()
+            .expect("not poisoned")
+            .contains(&"S-1".to_owned())
     })
     .await;
     // Age filter: nothing is an hour old.
@@ -289,16 +382,38 @@ async fn replay_one_replay_all_and_purge() {
 
     assert_eq!(dlq.purge().await.expect("purges"), 1);
     assert_eq!(dlq.count().await.expect("count"), 0);
-    bus.shutdown(Duration::from_secs(10)).await.expect("shuts down");
-    other.shutdown(Duration::from_secs(10)).await.expect("shuts down");
-    assert_eq!(other_seen.load(Ordering::SeqCst), 3, "replays never reached the other group");
+    bus.shutdown(Duration::from_secs(10))
+        .await
+        .expect("shuts down");
+    other
+        .shutdown(Duration::from_secs(10))
+        .await
+        .expect("shuts down");
+    assert_eq!(
+        other_seen.load(Ordering::SeqCst),
+        3,
+        "replays never reached the other group"
+    );
     let handled = handled.lock().expect("not poisoned").clone();
-    assert_eq!(handled.iter().filter(|h| *h == "P-1").count(), 1, "{handled:?}");
+    assert_eq!(
+        handled.iter().filter(|h| *h == "P-1").count(),
+        1,
+        "{handled:?}"
+    );
 }
 
 #[tokio::test]
 async fn dlq_tooling_needs_the_broker() {
-    let bus = Bus::builder().memory().without_discovery().build().await.expect("builds");
-    let err = bus.dlq("default").list(10).await.expect_err("memory has no DLQ");
+    let bus = Bus::builder()
+        .memory()
+        .without_discovery()
+        .build()
+        .await
+        .expect("builds");
+    let err = bus
+        .dlq("default")
+        .list(10)
+        .await
+        .expect_err("memory has no DLQ");
     assert!(err.to_string().contains("memory"), "{err}");
 }

@@ -14,7 +14,11 @@ use eventbus::{Bus, Config, DlqMessage, ReplayFilter};
 use serde::Serialize;
 
 #[derive(Debug, Parser)]
-#[command(name = "eventbus", version, about = "Inspect and repair an eventbus deployment on RabbitMQ")]
+#[command(
+    name = "eventbus",
+    version,
+    about = "Inspect and repair an eventbus deployment on RabbitMQ"
+)]
 struct Cli {
     /// Broker URL (default: EVENTBUS_URL, then amqp://guest:guest@localhost:5672/).
     #[arg(long, global = true)]
@@ -200,7 +204,15 @@ fn cell(text: Option<&str>, width: usize) -> String {
 }
 
 fn print_table(messages: &[DlqMessage]) {
-    let header = ["ID", "EVENT TYPE", "REASON", "ERROR TYPE", "RETRIES", "DEAD-LETTERED AT", "ROUTING KEY"];
+    let header = [
+        "ID",
+        "EVENT TYPE",
+        "REASON",
+        "ERROR TYPE",
+        "RETRIES",
+        "DEAD-LETTERED AT",
+        "ROUTING KEY",
+    ];
     let rows: Vec<[String; 7]> = messages
         .iter()
         .map(|m| {
@@ -209,7 +221,8 @@ fn print_table(messages: &[DlqMessage]) {
                 cell(m.event_type.as_deref(), 24),
                 cell(m.reason.as_deref(), 48),
                 cell(m.error_type.as_deref(), 20),
-                m.retry_count.map_or_else(|| "-".to_owned(), |n| n.to_string()),
+                m.retry_count
+                    .map_or_else(|| "-".to_owned(), |n| n.to_string()),
                 cell(m.dead_lettered_at.as_deref(), 27),
                 cell(m.original_routing_key.as_deref(), 32),
             ]
@@ -264,7 +277,11 @@ async fn command(cli: &Cli, bus: &Bus, group_of: &dyn Fn(&Group) -> String) -> R
             } else {
                 println!(
                     "{} ({} at {})",
-                    if health.healthy { "healthy" } else { "unhealthy" },
+                    if health.healthy {
+                        "healthy"
+                    } else {
+                        "unhealthy"
+                    },
                     health.transport,
                     bus.config().url
                 );
@@ -275,7 +292,9 @@ async fn command(cli: &Cli, bus: &Bus, group_of: &dyn Fn(&Group) -> String) -> R
             if health.healthy {
                 Ok(())
             } else {
-                Err(Failure::Error(health.error.unwrap_or_else(|| "unhealthy".into())))
+                Err(Failure::Error(
+                    health.error.unwrap_or_else(|| "unhealthy".into()),
+                ))
             }
         }
         Command::Queue(QueueCommand::Info(group)) => {
@@ -293,7 +312,12 @@ async fn command(cli: &Cli, bus: &Bus, group_of: &dyn Fn(&Group) -> String) -> R
     }
 }
 
-async fn dlq(cli: &Cli, bus: &Bus, command: &DlqCommand, group_of: &dyn Fn(&Group) -> String) -> Result<(), Failure> {
+async fn dlq(
+    cli: &Cli,
+    bus: &Bus,
+    command: &DlqCommand,
+    group_of: &dyn Fn(&Group) -> String,
+) -> Result<(), Failure> {
     match command {
         DlqCommand::Count(group) => {
             let dlq = bus.dlq(&group_of(group));
@@ -316,10 +340,9 @@ async fn dlq(cli: &Cli, bus: &Bus, command: &DlqCommand, group_of: &dyn Fn(&Grou
         }
         DlqCommand::Show { group, id } => {
             let dlq = bus.dlq(&group_of(group));
-            let message = dlq
-                .show(id)
-                .await?
-                .ok_or_else(|| Failure::NotFound(format!("no message `{id}` in {}", dlq.queue_name())))?;
+            let message = dlq.show(id).await?.ok_or_else(|| {
+                Failure::NotFound(format!("no message `{id}` in {}", dlq.queue_name()))
+            })?;
             if cli.json {
                 return print_json(&message);
             }
@@ -337,7 +360,10 @@ async fn dlq(cli: &Cli, bus: &Bus, command: &DlqCommand, group_of: &dyn Fn(&Grou
             let group = group_of(group);
             let dlq = bus.dlq(&group);
             if !dlq.replay(id).await? {
-                return Err(Failure::NotFound(format!("no message `{id}` in {}", dlq.queue_name())));
+                return Err(Failure::NotFound(format!(
+                    "no message `{id}` in {}",
+                    dlq.queue_name()
+                )));
             }
             let target = bus.config().group_queue_name(&group);
             if cli.json {
@@ -362,7 +388,14 @@ async fn dlq(cli: &Cli, bus: &Bus, command: &DlqCommand, group_of: &dyn Fn(&Grou
             if let Some(secs) = older_than {
                 filter = filter.older_than(Duration::from_secs(*secs));
             }
-            confirm(&format!("replay matching messages from {} to {}?", dlq.queue_name(), bus.config().group_queue_name(&group)), c.yes)?;
+            confirm(
+                &format!(
+                    "replay matching messages from {} to {}?",
+                    dlq.queue_name(),
+                    bus.config().group_queue_name(&group)
+                ),
+                c.yes,
+            )?;
             let report = dlq.replay_all(&filter).await?;
             if cli.json {
                 print_json(&report)
@@ -374,7 +407,10 @@ async fn dlq(cli: &Cli, bus: &Bus, command: &DlqCommand, group_of: &dyn Fn(&Grou
         DlqCommand::Purge { group, confirm: c } => {
             let dlq = bus.dlq(&group_of(group));
             let count = dlq.count().await?;
-            confirm(&format!("purge {count} message(s) from {}?", dlq.queue_name()), c.yes)?;
+            confirm(
+                &format!("purge {count} message(s) from {}?", dlq.queue_name()),
+                c.yes,
+            )?;
             let purged = dlq.purge().await?;
             if cli.json {
                 print_json(&serde_json::json!({ "purged": purged }))

@@ -567,7 +567,10 @@ impl Bus {
         self.transport.queue_info(queue).await
     }
 
-    pub(crate) fn rabbit(&self, operation: &'static str) -> Result<&rabbit::RabbitTransport, Error> {
+    pub(crate) fn rabbit(
+        &self,
+        operation: &'static str,
+    ) -> Result<&rabbit::RabbitTransport, Error> {
         match &*self.transport {
             Transport::Rabbit(r) => Ok(r),
             Transport::Memory => Err(Error::Unsupported {

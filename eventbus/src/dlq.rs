@@ -95,17 +95,27 @@ impl Dlq<'_> {
 
     /// Messages waiting in the DLQ.
     pub async fn count(&self) -> Result<u32, Error> {
-        Ok(self.bus.group_queue_info_named(&self.queue_name()).await?.message_count)
+        Ok(self
+            .bus
+            .group_queue_info_named(&self.queue_name())
+            .await?
+            .message_count)
     }
 
     /// Up to `limit` messages from the head of the DLQ, leaving them all in place.
     pub async fn list(&self, limit: usize) -> Result<Vec<DlqMessage>, Error> {
-        self.bus.rabbit("listing the DLQ")?.dlq_list(&self.queue_name(), limit).await
+        self.bus
+            .rabbit("listing the DLQ")?
+            .dlq_list(&self.queue_name(), limit)
+            .await
     }
 
     /// The message whose `message_id` is `id`, if it is in the DLQ.
     pub async fn show(&self, id: &str) -> Result<Option<DlqMessage>, Error> {
-        self.bus.rabbit("reading the DLQ")?.dlq_show(&self.queue_name(), id).await
+        self.bus
+            .rabbit("reading the DLQ")?
+            .dlq_show(&self.queue_name(), id)
+            .await
     }
 
     /// Sends message `id` back to the group's queue; `false` if it is not in the DLQ.
@@ -113,7 +123,13 @@ impl Dlq<'_> {
         let target = self.bus.config().group_queue_name(&self.group);
         self.bus
             .rabbit("replaying from the DLQ")?
-            .dlq_replay(self.bus.shared(), &self.queue_name(), &target, Some(id), &ReplayFilter::all())
+            .dlq_replay(
+                self.bus.shared(),
+                &self.queue_name(),
+                &target,
+                Some(id),
+                &ReplayFilter::all(),
+            )
             .await
             .map(|r| r.replayed == 1)
     }
@@ -129,6 +145,9 @@ impl Dlq<'_> {
 
     /// Deletes every message in the DLQ; returns how many.
     pub async fn purge(&self) -> Result<u32, Error> {
-        self.bus.rabbit("purging the DLQ")?.dlq_purge(&self.queue_name()).await
+        self.bus
+            .rabbit("purging the DLQ")?
+            .dlq_purge(&self.queue_name())
+            .await
     }
 }

@@ -229,7 +229,10 @@ pub struct HandlerError {
 fn short_type_name<E>() -> &'static str {
     let full = std::any::type_name::<E>();
     let base = full.split('<').next().unwrap_or(full);
-    base.rsplit("::").next().unwrap_or(base).trim_start_matches('&')
+    base.rsplit("::")
+        .next()
+        .unwrap_or(base)
+        .trim_start_matches('&')
 }
 
 impl HandlerError {

@@ -37,17 +37,26 @@ pub(crate) fn set_state(states: &ConsumerStates, queue: &str, active: bool) {
         .insert(queue.to_owned(), active);
 }
 
+/// What every group consumer of one consuming run shares.
+pub(crate) struct Context {
+    pub(crate) shared: Arc<Shared>,
+    /// Fired by `stop_consuming`.
+    pub(crate) stop: CancellationToken,
+    /// In-flight deliveries, awaited on shutdown.
+    pub(crate) deliveries: TaskTracker,
+    pub(crate) states: ConsumerStates,
+    /// Where retries and dead letters are published.
+    pub(crate) publisher: Arc<Publisher>,
+}
+
 /// Starts a consumer for `group` on `session`, returning once the broker accepted it.
 pub(crate) async fn start_group(
     session: Arc<Session>,
-    shared: Arc<Shared>,
+    ctx: Arc<Context>,
     group: Arc<str>,
     tag: String,
-    stop: CancellationToken,
-    deliveries: TaskTracker,
-    states: ConsumerStates,
-    publisher: Arc<Publisher>,
 ) -> Result<(), Failure> {
+    let shared = ctx.shared.clone();
     let config = &shared.config;
     let queue = config.group_queue_name(&group);
     let channel = session
@@ -68,13 +77,13 @@ pub(crate) async fn start_group(
         )
         .await
         .map_err(|e| super::errors::declare_failure(&e, "consumer on queue", &queue))?;
-    set_state(&states, &queue, true);
+    set_state(&ctx.states, &queue, true);
     tracing::debug!(%queue, %tag, prefetch = config.prefetch_count, "consuming");
     tokio::spawn(async move {
         loop {
             tokio::select! {
                 biased;
-                () = stop.cancelled() => {
+                () = ctx.stop.cancelled() => {
                     // Stop new deliveries; in-flight ones finish and ack on this channel.
                     if let Err(e) = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await {
                         tracing::debug!(error = %broker("cancelling consumer", &e), "consumer cancel failed");
@@ -87,8 +96,8 @@ pub(crate) async fn start_group(
                         let shared = shared.clone();
                         let group = group.clone();
                         let session = session.clone();
-                        let publisher = publisher.clone();
-                        deliveries.spawn(async move {
+                        let publisher = ctx.publisher.clone();
+                        ctx.deliveries.spawn(async move {
                             handle(&shared, &group, &session, &publisher, delivery).await;
                         });
                     }
@@ -97,7 +106,7 @@ pub(crate) async fn start_group(
                         break;
                     }
                     None => {
-                        if !stop.is_cancelled() {
+                        if !ctx.stop.is_cancelled() {
                             session.fail(&format!("the broker cancelled the consumer on {queue}"));
                         }
                         break;
@@ -105,7 +114,7 @@ pub(crate) async fn start_group(
                 },
             }
         }
-        set_state(&states, &queue, false);
+        set_state(&ctx.states, &queue, false);
     });
     Ok(())
 }
@@ -125,7 +134,13 @@ enum Verdict {
     },
 }
 
-async fn handle(shared: &Shared, group: &str, session: &Session, publisher: &Publisher, delivery: Delivery) {
+async fn handle(
+    shared: &Shared,
+    group: &str,
+    session: &Session,
+    publisher: &Publisher,
+    delivery: Delivery,
+) {
     let stats = &shared.stats;
     let config = &shared.config;
     add(&stats.events_consumed, 1);
@@ -141,7 +156,10 @@ async fn handle(shared: &Shared, group: &str, session: &Session, publisher: &Pub
     let verdict = if let Some(event_type) =
         wire::string_header(&delivery.properties, crate::codec::HEADER_EVENT_TYPE)
         && event_types.get(&event_type).is_some()
-        && !table.groups.get(group).is_some_and(|g| g.takes(&event_type))
+        && !table
+            .groups
+            .get(group)
+            .is_some_and(|g| g.takes(&event_type))
     {
         // A known event type delivered by a fanout exchange or a custom binding,
         // and nothing in this group handles it: not ours. (An unknown type is
@@ -159,7 +177,11 @@ async fn handle(shared: &Shared, group: &str, session: &Session, publisher: &Pub
                 if outcome.failures.is_empty() {
                     Verdict::Ack
                 } else {
-                    let failed: Vec<String> = outcome.failures.iter().map(|(n, _)| n.to_string()).collect();
+                    let failed: Vec<String> = outcome
+                        .failures
+                        .iter()
+                        .map(|(n, _)| n.to_string())
+                        .collect();
                     let reason = outcome
                         .failures
                         .iter()
@@ -193,7 +215,8 @@ async fn handle(shared: &Shared, group: &str, session: &Session, publisher: &Pub
     };
 
     let queue = config.group_queue_name(group);
-    let original_key = failure::original_routing_key(&delivery.properties, delivery.routing_key.as_str());
+    let original_key =
+        failure::original_routing_key(&delivery.properties, delivery.routing_key.as_str());
     let copy = match &verdict {
         Verdict::Ack => None,
         Verdict::Retry { failed, reason } => {
@@ -206,11 +229,22 @@ async fn handle(shared: &Shared, group: &str, session: &Session, publisher: &Pub
                 exchange: String::new(),
                 routing_key: failure::retry_queue(config, group, retry_count + 1),
                 body: delivery.data.clone(),
-                properties: failure::retry_properties(&delivery.properties, retry_count, &original_key, failed, delay),
+                properties: failure::retry_properties(
+                    &delivery.properties,
+                    retry_count,
+                    &original_key,
+                    failed,
+                    delay,
+                ),
                 message_id: message_id.clone(),
             })
         }
-        Verdict::DeadLetter { reason, error_type, handler, failed } => {
+        Verdict::DeadLetter {
+            reason,
+            error_type,
+            handler,
+            failed,
+        } => {
             stats.last_error_at.now();
             if config.enable_dlq {
                 tracing::warn!(%group, %message_id, retries = retry_count, %reason, "message dead-lettered");
@@ -222,7 +256,12 @@ async fn handle(shared: &Shared, group: &str, session: &Session, publisher: &Pub
                         &delivery.properties,
                         retry_count,
                         &original_key,
-                        &DeadLetter { reason, error_type, handler: handler.as_deref(), failed },
+                        &DeadLetter {
+                            reason,
+                            error_type,
+                            handler: handler.as_deref(),
+                            failed,
+                        },
                     ),
                     message_id: message_id.clone(),
                 })
@@ -239,7 +278,10 @@ async fn handle(shared: &Shared, group: &str, session: &Session, publisher: &Pub
             tracing::error!(%group, %message_id, %error, "cannot park the message for retry or in the DLQ; returning it to the queue");
             let requeued = delivery
                 .acker
-                .nack(BasicNackOptions { multiple: false, requeue: true })
+                .nack(BasicNackOptions {
+                    multiple: false,
+                    requeue: true,
+                })
                 .await;
             finish(session, &message_id, requeued);
             return;
@@ -255,7 +297,11 @@ async fn handle(shared: &Shared, group: &str, session: &Session, publisher: &Pub
             }
         }
     }
-    finish(session, &message_id, delivery.acker.ack(BasicAckOptions::default()).await);
+    finish(
+        session,
+        &message_id,
+        delivery.acker.ack(BasicAckOptions::default()).await,
+    );
 }
 
 fn decode_kind(error: &crate::error::DecodeError) -> &'static str {

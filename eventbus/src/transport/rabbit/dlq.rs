@@ -72,7 +72,8 @@ fn describe(delivery: &Delivery) -> DlqMessage {
 
 fn matches(properties: &BasicProperties, filter: &ReplayFilter) -> bool {
     if let Some(wanted) = &filter.event_type
-        && wire::string_header(properties, codec::HEADER_EVENT_TYPE).as_deref() != Some(wanted.as_str())
+        && wire::string_header(properties, codec::HEADER_EVENT_TYPE).as_deref()
+            != Some(wanted.as_str())
     {
         return false;
     }
@@ -106,7 +107,10 @@ impl Scan {
         self.left -= 1;
         let got = self
             .channel
-            .basic_get(self.queue.as_str().into(), BasicGetOptions { no_ack: false })
+            .basic_get(
+                self.queue.as_str().into(),
+                BasicGetOptions { no_ack: false },
+            )
             .await
             .map_err(|e| broker(format!("reading `{}`", self.queue), &e))?;
         Ok(got.map(|m| m.delivery))
@@ -134,11 +138,17 @@ impl RabbitTransport {
         Ok(Scan {
             channel,
             queue: queue.to_owned(),
-            left: info.message_count.min(u32::try_from(limit).unwrap_or(u32::MAX)),
+            left: info
+                .message_count
+                .min(u32::try_from(limit).unwrap_or(u32::MAX)),
         })
     }
 
-    pub(crate) async fn dlq_list(&self, queue: &str, limit: usize) -> Result<Vec<DlqMessage>, Error> {
+    pub(crate) async fn dlq_list(
+        &self,
+        queue: &str,
+        limit: usize,
+    ) -> Result<Vec<DlqMessage>, Error> {
         let mut scan = self.scan(queue, limit).await?;
         let mut out = Vec::new();
         let result = async {
@@ -152,11 +162,20 @@ impl RabbitTransport {
         result.map(|()| out)
     }
 
-    pub(crate) async fn dlq_show(&self, queue: &str, id: &str) -> Result<Option<DlqMessage>, Error> {
+    pub(crate) async fn dlq_show(
+        &self,
+        queue: &str,
+        id: &str,
+    ) -> Result<Option<DlqMessage>, Error> {
         let mut scan = self.scan(queue, usize::MAX).await?;
         let result = async {
             while let Some(delivery) = scan.next().await? {
-                if delivery.properties.message_id().as_ref().is_some_and(|m| m.as_str() == id) {
+                if delivery
+                    .properties
+                    .message_id()
+                    .as_ref()
+                    .is_some_and(|m| m.as_str() == id)
+                {
                     return Ok(Some(describe(&delivery)));
                 }
             }
@@ -182,7 +201,11 @@ impl RabbitTransport {
             let mut chunk = Chunk::default();
             while let Some(delivery) = scan.next().await? {
                 let wanted = match id {
-                    Some(id) => delivery.properties.message_id().as_ref().is_some_and(|m| m.as_str() == id),
+                    Some(id) => delivery
+                        .properties
+                        .message_id()
+                        .as_ref()
+                        .is_some_and(|m| m.as_str() == id),
                     None => matches(&delivery.properties, filter),
                 };
                 if !wanted {

@@ -100,7 +100,8 @@ fn with_headers(properties: &BasicProperties, headers: FieldTable) -> BasicPrope
 
 /// The routing key the message was first published with.
 pub(crate) fn original_routing_key(properties: &BasicProperties, delivered_with: &str) -> String {
-    wire::string_header(properties, ORIGINAL_ROUTING_KEY).unwrap_or_else(|| delivered_with.to_owned())
+    wire::string_header(properties, ORIGINAL_ROUTING_KEY)
+        .unwrap_or_else(|| delivered_with.to_owned())
 }
 
 /// `x-retry-count` of a delivery (any integer width, or a string).
@@ -112,7 +113,11 @@ pub(crate) fn retry_count(properties: &BasicProperties) -> u32 {
 
 /// The handlers a redelivery must run, if it carries the list.
 pub(crate) fn failed_handlers(properties: &BasicProperties) -> Option<Vec<String>> {
-    let value = properties.headers().as_ref()?.inner().get(FAILED_HANDLERS)?;
+    let value = properties
+        .headers()
+        .as_ref()?
+        .inner()
+        .get(FAILED_HANDLERS)?;
     let AMQPValue::FieldArray(items) = value else {
         return None;
     };
@@ -140,11 +145,15 @@ pub(crate) fn retry_properties(
     delay: Duration,
 ) -> BasicProperties {
     let mut headers = headers_of(properties);
-    headers.insert(RETRY_COUNT.into(), AMQPValue::LongLongInt(i64::from(retry_count) + 1));
+    headers.insert(
+        RETRY_COUNT.into(),
+        AMQPValue::LongLongInt(i64::from(retry_count) + 1),
+    );
     headers.insert(LAST_RETRY_AT.into(), string(&now()));
     headers.insert(ORIGINAL_ROUTING_KEY.into(), string(original_routing_key));
     headers.insert(FAILED_HANDLERS.into(), failed_array(failed));
-    with_headers(properties, headers).with_expiration(ShortString::from(delay.as_millis().to_string()))
+    with_headers(properties, headers)
+        .with_expiration(ShortString::from(delay.as_millis().to_string()))
 }
 
 /// Why a message is dead-lettered.
@@ -165,7 +174,10 @@ pub(crate) fn dead_letter_properties(
     let mut headers = headers_of(properties);
     headers.insert(DLQ_REASON.into(), string(&bounded(why.reason)));
     headers.insert(DLQ_ERROR_TYPE.into(), string(why.error_type));
-    headers.insert(DLQ_RETRY_COUNT.into(), AMQPValue::LongLongInt(i64::from(retry_count)));
+    headers.insert(
+        DLQ_RETRY_COUNT.into(),
+        AMQPValue::LongLongInt(i64::from(retry_count)),
+    );
     headers.insert(DLQ_TIMESTAMP.into(), string(&now()));
     headers.insert(ORIGINAL_ROUTING_KEY.into(), string(original_routing_key));
     if let Some(handler) = why.handler {
@@ -230,10 +242,20 @@ mod tests {
             retry_jitter: 0.1,
             ..Config::default()
         };
-        for (retry, nominal) in [(0, 1.0), (1, 2.0), (2, 4.0), (5, 32.0), (6, 60.0), (30, 60.0)] {
+        for (retry, nominal) in [
+            (0, 1.0),
+            (1, 2.0),
+            (2, 4.0),
+            (5, 32.0),
+            (6, 60.0),
+            (30, 60.0),
+        ] {
             for _ in 0..50 {
                 let d = retry_delay(&config, retry).as_secs_f64();
-                assert!(d >= nominal * 0.9 - 1e-9 && d <= nominal * 1.1 + 1e-9, "{retry}: {d}");
+                assert!(
+                    d >= nominal * 0.9 - 1e-9 && d <= nominal * 1.1 + 1e-9,
+                    "{retry}: {d}"
+                );
             }
         }
         let no_jitter = Config {
@@ -258,12 +280,23 @@ mod tests {
         h.insert("event_type".into(), string("OrderPlaced"));
         h.insert(RETRY_COUNT.into(), AMQPValue::LongLongInt(3));
         h.insert(DLQ_REASON.into(), string("boom"));
-        h.insert("x-death".into(), AMQPValue::FieldArray(FieldArray::default()));
+        h.insert(
+            "x-death".into(),
+            AMQPValue::FieldArray(FieldArray::default()),
+        );
         h.insert(FAILED_HANDLERS.into(), failed_array(&["a::b".to_owned()]));
         let p = replay_properties(&BasicProperties::default().with_headers(h));
         let headers = p.headers().clone().unwrap_or_default();
         let keys: Vec<&str> = headers.inner().keys().map(|k| k.as_str()).collect();
-        assert_eq!(keys, ["event_type", FAILED_HANDLERS, RETRY_COUNT, REPLAYED_FROM_DLQ]);
+        assert_eq!(
+            keys,
+            [
+                "event_type",
+                FAILED_HANDLERS,
+                RETRY_COUNT,
+                REPLAYED_FROM_DLQ
+            ]
+        );
         assert_eq!(retry_count(&p), 0);
         assert_eq!(failed_handlers(&p), Some(vec!["a::b".to_owned()]));
     }

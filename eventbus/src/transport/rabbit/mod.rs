@@ -190,24 +190,23 @@ impl RabbitTransport {
             return Ok(());
         }
         let stop = CancellationToken::new();
+        let ctx = Arc::new(consume::Context {
+            shared: shared.clone(),
+            stop: stop.clone(),
+            deliveries: self.deliveries.clone(),
+            states: self.states.clone(),
+            publisher: self.publisher.clone(),
+        });
         let setup: Setup = {
-            let shared = shared.clone();
             let extra = self.extra.clone();
-            let stop = stop.clone();
-            let deliveries = self.deliveries.clone();
-            let states = self.states.clone();
             let base_tag = self.consumer_tag.clone();
-            let publisher = self.publisher.clone();
             Arc::new(move |session: Arc<Session>| {
-                let shared = shared.clone();
+                let ctx = ctx.clone();
                 let extra = extra.clone();
-                let stop = stop.clone();
-                let deliveries = deliveries.clone();
-                let states = states.clone();
                 let base_tag = base_tag.clone();
-                let publisher = publisher.clone();
                 Box::pin(async move {
-                    declare_topology(&session, &shared, &extra).await?;
+                    let shared = &ctx.shared;
+                    declare_topology(&session, shared, &extra).await?;
                     let groups: Vec<Arc<str>> = shared
                         .dispatcher
                         .snapshot()
@@ -221,17 +220,7 @@ impl RabbitTransport {
                         } else {
                             format!("{base_tag}.{group}")
                         };
-                        consume::start_group(
-                            session.clone(),
-                            shared.clone(),
-                            group,
-                            tag,
-                            stop.clone(),
-                            deliveries.clone(),
-                            states.clone(),
-                            publisher.clone(),
-                        )
-                        .await?;
+                        consume::start_group(session.clone(), ctx.clone(), group, tag).await?;
                     }
                     Ok(())
                 })

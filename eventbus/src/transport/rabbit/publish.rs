@@ -91,7 +91,11 @@ impl Publisher {
     }
 
     /// Publishes prepared messages, all confirmed or an error.
-    pub(crate) async fn send(&self, shared: &Shared, outgoing: &[Outgoing]) -> Result<usize, Error> {
+    pub(crate) async fn send(
+        &self,
+        shared: &Shared,
+        outgoing: &[Outgoing],
+    ) -> Result<usize, Error> {
         let timeout = shared.config.confirm_timeout;
         let deadline = Instant::now() + timeout;
         let mut pending: Vec<usize> = (0..outgoing.len()).collect();

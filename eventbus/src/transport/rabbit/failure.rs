@@ -293,8 +293,8 @@ mod tests {
             [
                 "event_type",
                 FAILED_HANDLERS,
+                REPLAYED_FROM_DLQ,
                 RETRY_COUNT,
-                REPLAYED_FROM_DLQ
             ]
         );
         assert_eq!(retry_count(&p), 0);

@@ -417,3 +417,39 @@ async fn dlq_tooling_needs_the_broker() {
         .expect_err("memory has no DLQ");
     assert!(err.to_string().contains("memory"), "{err}");
 }
+
+#[tokio::test]
+async fn dlq_ttl_and_max_length_are_set_on_the_dead_letter_queue() {
+    let scope = Scope::new("dlq-args");
+    let bus = scope
+        .builder()
+        .configure(|c| {
+            c.dlq_message_ttl = Some(60_000);
+            c.dlq_max_length = Some(100);
+        })
+        .handler::<OrderPlaced, _, _>("p", |_e| async { Ok::<_, HandlerError>(()) })
+        .build()
+        .await
+        .expect("connects");
+    let out = std::process::Command::new("rabbitmqctl")
+        .args([
+            "list_queues",
+            "-q",
+            "--no-table-headers",
+            "name",
+            "arguments",
+        ])
+        .output()
+        .expect("rabbitmqctl runs");
+    let dlq = format!("{}.dlq", scope.queue("default"));
+    let line = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find(|l| l.split('\t').next() == Some(dlq.as_str()))
+        .map(str::to_owned)
+        .expect("the DLQ exists");
+    assert!(line.contains("{\"x-message-ttl\",60000}"), "{line}");
+    assert!(line.contains("{\"x-max-length\",100}"), "{line}");
+    bus.shutdown(Duration::from_secs(5))
+        .await
+        .expect("shuts down");
+}

@@ -109,22 +109,28 @@ impl Drop for Scope {
                 else {
                     return;
                 };
-                let Ok(ch) = conn.create_channel().await else {
-                    return;
-                };
+                // A delete of a missing queue closes its channel: one channel per delete.
+                let mut queues = Vec::new();
                 for g in groups {
-                    let mut queues = vec![format!("{exchange}.{g}"), format!("{exchange}.{g}.dlq")];
+                    queues.push(format!("{exchange}.{g}"));
+                    queues.push(format!("{exchange}.{g}.dlq"));
                     queues.extend((1..=10).map(|n| format!("{exchange}.{g}.retry.{n}")));
-                    for q in queues {
+                }
+                for q in queues {
+                    if let Ok(ch) = conn.create_channel().await {
                         let _ = ch
                             .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
                             .await;
+                        let _ = ch.close(200, "done".into()).await;
                     }
                 }
                 for x in [exchange.clone(), format!("{exchange}_dlq")] {
-                    let _ = ch
-                        .exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default())
-                        .await;
+                    if let Ok(ch) = conn.create_channel().await {
+                        let _ = ch
+                            .exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default())
+                            .await;
+                        let _ = ch.close(200, "done".into()).await;
+                    }
                 }
                 let _ = conn.close(200, "cleanup".into()).await;
             });

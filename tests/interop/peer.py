@@ -1,0 +1,155 @@
+"""The Python side of the interoperability tests: eventsource-py's own RabbitMQ bus.
+
+    peer.py publish --url U --exchange X --count N        # prints each event published (JSON lines)
+    peer.py consume --url U --exchange X --group G --count N [--timeout S]
+                                                          # prints "ready", then each event received
+    peer.py capture --url U --exchange X --out FILE       # one message as it travels (golden file)
+
+The event classes mirror the Rust ones in tests/interop.rs.
+"""
+
+import argparse
+import asyncio
+import json
+import sys
+from datetime import UTC, datetime
+from uuid import UUID, uuid4
+
+from eventsource import DomainEvent, EventRegistry
+from eventsource.adapters.rabbitmq import RabbitMQEventBus, RabbitMQEventBusConfig
+
+
+class OrderPlaced(DomainEvent):
+    event_type: str = "OrderPlaced"
+    aggregate_type: str = "Order"
+    customer_id: str
+    total_amount: float
+
+
+class OrderShipped(DomainEvent):
+    event_type: str = "OrderShipped"
+    aggregate_type: str = "Order"
+    tracking_number: str
+
+
+registry = EventRegistry()
+registry.register(OrderPlaced)
+registry.register(OrderShipped)
+
+
+def bus(args, group="python"):
+    config = RabbitMQEventBusConfig(
+        rabbitmq_url=args.url,
+        exchange_name=args.exchange,
+        consumer_group=group,
+        enable_tracing=False,
+    )
+    return RabbitMQEventBus(config=config, event_registry=registry)
+
+
+def sample(i: int) -> DomainEvent:
+    """An event with every envelope field set: tenant, actor, causation, metadata,
+    a non-default event_version, floats and non-ASCII text."""
+    common = dict(
+        aggregate_id=uuid4(),
+        aggregate_version=i + 1,
+        event_version=2,
+        tenant_id=UUID("11111111-2222-4333-8444-555555555555"),
+        actor_id=f"user:Zoë-{i}",
+        correlation_id=uuid4(),
+        causation_id=uuid4(),
+        metadata={"source": "python", "attempt": i, "ratio": 0.25, "tags": ["ä", "ß"], "nested": {"ok": True}},
+        occurred_at=datetime.now(UTC),
+    )
+    if i % 2 == 0:
+        return OrderPlaced(customer_id=f"Ünïcødé ✓ {i}", total_amount=i + 0.125, **common)
+    return OrderShipped(tracking_number=f"TRACK-{i:04d}-日本", **common)
+
+
+async def publish(args):
+    async with bus(args, group=args.group) as b:
+        events = [sample(i) for i in range(args.count)]
+        await b.publish(events)
+        for e in events:
+            print(e.model_dump_json(), flush=True)
+
+
+async def consume(args):
+    received = []
+    done = asyncio.Event()
+
+    async def handler(event):
+        received.append(event)
+        print(event.model_dump_json(), flush=True)
+        if len(received) >= args.count:
+            done.set()
+
+    b = bus(args, group=args.group)
+    b.subscribe(OrderPlaced, handler)
+    b.subscribe(OrderShipped, handler)
+    await b.connect()
+    task = b.start_consuming_in_background()
+    # Give the consumer its queue before announcing readiness.
+    while not b.is_consuming:
+        await asyncio.sleep(0.02)
+    print("ready", flush=True)
+    try:
+        await asyncio.wait_for(done.wait(), timeout=args.timeout)
+    except TimeoutError:
+        print(f"timeout: received {len(received)} of {args.count}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        await b.stop_consuming()
+        task.cancel()
+        await b.disconnect()
+    return 0
+
+
+async def capture(args):
+    import aio_pika
+
+    connection = await aio_pika.connect(args.url)
+    channel = await connection.channel()
+    exchange = await channel.declare_exchange(args.exchange, aio_pika.ExchangeType.TOPIC, durable=True)
+    queue = await channel.declare_queue("", exclusive=True)
+    await queue.bind(exchange, "#")
+    event = sample(0)
+    async with bus(args, group=args.group) as b:
+        await b.publish([event])
+    message = await queue.get(timeout=10)
+    await message.ack()
+    golden = {
+        "captured_from": "eventsource-py 0.15.1 RabbitMQEventBus.publish",
+        "routing_key": message.routing_key,
+        "properties": {
+            "content_type": message.content_type,
+            "content_encoding": message.content_encoding,
+            "delivery_mode": int(message.delivery_mode),
+            "message_id": message.message_id,
+            "timestamp": int(message.timestamp.timestamp()) if message.timestamp else None,
+        },
+        "headers": {k: (v.decode() if isinstance(v, bytes) else v) for k, v in (message.headers or {}).items()},
+        "body": message.body.decode("utf-8"),
+    }
+    with open(args.out, "w", encoding="utf-8") as f:
+        json.dump(golden, f, ensure_ascii=False, indent=2)
+        f.write("\n")
+    await connection.close()
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("command", choices=["publish", "consume", "capture"])
+    p.add_argument("--url", required=True)
+    p.add_argument("--exchange", required=True)
+    p.add_argument("--group", default="python")
+    p.add_argument("--count", type=int, default=10)
+    p.add_argument("--timeout", type=float, default=60)
+    p.add_argument("--out")
+    args = p.parse_args()
+    handler = {"publish": publish, "consume": consume, "capture": capture}[args.command]
+    sys.exit(asyncio.run(handler(args)) or 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -16,7 +16,8 @@ struct OrderPlaced {
 }
 
 fn golden() -> Value {
-    serde_json::from_str(include_str!("golden/python_order_placed.json")).expect("valid golden file")
+    serde_json::from_str(include_str!("golden/python_order_placed.json"))
+        .expect("valid golden file")
 }
 
 #[test]
@@ -31,14 +32,23 @@ fn the_rust_codec_reads_and_writes_what_eventsource_py_sends() {
     assert_eq!(meta.event_id().to_string(), python["event_id"]);
     assert_eq!(meta.event_type(), python["event_type"]);
     assert_eq!(u64::from(meta.event_version()), python["event_version"]);
-    assert_eq!(codec::format_time(&meta.occurred_at()), python["occurred_at"]);
+    assert_eq!(
+        codec::format_time(&meta.occurred_at()),
+        python["occurred_at"]
+    );
     assert_eq!(meta.aggregate_id().to_string(), python["aggregate_id"]);
     assert_eq!(meta.aggregate_type(), python["aggregate_type"]);
     assert_eq!(meta.aggregate_version(), python["aggregate_version"]);
-    assert_eq!(meta.tenant_id().map(|t| t.to_string()), python["tenant_id"].as_str().map(str::to_owned));
+    assert_eq!(
+        meta.tenant_id().map(|t| t.to_string()),
+        python["tenant_id"].as_str().map(str::to_owned)
+    );
     assert_eq!(meta.actor_id(), python["actor_id"].as_str());
     assert_eq!(meta.correlation_id().to_string(), python["correlation_id"]);
-    assert_eq!(meta.causation_id().map(|c| c.to_string()), python["causation_id"].as_str().map(str::to_owned));
+    assert_eq!(
+        meta.causation_id().map(|c| c.to_string()),
+        python["causation_id"].as_str().map(str::to_owned)
+    );
     assert_eq!(&Value::Object(meta.metadata().clone()), &python["metadata"]);
     assert_eq!(event.customer_id, python["customer_id"]);
     assert_eq!(Some(event.total_amount), python["total_amount"].as_f64());

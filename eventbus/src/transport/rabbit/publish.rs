@@ -99,6 +99,7 @@ impl Publisher {
         let timeout = shared.config.confirm_timeout;
         let deadline = Instant::now() + timeout;
         let mut pending: Vec<usize> = (0..outgoing.len()).collect();
+        let mut settled = vec![false; outgoing.len()];
         let mut confirmed = 0;
         while !pending.is_empty() {
             let session = self
@@ -110,18 +111,32 @@ impl Publisher {
             let mut inflight = FuturesUnordered::new();
             let mut next = pending.iter().copied();
             let mut sending = true;
+            // One timer for the whole batch, not one per message.
+            let expired = tokio::time::sleep_until(deadline);
+            tokio::pin!(expired);
             loop {
                 tokio::select! {
                     biased;
-                    Some((index, outcome)) = inflight.next(), if !inflight.is_empty() => match outcome {
-                        Outcome::Confirmed => confirmed += 1,
-                        Outcome::Lost(reason) => {
-                            session.fail(&reason);
-                            lost.push(index);
+                    Some((index, outcome)) = inflight.next(), if !inflight.is_empty() => {
+                        settled[index] = true;
+                        match confirm_outcome(outcome, &outgoing[index]) {
+                            Outcome::Confirmed => confirmed += 1,
+                            Outcome::Lost(reason) => {
+                                session.fail(&reason);
+                                lost.push(index);
+                            }
+                            Outcome::Failed(error) => {
+                                first_error.get_or_insert(error);
+                            }
                         }
-                        Outcome::Failed(error) => {
-                            first_error.get_or_insert(error);
-                        }
+                    },
+                    () = &mut expired, if !inflight.is_empty() => {
+                        let first = settled.iter().position(|s| !s).unwrap_or(0);
+                        first_error.get_or_insert(Error::ConfirmTimeout {
+                            event_id: outgoing[first].message_id.clone(),
+                            timeout,
+                        });
+                        break;
                     },
                     permit = self.window.clone().acquire_owned(), if sending => {
                         let Ok(permit) = permit else { break };
@@ -142,9 +157,9 @@ impl Publisher {
                             .await;
                         match sent {
                             Ok(confirm) => inflight.push(async move {
-                                let result = tokio::time::timeout_at(deadline, confirm).await;
+                                let result = confirm.await;
                                 drop(permit);
-                                (index, confirm_outcome(result, message, timeout))
+                                (index, result)
                             }),
                             Err(e) => {
                                 session.fail(&scrub(&e.to_string()));
@@ -172,30 +187,22 @@ impl Publisher {
     }
 }
 
-fn confirm_outcome(
-    result: Result<lapin::Result<Confirmation>, tokio::time::error::Elapsed>,
-    message: &Outgoing,
-    timeout: std::time::Duration,
-) -> Outcome {
+fn confirm_outcome(result: lapin::Result<Confirmation>, message: &Outgoing) -> Outcome {
     match result {
-        Ok(Ok(Confirmation::Ack(None))) => Outcome::Confirmed,
-        Ok(Ok(Confirmation::Ack(Some(_)))) => Outcome::Failed(Error::Unroutable {
+        Ok(Confirmation::Ack(None)) => Outcome::Confirmed,
+        Ok(Confirmation::Ack(Some(_))) => Outcome::Failed(Error::Unroutable {
             exchange: message.exchange.clone(),
             routing_key: message.routing_key.clone(),
             event_id: message.message_id.clone(),
         }),
-        Ok(Ok(Confirmation::Nack(_))) => Outcome::Failed(Error::Nacked {
+        Ok(Confirmation::Nack(_)) => Outcome::Failed(Error::Nacked {
             routing_key: message.routing_key.clone(),
             event_id: message.message_id.clone(),
         }),
-        Ok(Ok(Confirmation::NotRequested)) => Outcome::Failed(Error::Broker {
+        Ok(Confirmation::NotRequested) => Outcome::Failed(Error::Broker {
             context: "publishing".into(),
             reason: "the channel is not in confirm mode (eventbus bug)".into(),
         }),
-        Ok(Err(e)) => Outcome::Lost(scrub(&e.to_string())),
-        Err(_) => Outcome::Failed(Error::ConfirmTimeout {
-            event_id: message.message_id.clone(),
-            timeout,
-        }),
+        Err(e) => Outcome::Lost(scrub(&e.to_string())),
     }
 }

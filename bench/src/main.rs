@@ -50,7 +50,11 @@ struct Cli {
     #[command(subcommand)]
     command: Option<Child>,
     /// Broker.
-    #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f", global = true)]
+    #[arg(
+        long,
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        global = true
+    )]
     url: String,
     /// Events for the publish and consume throughput runs.
     #[arg(long, default_value_t = 20_000)]
@@ -144,11 +148,14 @@ pub(crate) fn percentiles(mut ms: Vec<f64>) -> Figure {
 
 fn builder(url: &str, exchange: &str) -> BusBuilder {
     let exchange = exchange.to_owned();
-    Bus::builder().url(url).without_discovery().configure(move |c| {
-        c.exchange_name = exchange;
-        c.prefetch_count = PREFETCH;
-        c.publish_confirm_window = WINDOW;
-    })
+    Bus::builder()
+        .url(url)
+        .without_discovery()
+        .configure(move |c| {
+            c.exchange_name = exchange;
+            c.prefetch_count = PREFETCH;
+            c.publish_confirm_window = WINDOW;
+        })
 }
 
 /// A bus whose one handler counts events and records their latency.
@@ -175,7 +182,10 @@ pub(crate) struct Counter {
 
 impl Counter {
     pub(crate) fn hit(&self, occurred_at: chrono::DateTime<chrono::Utc>, target: usize) {
-        let ms = (chrono::Utc::now() - occurred_at).num_microseconds().unwrap_or(0) as f64 / 1000.0;
+        let ms = (chrono::Utc::now() - occurred_at)
+            .num_microseconds()
+            .unwrap_or(0) as f64
+            / 1000.0;
         if let Ok(mut l) = self.latencies.lock() {
             l.push(ms);
         }
@@ -193,7 +203,13 @@ impl Counter {
     }
 }
 
-async fn eventbus_run(url: &str, scenario: Scenario, count: usize, rate: u64, exchange: &str) -> Figure {
+async fn eventbus_run(
+    url: &str,
+    scenario: Scenario,
+    count: usize,
+    rate: u64,
+    exchange: &str,
+) -> Figure {
     match scenario {
         Scenario::Publish => {
             let (bus, _) = counting_bus(url, exchange, usize::MAX).await;
@@ -228,8 +244,8 @@ async fn eventbus_run(url: &str, scenario: Scenario, count: usize, rate: u64, ex
             let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
             for i in 0..count {
                 tick.tick().await;
-                let bus = bus.clone();
-                tokio::spawn(async move { bus.publish([order(i)]).await.expect("confirmed") });
+                // Tracked: shutdown waits for every confirm.
+                bus.publish_background([order(i)]);
             }
             counter.wait().await;
             bus.shutdown(Duration::from_secs(10)).await.expect("closes");
@@ -258,7 +274,10 @@ async fn dispatch_ns(types: usize, rounds: usize) -> f64 {
         b = many::register(b);
     }
     let bus = b.build().await.expect("builds");
-    assert_eq!(bus.event_types().len(), if types > 1 { types + 1 } else { 1 });
+    assert_eq!(
+        bus.event_types().len(),
+        if types > 1 { types + 1 } else { 1 }
+    );
     let events: Vec<_> = (0..1000).map(order).collect();
     // Warm up, then measure.
     bus.publish(events.clone()).await.expect("delivers");
@@ -269,16 +288,46 @@ async fn dispatch_ns(types: usize, rounds: usize) -> f64 {
     started.elapsed().as_nanos() as f64 / (rounds * events.len()) as f64
 }
 
-fn child(rt: &tokio::runtime::Runtime, url: &str, system: System, scenario: Scenario, count: usize, rate: u64) -> Figure {
-    let exchange = format!("bench.{system:?}.{scenario:?}.{}", &uuid::Uuid::new_v4().simple().to_string()[..6]).to_lowercase();
+fn child(
+    rt: &tokio::runtime::Runtime,
+    url: &str,
+    system: System,
+    scenario: Scenario,
+    count: usize,
+    rate: u64,
+) -> Figure {
+    let exchange = format!(
+        "bench.{system:?}.{scenario:?}.{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..6]
+    )
+    .to_lowercase();
     let mut cmd = Command::new(std::env::current_exe().expect("own path"));
-    cmd.args(["run", &format!("{system:?}").to_lowercase(), &format!("{scenario:?}").to_lowercase()])
-        .args(["--count", &count.to_string(), "--rate", &rate.to_string(), "--exchange", &exchange, "--url", url]);
+    cmd.args([
+        "run",
+        &format!("{system:?}").to_lowercase(),
+        &format!("{scenario:?}").to_lowercase(),
+    ])
+    .args([
+        "--count",
+        &count.to_string(),
+        "--rate",
+        &rate.to_string(),
+        "--exchange",
+        &exchange,
+        "--url",
+        url,
+    ]);
     figure_of(rt, cmd, url, &exchange, count)
 }
 
 /// Runs a scenario process: fills its queue when it says "ready", returns its last line as a figure.
-fn figure_of(rt: &tokio::runtime::Runtime, mut cmd: Command, url: &str, exchange: &str, count: usize) -> Figure {
+fn figure_of(
+    rt: &tokio::runtime::Runtime,
+    mut cmd: Command,
+    url: &str,
+    exchange: &str,
+    count: usize,
+) -> Figure {
     use std::io::{BufRead, BufReader, Write};
     let mut child = cmd
         .stdin(std::process::Stdio::piped())
@@ -303,18 +352,45 @@ fn figure_of(rt: &tokio::runtime::Runtime, mut cmd: Command, url: &str, exchange
     serde_json::from_str(&last).unwrap_or_else(|e| panic!("{cmd:?}: not a figure ({e}): {last}"))
 }
 
-fn python(rt: &tokio::runtime::Runtime, python: &str, url: &str, scenario: &str, count: usize, rate: u64) -> Figure {
-    let exchange = format!("bench.python.{scenario}.{}", &uuid::Uuid::new_v4().simple().to_string()[..6]);
+fn python(
+    rt: &tokio::runtime::Runtime,
+    python: &str,
+    url: &str,
+    scenario: &str,
+    count: usize,
+    rate: u64,
+) -> Figure {
+    let exchange = format!(
+        "bench.python.{scenario}.{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..6]
+    );
     let mut cmd = Command::new(python);
-    cmd.args([concat!(env!("CARGO_MANIFEST_DIR"), "/py_bench.py"), scenario, "--url", url, "--exchange", &exchange])
-        .args(["--count", &count.to_string(), "--rate", &rate.to_string()]);
+    cmd.args([
+        concat!(env!("CARGO_MANIFEST_DIR"), "/py_bench.py"),
+        scenario,
+        "--url",
+        url,
+        "--exchange",
+        &exchange,
+    ])
+    .args(["--count", &count.to_string(), "--rate", &rate.to_string()]);
     figure_of(rt, cmd, url, &exchange, count)
 }
 
 fn main() {
     let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
-    if let Some(Child::Run { system, scenario, count, rate, exchange }) = cli.command {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    if let Some(Child::Run {
+        system,
+        scenario,
+        count,
+        rate,
+        exchange,
+    }) = cli.command
+    {
         let figure = rt.block_on(async {
             match system {
                 System::Eventbus => eventbus_run(&cli.url, scenario, count, rate, &exchange).await,
@@ -338,7 +414,11 @@ mod report {
             eprintln!("running {scenario:?} ({count} events)...");
             // Throughput is noisy (the broker syncs to disk): alternate the two Rust
             // systems `repeat` times and keep each one's median run.
-            let runs = if matches!(scenario, Scenario::Publish | Scenario::Consume) { cli.repeat.max(1) } else { 1 };
+            let runs = if matches!(scenario, Scenario::Publish | Scenario::Consume) {
+                cli.repeat.max(1)
+            } else {
+                1
+            };
             let mut all: [Vec<Figure>; 2] = [Vec::new(), Vec::new()];
             for _ in 0..runs {
                 for (i, s) in systems.iter().enumerate() {
@@ -346,33 +426,83 @@ mod report {
                 }
             }
             let [a, b] = all.map(|mut v| {
-                v.sort_by(|x, y| x.per_second.unwrap_or(0.0).total_cmp(&y.per_second.unwrap_or(0.0)));
+                v.sort_by(|x, y| {
+                    x.per_second
+                        .unwrap_or(0.0)
+                        .total_cmp(&y.per_second.unwrap_or(0.0))
+                });
                 v.swap_remove(v.len() / 2)
             });
             let c = py
-                .map(|p| python(rt, p, &cli.url, &format!("{scenario:?}").to_lowercase(), count, cli.rate))
+                .map(|p| {
+                    python(
+                        rt,
+                        p,
+                        &cli.url,
+                        &format!("{scenario:?}").to_lowercase(),
+                        count,
+                        cli.rate,
+                    )
+                })
                 .unwrap_or_default();
             [a, b, c]
         };
         let publish = figures(Scenario::Publish, cli.events);
-        rows.push(("publish throughput (events/s)".into(), publish.clone().map(|f| f.per_second), true));
+        rows.push((
+            "publish throughput (events/s)".into(),
+            publish.clone().map(|f| f.per_second),
+            true,
+        ));
         let consume = figures(Scenario::Consume, cli.events);
-        rows.push(("consume throughput (events/s)".into(), consume.clone().map(|f| f.per_second), true));
+        rows.push((
+            "consume throughput (events/s)".into(),
+            consume.clone().map(|f| f.per_second),
+            true,
+        ));
         let latency = figures(Scenario::Latency, cli.latency_events);
-        rows.push((format!("latency p50 at {}/s (ms)", cli.rate), latency.clone().map(|f| f.p50_ms), false));
-        rows.push((format!("latency p99 at {}/s (ms)", cli.rate), latency.clone().map(|f| f.p99_ms), false));
-        rows.push((format!("latency max at {}/s (ms)", cli.rate), latency.map(|f| f.max_ms), false));
+        rows.push((
+            format!("latency p50 at {}/s (ms)", cli.rate),
+            latency.clone().map(|f| f.p50_ms),
+            false,
+        ));
+        rows.push((
+            format!("latency p99 at {}/s (ms)", cli.rate),
+            latency.clone().map(|f| f.p99_ms),
+            false,
+        ));
+        rows.push((
+            format!("latency max at {}/s (ms)", cli.rate),
+            latency.map(|f| f.max_ms),
+            false,
+        ));
         let small = figures(Scenario::Memory, cli.backlog / 10);
-        rows.push((format!("peak client memory, {} backlog (MiB)", cli.backlog / 10), small.map(|f| f.peak_rss_mb), false));
+        rows.push((
+            format!("peak client memory, {} backlog (MiB)", cli.backlog / 10),
+            small.map(|f| f.peak_rss_mb),
+            false,
+        ));
         let big = figures(Scenario::Memory, cli.backlog);
-        rows.push((format!("peak client memory, {} backlog (MiB)", cli.backlog), big.clone().map(|f| f.peak_rss_mb), false));
-        let (one, two_hundred) = rt.block_on(async { (dispatch_ns(1, 20).await, dispatch_ns(200, 20).await) });
+        rows.push((
+            format!("peak client memory, {} backlog (MiB)", cli.backlog),
+            big.clone().map(|f| f.peak_rss_mb),
+            false,
+        ));
+        let (one, two_hundred) =
+            rt.block_on(async { (dispatch_ns(1, 20).await, dispatch_ns(200, 20).await) });
         let (py_one, py_200) = py.map_or((None, None), |p| {
             let f = python(rt, p, &cli.url, "dispatch", 1, 0);
             (f.p50_ms.map(|ms| ms * 1e6), f.p99_ms.map(|ms| ms * 1e6))
         });
-        rows.push(("dispatch, 1 event type (ns/event)".into(), [Some(one), None, py_one], false));
-        rows.push(("dispatch, 200 event types (ns/event)".into(), [Some(two_hundred), None, py_200], false));
+        rows.push((
+            "dispatch, 1 event type (ns/event)".into(),
+            [Some(one), None, py_one],
+            false,
+        ));
+        rows.push((
+            "dispatch, 200 event types (ns/event)".into(),
+            [Some(two_hundred), None, py_200],
+            false,
+        ));
 
         let table = render(&rows);
         println!("{table}");
@@ -430,15 +560,46 @@ mod report {
             (Some(a), Some(b)) if b > 0.0 => Some(a / b),
             _ => None,
         };
-        let p99 = rows.iter().find(|r| r.0.contains("p99")).and_then(|r| r.1[0]);
+        let p99 = rows
+            .iter()
+            .find(|r| r.0.contains("p99"))
+            .and_then(|r| r.1[0]);
         let lines = [
-            format!("- publish throughput >= 0.95 x raw lapin: {} ({})", check(r(publish, 1).is_some_and(|x| x >= 0.95)), ratio(r(publish, 1), Some(1.0))),
-            format!("- consume throughput >= 0.95 x raw lapin: {} ({})", check(r(consume, 1).is_some_and(|x| x >= 0.95)), ratio(r(consume, 1), Some(1.0))),
-            format!("- publish >= 5 x eventsource-py: {} ({})", check(r(publish, 2).is_some_and(|x| x >= 5.0)), ratio(r(publish, 2), Some(1.0))),
-            format!("- consume >= 5 x eventsource-py: {} ({})", check(r(consume, 2).is_some_and(|x| x >= 5.0)), ratio(r(consume, 2), Some(1.0))),
-            format!("- p99 latency at 1,000 events/s < 5 ms: {} ({} ms)", check(p99.is_some_and(|p| p < 5.0)), fmt(p99)),
-            format!("- client memory < 64 MB with the big backlog: {} ({} MiB)", check(memory[0].peak_rss_mb.is_some_and(|m| m < 64.0)), fmt(memory[0].peak_rss_mb)),
-            format!("- dispatch with 200 types within 10% of 1 type: {} ({:.2} x)", check(two_hundred <= one * 1.10), two_hundred / one),
+            format!(
+                "- publish throughput >= 0.95 x raw lapin: {} ({})",
+                check(r(publish, 1).is_some_and(|x| x >= 0.95)),
+                ratio(r(publish, 1), Some(1.0))
+            ),
+            format!(
+                "- consume throughput >= 0.95 x raw lapin: {} ({})",
+                check(r(consume, 1).is_some_and(|x| x >= 0.95)),
+                ratio(r(consume, 1), Some(1.0))
+            ),
+            format!(
+                "- publish >= 5 x eventsource-py: {} ({})",
+                check(r(publish, 2).is_some_and(|x| x >= 5.0)),
+                ratio(r(publish, 2), Some(1.0))
+            ),
+            format!(
+                "- consume >= 5 x eventsource-py: {} ({})",
+                check(r(consume, 2).is_some_and(|x| x >= 5.0)),
+                ratio(r(consume, 2), Some(1.0))
+            ),
+            format!(
+                "- p99 latency at 1,000 events/s < 5 ms: {} ({} ms)",
+                check(p99.is_some_and(|p| p < 5.0)),
+                fmt(p99)
+            ),
+            format!(
+                "- client memory < 64 MB with the big backlog: {} ({} MiB)",
+                check(memory[0].peak_rss_mb.is_some_and(|m| m < 64.0)),
+                fmt(memory[0].peak_rss_mb)
+            ),
+            format!(
+                "- dispatch with 200 types within 10% of 1 type: {} ({:.2} x)",
+                check(two_hundred <= one * 1.10),
+                two_hundred / one
+            ),
         ];
         lines.join("\n")
     }
@@ -454,7 +615,11 @@ mod report {
         };
         let cpu = std::fs::read_to_string("/proc/cpuinfo")
             .ok()
-            .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned()))
+            .and_then(|c| {
+                c.lines()
+                    .find(|l| l.starts_with("model name"))
+                    .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+            })
             .unwrap_or_default();
         format!(
             "- {} CPU(s): {cpu}\n- {}\n- RabbitMQ {} (local, 127.0.0.1)\n- {}",

@@ -10,13 +10,16 @@ use eventbus::codec::{self, HeaderValue};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
-    ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 
-use crate::{Counter, Figure, OrderPlaced, PREFETCH, Scenario, WINDOW, order, peak_rss_mb, percentiles};
+use crate::{
+    Counter, Figure, OrderPlaced, PREFETCH, Scenario, WINDOW, order, peak_rss_mb, percentiles,
+};
 
 async fn connect(url: &str) -> Connection {
     Connection::connect(url, ConnectionProperties::default())
@@ -49,40 +52,74 @@ async fn declare(channel: &Channel, exchange: &str) {
         .exchange_declare(
             exchange.into(),
             ExchangeKind::Topic,
-            ExchangeDeclareOptions { durable: true, ..Default::default() },
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
             FieldTable::default(),
         )
         .await
         .expect("exchange");
     let queue = format!("{exchange}.default");
     channel
-        .queue_declare(queue.as_str().into(), QueueDeclareOptions { durable: true, ..Default::default() }, FieldTable::default())
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
         .await
         .expect("queue");
     channel
-        .queue_bind(queue.as_str().into(), exchange.into(), "Order.OrderPlaced".into(), QueueBindOptions::default(), FieldTable::default())
+        .queue_bind(
+            queue.as_str().into(),
+            exchange.into(),
+            "Order.OrderPlaced".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
         .await
         .expect("bind");
 }
 
 /// Publishes `count` messages with WINDOW confirms in flight; all must be acked.
-async fn publish(channel: &Channel, exchange: &str, count: usize, make: impl Fn(usize) -> (String, Vec<u8>, BasicProperties)) {
+async fn publish(
+    channel: &Channel,
+    exchange: &str,
+    count: usize,
+    make: impl Fn(usize) -> (String, Vec<u8>, BasicProperties),
+) {
     let mut inflight = FuturesUnordered::new();
     for i in 0..count {
         if inflight.len() >= WINDOW {
-            let confirm: lapin::Result<lapin::Confirmation> = inflight.next().await.expect("in flight");
+            let confirm: lapin::Result<lapin::Confirmation> =
+                inflight.next().await.expect("in flight");
             assert!(confirm.expect("confirmed").is_ack());
         }
         let (key, body, props) = make(i);
         let confirm = channel
-            .basic_publish(exchange.into(), key.as_str().into(), BasicPublishOptions { mandatory: true, immediate: false }, &body, props)
+            .basic_publish(
+                exchange.into(),
+                key.as_str().into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    immediate: false,
+                },
+                &body,
+                props,
+            )
             .await
             .expect("sent");
         inflight.push(confirm);
     }
     while let Some(confirm) = inflight.next().await {
         let confirm = confirm.expect("confirmed");
-        assert!(confirm.is_ack() && confirm.take_message().is_none(), "routed and acked");
+        assert!(
+            confirm.is_ack() && confirm.take_message().is_none(),
+            "routed and acked"
+        );
     }
 }
 
@@ -90,7 +127,9 @@ async fn publish(channel: &Channel, exchange: &str, count: usize, make: impl Fn(
 pub(crate) async fn prefill(url: &str, exchange: &str, count: usize) {
     let conn = connect(url).await;
     let ch = conn.create_channel().await.expect("channel");
-    ch.confirm_select(ConfirmSelectOptions::default()).await.expect("confirms");
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirms");
     // Messages made ahead of time: the prefill is not what is measured.
     let messages: Vec<_> = (0..count).map(|i| message(&order(i).into())).collect();
     publish(&ch, exchange, count, |i| messages[i].clone()).await;
@@ -100,33 +139,54 @@ pub(crate) async fn prefill(url: &str, exchange: &str, count: usize) {
 async fn consume(url: &str, exchange: &str, counter: Arc<Counter>, target: usize) -> Connection {
     let conn = connect(url).await;
     let ch = conn.create_channel().await.expect("channel");
-    ch.basic_qos(PREFETCH, BasicQosOptions::default()).await.expect("qos");
+    ch.basic_qos(PREFETCH, BasicQosOptions::default())
+        .await
+        .expect("qos");
     let mut consumer = ch
-        .basic_consume(format!("{exchange}.default").as_str().into(), "raw".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .basic_consume(
+            format!("{exchange}.default").as_str().into(),
+            "raw".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
         .await
         .expect("consume");
     tokio::spawn(async move {
         while let Some(Ok(delivery)) = consumer.next().await {
             let event = codec::decode_body::<OrderPlaced>(&delivery.data).expect("decodes");
             counter.hit(event.meta().occurred_at(), target);
-            delivery.ack(BasicAckOptions::default()).await.expect("acked");
+            // After the last event the harness closes the connection: stop quietly.
+            if delivery.ack(BasicAckOptions::default()).await.is_err() {
+                break;
+            }
         }
     });
     conn
 }
 
-pub(crate) async fn run(url: &str, scenario: Scenario, count: usize, rate: u64, exchange: &str) -> Figure {
+pub(crate) async fn run(
+    url: &str,
+    scenario: Scenario,
+    count: usize,
+    rate: u64,
+    exchange: &str,
+) -> Figure {
     let conn = connect(url).await;
     let ch = conn.create_channel().await.expect("channel");
     declare(&ch, exchange).await;
-    ch.confirm_select(ConfirmSelectOptions::default()).await.expect("confirms");
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirms");
     match scenario {
         Scenario::Publish => {
             let events: Vec<AnyEnvelope> = (0..count).map(|i| order(i).into()).collect();
             let started = Instant::now();
             // The same work as eventbus's publish: encode each event, then send.
             publish(&ch, exchange, count, |i| message(&events[i])).await;
-            Figure { per_second: Some(count as f64 / started.elapsed().as_secs_f64()), ..Figure::default() }
+            Figure {
+                per_second: Some(count as f64 / started.elapsed().as_secs_f64()),
+                ..Figure::default()
+            }
         }
         Scenario::Consume | Scenario::Memory => {
             crate::ready_then_wait_for_go();
@@ -153,7 +213,16 @@ pub(crate) async fn run(url: &str, scenario: Scenario, count: usize, rate: u64, 
                 let exchange = exchange.to_owned();
                 tokio::spawn(async move {
                     let confirm = ch
-                        .basic_publish(exchange.as_str().into(), key.as_str().into(), BasicPublishOptions { mandatory: true, immediate: false }, &body, props)
+                        .basic_publish(
+                            exchange.as_str().into(),
+                            key.as_str().into(),
+                            BasicPublishOptions {
+                                mandatory: true,
+                                immediate: false,
+                            },
+                            &body,
+                            props,
+                        )
                         .await
                         .expect("sent");
                     assert!(confirm.await.expect("confirmed").is_ack());
@@ -171,9 +240,16 @@ pub(crate) fn cleanup_blocking(url: &str, exchange: &str) {
     let url = url.to_owned();
     let exchange = exchange.to_owned();
     let _ = std::thread::spawn(move || {
-        let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
         rt.block_on(async move {
-            let Ok(conn) = Connection::connect(&url, ConnectionProperties::default()).await else { return };
+            let Ok(conn) = Connection::connect(&url, ConnectionProperties::default()).await else {
+                return;
+            };
             let mut queues: Vec<String> = ["default", "python", "default.dlq", "python.dlq"]
                 .iter()
                 .map(|g| format!("{exchange}.{g}"))
@@ -181,12 +257,16 @@ pub(crate) fn cleanup_blocking(url: &str, exchange: &str) {
             queues.extend((1..=3).map(|n| format!("{exchange}.default.retry.{n}")));
             for q in queues {
                 if let Ok(ch) = conn.create_channel().await {
-                    let _ = ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await;
+                    let _ = ch
+                        .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                        .await;
                 }
             }
             for x in [exchange.clone(), format!("{exchange}_dlq")] {
                 if let Ok(ch) = conn.create_channel().await {
-                    let _ = ch.exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default()).await;
+                    let _ = ch
+                        .exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default())
+                        .await;
                 }
             }
             let _ = conn.close(200, "done".into()).await;

@@ -125,16 +125,7 @@ impl Scan {
 impl RabbitTransport {
     async fn scan(&self, queue: &str, limit: usize) -> Result<Scan, Error> {
         let info = self.queue_info(queue).await?;
-        let session = self
-            .publisher
-            .link
-            .wait_up(std::time::Duration::from_secs(10))
-            .await?;
-        let channel = session
-            .connection
-            .create_channel()
-            .await
-            .map_err(|e| broker("opening a channel", &e))?;
+        let channel = self.side_channel().await?;
         Ok(Scan {
             channel,
             queue: queue.to_owned(),
@@ -262,16 +253,7 @@ impl RabbitTransport {
     pub(crate) async fn dlq_purge(&self, queue: &str) -> Result<u32, Error> {
         // Fails cleanly if the queue does not exist.
         self.queue_info(queue).await?;
-        let session = self
-            .publisher
-            .link
-            .wait_up(std::time::Duration::from_secs(10))
-            .await?;
-        let channel = session
-            .connection
-            .create_channel()
-            .await
-            .map_err(|e| broker("opening a channel", &e))?;
+        let channel = self.side_channel().await?;
         let purged = channel
             .queue_purge(queue.into(), QueuePurgeOptions::default())
             .await

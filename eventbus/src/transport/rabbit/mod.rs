@@ -315,18 +315,23 @@ impl RabbitTransport {
             })
     }
 
-    pub(crate) async fn queue_info(&self, queue: &str) -> Result<QueueInfo, Error> {
+    /// A fresh channel on the publisher connection, for one-off operations whose
+    /// failure (a passive declare of a missing queue) must not close a shared one.
+    pub(crate) async fn side_channel(&self) -> Result<lapin::Channel, Error> {
         let session = self
             .publisher
             .link
             .wait_up(std::time::Duration::from_secs(10))
             .await?;
-        // A passive declare of a missing queue closes its channel: use a throwaway one.
-        let channel = session
+        session
             .connection
             .create_channel()
             .await
-            .map_err(|e| broker("opening a channel", &e))?;
+            .map_err(|e| broker("opening a channel", &e))
+    }
+
+    pub(crate) async fn queue_info(&self, queue: &str) -> Result<QueueInfo, Error> {
+        let channel = self.side_channel().await?;
         let declared = channel
             .queue_declare(
                 queue.into(),

@@ -99,7 +99,10 @@ async fn confirmed_events_survive_the_broker_closing_every_connection() {
     // Cut once some batches went out, while the rest are still to come.
     while progress.recv().await.is_some_and(|batch| batch < 5) {}
     rabbitmqctl(&["close_all_connections", "eventbus reconnect test"]);
-    let confirmed = task.await.expect("publisher task");
+    let confirmed = tokio::time::timeout(Duration::from_secs(120), task)
+        .await
+        .expect("publishing finishes: no publish may hang")
+        .expect("publisher task");
     assert!(
         confirmed.len() >= 250,
         "most batches confirmed: {}",
@@ -138,7 +141,10 @@ async fn confirmed_events_survive_a_broker_restart() {
     .await;
     rabbitmqctl(&["start_app"]);
     rabbitmqctl(&["await_startup"]);
-    let confirmed = task.await.expect("publisher task");
+    let confirmed = tokio::time::timeout(Duration::from_secs(120), task)
+        .await
+        .expect("publishing finishes: no publish may hang")
+        .expect("publisher task");
     assert!(!confirmed.is_empty());
     assert_all_handled(&confirmed, &handled).await;
     assert!(bus.stats().reconnections >= 2);

@@ -142,13 +142,20 @@ impl Link {
     pub(crate) async fn close(&self) {
         self.cancel.cancel();
         if let LinkState::Up(session) = self.state() {
-            let _ = session
-                .connection
-                .close(200, "eventbus shutdown".into())
-                .await;
+            close_quietly(&session.connection, 200, "eventbus shutdown").await;
         }
         self.state.send_replace(LinkState::Closed);
     }
+}
+
+/// Closes a connection without waiting forever: a connection whose broker went
+/// away may never see the close-ok it waits for.
+async fn close_quietly(connection: &Connection, code: u16, reason: &str) {
+    let _ = tokio::time::timeout(
+        Duration::from_secs(2),
+        connection.close(code, reason.into()),
+    )
+    .await;
 }
 
 async fn connect(shared: &Shared, role: &str) -> Result<Connection, Failure> {
@@ -202,14 +209,33 @@ async fn supervise(link: Arc<Link>, shared: Arc<Shared>, setup: Setup) {
                 generation,
             });
             if let Err(e) = setup(session.clone()).await {
-                let _ = session.connection.close(200, "setup failed".into()).await;
+                close_quietly(&session.connection, 200, "setup failed").await;
                 return Err(e);
             }
             Ok(session)
         };
+        // A broker that accepts the socket but never finishes the handshake (while
+        // it boots, say) must not stall reconnection.
+        let attempt = async {
+            tokio::time::timeout(config.connect_timeout, attempt)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(Failure::Retry(format!(
+                        "no answer within {:?}",
+                        config.connect_timeout
+                    )))
+                })
+        };
         let session = tokio::select! {
             result = attempt => result,
             () = link.cancel.cancelled() => break,
+        };
+        // Once the link has worked, a refusal is a broker restarting (its vhosts
+        // and users load after the listener opens): keep retrying. At startup it
+        // is a mistake to report at once.
+        let session = match session {
+            Err(Failure::Fatal(error)) if ever_up => Err(Failure::Retry(error.to_string())),
+            other => other,
         };
         match session {
             Ok(session) => {
@@ -254,7 +280,7 @@ async fn supervise(link: Arc<Link>, shared: Arc<Shared>, setup: Setup) {
                 shared.stats.last_error_at.now();
                 link.state
                     .send_replace(LinkState::Connecting(Some("connection lost".into())));
-                let _ = session.connection.close(320, "reconnecting".into()).await;
+                close_quietly(&session.connection, 320, "reconnecting").await;
             }
             Err(Failure::Fatal(error)) => {
                 let reason = error.to_string();

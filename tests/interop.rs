@@ -6,13 +6,12 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use common::{OrderPlaced, OrderShipped, Scope};
+use common::{ChildGuard, OrderPlaced, OrderShipped, Scope};
 use eventbus::{AnyEnvelope, Bus, Envelope, HandlerError};
 use serde_json::Value;
 use tokio::sync::mpsc;
@@ -102,32 +101,12 @@ fn peer(scope: &Scope, args: &[&str]) -> Command {
     cmd
 }
 
-/// Kills the Python peer if a test fails while it runs.
-struct Peer(Child);
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn lines(reader: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(reader).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    rx
-}
-
 /// Starts a Python consumer in `group` expecting `count` events; returns once it is consuming.
 fn python_consumer(
     scope: &Scope,
     group: &str,
     count: usize,
-) -> (Peer, std::sync::mpsc::Receiver<String>) {
+) -> (ChildGuard, std::sync::mpsc::Receiver<String>) {
     let mut child = peer(
         scope,
         &["consume", "--group", group, "--count", &count.to_string()],
@@ -136,8 +115,8 @@ fn python_consumer(
     .stderr(Stdio::inherit())
     .spawn()
     .expect("python starts");
-    let out = lines(child.stdout.take().expect("piped"));
-    let peer = Peer(child);
+    let out = common::lines(child.stdout.take().expect("piped"));
+    let peer = ChildGuard(child);
     assert_eq!(
         out.recv_timeout(WAIT)
             .expect("the Python consumer is ready"),

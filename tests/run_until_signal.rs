@@ -3,11 +3,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::Scope;
+use common::{ChildGuard, Scope};
 use eventbus::{Bus, DomainEvent, Envelope};
 use serde::{Deserialize, Serialize};
 
@@ -16,27 +15,6 @@ use serde::{Deserialize, Serialize};
 #[event(aggregate = "Service")]
 struct Ping {
     note: String,
-}
-
-/// Kills the service if the test fails before it exits.
-struct Service(std::process::Child);
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Lines of a child's output, read on a thread so that waits can time out.
-fn lines(reader: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(reader).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    rx
 }
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -52,9 +30,9 @@ async fn sigterm_stops_the_service_gracefully() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("the serve binary starts");
-    let mut service = Service(child);
-    let stdout = lines(service.0.stdout.take().expect("stdout piped"));
-    let stderr = lines(service.0.stderr.take().expect("stderr piped"));
+    let mut service = ChildGuard(child);
+    let stdout = common::lines(service.0.stdout.take().expect("stdout piped"));
+    let stderr = common::lines(service.0.stderr.take().expect("stderr piped"));
     // It logs "event bus running" once it consumes.
     while !stderr
         .recv_timeout(WAIT)

@@ -306,8 +306,18 @@ pub(crate) fn decode_any<E: DomainEvent>(body: &[u8]) -> Result<AnyEnvelope, Dec
     decode_body::<E>(body).map(AnyEnvelope::from)
 }
 
+/// Checks and encodes an event about to be published: what every transport does first.
+pub(crate) fn encode_for_publish(event: &AnyEnvelope) -> Result<WireMessage, crate::Error> {
+    let meta = event.meta();
+    validate(meta).map_err(crate::Error::InvalidEnvelope)?;
+    encode(event).map_err(|source| crate::Error::Encode {
+        event_type: meta.event_type().to_owned(),
+        source,
+    })
+}
+
 /// Checks an envelope before it is published.
-pub(crate) fn validate(meta: &EventMeta) -> Result<(), String> {
+fn validate(meta: &EventMeta) -> Result<(), String> {
     if meta.aggregate_version == 0 {
         return Err(format!(
             "aggregate_version of {} {} must be >= 1, got 0",

@@ -21,11 +21,7 @@ pub(crate) async fn publish(shared: &Arc<Shared>, events: &[AnyEnvelope]) -> Res
     let mut published = 0;
     for event in events {
         let meta = event.meta();
-        codec::validate(meta).map_err(Error::InvalidEnvelope)?;
-        let wire = codec::encode(event).map_err(|source| Error::Encode {
-            event_type: meta.event_type().to_owned(),
-            source,
-        })?;
+        let wire = codec::encode_for_publish(event)?;
         let table = shared.dispatcher.snapshot();
         let groups: Vec<_> = table
             .groups

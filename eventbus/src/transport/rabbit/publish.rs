@@ -65,12 +65,7 @@ impl Publisher {
         let config = &shared.config;
         let mut outgoing = Vec::with_capacity(events.len());
         for event in events {
-            let meta = event.meta();
-            codec::validate(meta).map_err(Error::InvalidEnvelope)?;
-            let wire = codec::encode(event).map_err(|source| Error::Encode {
-                event_type: meta.event_type().to_owned(),
-                source,
-            })?;
+            let wire = codec::encode_for_publish(event)?;
             outgoing.push(Outgoing {
                 exchange: config.exchange_name.clone(),
                 properties: wire::properties(&wire),

@@ -577,3 +577,37 @@ async fn subscribing_at_runtime_binds_the_new_event_type() {
         .await
         .expect("shuts down");
 }
+
+#[tokio::test]
+async fn batch_publishing_chunks_caps_concurrency_and_reports_counts() {
+    let scope = Scope::new("batch");
+    let bus = scope
+        .builder()
+        .configure(|c| {
+            c.publish_chunk_size = 40;
+            c.max_concurrent_publishes = 3;
+        })
+        .handler::<OrderPlaced, _, _>("p", |_e| async { Ok::<_, HandlerError>(()) })
+        .build()
+        .await
+        .expect("connects");
+    let report = bus
+        .publish_batch((0..250).map(|i| placed(&format!("B-{i}"))), false)
+        .await;
+    assert_eq!((report.published, report.total), (250, 250));
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    // In order, with one chunk that cannot be routed: counted, and the error kept.
+    let mut mixed: Vec<AnyEnvelope> = (0..80).map(|i| placed(&format!("C-{i}")).into()).collect();
+    mixed.push(shipped("nobody binds this").into());
+    let report = bus.publish_batch(mixed, true).await;
+    assert_eq!((report.published, report.total), (80, 81));
+    assert!(
+        matches!(report.errors.as_slice(), [Error::Unroutable { .. }]),
+        "{:?}",
+        report.errors
+    );
+    assert_eq!(common::message_count(&scope.queue("default")).await, 330);
+    bus.shutdown(Duration::from_secs(5))
+        .await
+        .expect("shuts down");
+}

@@ -64,7 +64,8 @@ impl Shared {
             .event_types
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if types.get(reg.event_type).is_none() || conflicts_with(&types, reg) {
+        // Only a new or conflicting type needs the copy-on-write map changed.
+        if !types.contains(&reg) {
             Arc::make_mut(&mut types).insert(reg, &mut conflicts);
         }
         if conflicts.is_empty() {
@@ -73,12 +74,6 @@ impl Shared {
             Err(RegistryError { conflicts })
         }
     }
-}
-
-fn conflicts_with(types: &EventTypes, reg: EventRegistration) -> bool {
-    types
-        .get(reg.event_type)
-        .is_some_and(|existing| (existing.rust_type)() != (reg.rust_type)())
 }
 
 /// The event bus: publishes events and runs the registered handlers.
@@ -266,7 +261,7 @@ impl Bus {
     {
         let events: Vec<AnyEnvelope> = events.into_iter().map(Into::into).collect();
         let total = events.len();
-        let published = self.transport.publish(&self.shared, &events, true).await?;
+        let published = self.transport.publish(&self.shared, &events).await?;
         Ok(PublishReport { published, total })
     }
 
@@ -296,7 +291,7 @@ impl Bus {
         let bus = self.clone();
         add(&self.shared.stats.background_tasks_created, 1);
         self.shared.tasks.spawn(async move {
-            if let Err(error) = bus.transport.publish(&bus.shared, &events, true).await {
+            if let Err(error) = bus.transport.publish(&bus.shared, &events).await {
                 bus.shared.stats.last_error_at.now();
                 tracing::error!(%error, events = events.len(), "background publish failed");
             }
@@ -561,10 +556,6 @@ impl Bus {
 
     pub(crate) fn shared(&self) -> &Arc<Shared> {
         &self.shared
-    }
-
-    pub(crate) async fn group_queue_info_named(&self, queue: &str) -> Result<QueueInfo, Error> {
-        self.transport.queue_info(queue).await
     }
 
     pub(crate) fn rabbit(

@@ -97,7 +97,8 @@ impl Dlq<'_> {
     pub async fn count(&self) -> Result<u32, Error> {
         Ok(self
             .bus
-            .group_queue_info_named(&self.queue_name())
+            .rabbit("counting the DLQ")?
+            .queue_info(&self.queue_name())
             .await?
             .message_count)
     }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use crate::codec;
 use crate::envelope::AnyEnvelope;
-use crate::error::{DecodeError, HandlerResult, RegistryError};
+use crate::error::{DecodeError, HandlerResult};
 use crate::event::DomainEvent;
 
 /// The future a type-erased handler returns.
@@ -196,6 +196,13 @@ impl EventTypes {
         self.by_name.is_empty()
     }
 
+    /// Is exactly this type registered under its name?
+    pub(crate) fn contains(&self, reg: &EventRegistration) -> bool {
+        self.by_name
+            .get(reg.event_type)
+            .is_some_and(|existing| existing.same_type(reg))
+    }
+
     /// Adds one; a second, different type under the same name is a conflict.
     pub(crate) fn insert(&mut self, reg: EventRegistration, conflicts: &mut Vec<String>) {
         match self.by_name.get(reg.event_type) {
@@ -248,20 +255,5 @@ impl Discovered {
             projections,
             functions,
         }
-    }
-}
-
-/// Every event type registered through `#[derive(DomainEvent)]` in this binary,
-/// with duplicates reported.
-pub fn registered_event_types() -> Result<EventTypes, RegistryError> {
-    let mut types = EventTypes::default();
-    let mut conflicts = Vec::new();
-    for reg in Discovered::from_inventory().events {
-        types.insert(reg, &mut conflicts);
-    }
-    if conflicts.is_empty() {
-        Ok(types)
-    } else {
-        Err(RegistryError { conflicts })
     }
 }

@@ -40,7 +40,6 @@ impl Transport {
         &self,
         shared: &Arc<Shared>,
         events: &[AnyEnvelope],
-        _ordered: bool,
     ) -> Result<usize, Error> {
         match self {
             Self::Memory => memory::publish(shared, events).await,
@@ -62,12 +61,7 @@ impl Transport {
             shared.config.max_concurrent_publishes.max(1)
         };
         let results: Vec<(usize, Result<usize, Error>)> = stream::iter(events.chunks(chunk_size))
-            .map(|chunk| async move {
-                (
-                    chunk.len(),
-                    self.publish(shared, chunk, preserve_order).await,
-                )
-            })
+            .map(|chunk| async move { (chunk.len(), self.publish(shared, chunk).await) })
             .buffer_unordered(concurrency)
             .collect()
             .await;

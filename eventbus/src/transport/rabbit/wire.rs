@@ -53,24 +53,21 @@ pub(crate) fn properties(message: &WireMessage) -> BasicProperties {
 
 /// A string header of an incoming message.
 pub(crate) fn string_header(properties: &BasicProperties, name: &str) -> Option<String> {
-    properties
-        .headers()
-        .as_ref()?
-        .inner()
-        .get(name)
-        .and_then(read_header)
-        .and_then(|v| v.as_str().map(str::to_owned))
+    header(properties, name).and_then(|v| v.as_str().map(str::to_owned))
 }
 
 /// An integer header of an incoming message (any width, or a string holding one).
 pub(crate) fn int_header(properties: &BasicProperties, name: &str) -> Option<i64> {
+    header(properties, name).and_then(|v| v.as_int())
+}
+
+fn header(properties: &BasicProperties, name: &str) -> Option<HeaderValue> {
     properties
         .headers()
         .as_ref()?
         .inner()
         .get(name)
         .and_then(read_header)
-        .and_then(|v| v.as_int())
 }
 
 /// Turns a delivery into an event, or says exactly why it cannot.

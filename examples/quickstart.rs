@@ -154,7 +154,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     tracking_number: format!("TRACK-{i:03}"),
                 },
             )
-            .version(2)
+            .aggregate_version(2)
             .caused_by(cause)
         })
         .collect();

@@ -139,7 +139,7 @@ fn rich_events(n: usize) -> Vec<AnyEnvelope> {
                             total_amount: i as f64 + 0.1,
                         },
                     )
-                    .version(i as u64 + 1)
+                    .aggregate_version(i as u64 + 1)
                     .event_version(3)
                     .with_tenant(Uuid::new_v4())
                     .with_actor(format!("rust:ünï-{i}"))

@@ -153,14 +153,16 @@ async fn subscribe_unsubscribe_and_counts() {
     assert_eq!(bus.total_subscriber_count(), 0);
     let hits = Arc::new(AtomicUsize::new(0));
     let h = hits.clone();
-    let id = bus.subscribe(move |e: Arc<Envelope<OrderPlaced>>| {
-        let h = h.clone();
-        async move {
-            assert_eq!(e.customer_id, "C-9");
-            h.fetch_add(1, Ordering::SeqCst);
-            Ok::<_, HandlerError>(())
-        }
-    });
+    let id = bus
+        .subscribe(move |e: Arc<Envelope<OrderPlaced>>| {
+            let h = h.clone();
+            async move {
+                assert_eq!(e.customer_id, "C-9");
+                h.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, HandlerError>(())
+            }
+        })
+        .expect("subscribes");
     let w = hits.clone();
     let wild = bus.subscribe_to_all_events(move |_e: AnyEnvelope| {
         let w = w.clone();
@@ -205,7 +207,9 @@ async fn subscribe_all_and_clear_subscribers() {
         .await
         .expect("builds");
     let seen = Arc::new(Seen::default());
-    let ids = bus.subscribe_all(Discovered { seen: seen.clone() });
+    let ids = bus
+        .subscribe_all(Discovered { seen: seen.clone() })
+        .expect("subscribes");
     assert_eq!(ids.len(), 2);
     bus.publish([placed("X")]).await.expect("publishes");
     assert_eq!(seen.entries(), ["all:OrderPlaced", "placed:X"]);
@@ -323,10 +327,10 @@ async fn invalid_envelopes_are_rejected() {
         .await
         .expect("builds");
     let err = bus
-        .publish([placed("x").version(0)])
+        .publish([placed("x").aggregate_version(0)])
         .await
         .expect_err("version 0");
-    assert!(matches!(err, Error::InvalidEnvelope(_)), "{err}");
+    assert!(matches!(err, Error::InvalidEnvelope { .. }), "{err}");
     assert!(err.to_string().contains("aggregate_version"), "{err}");
 }
 

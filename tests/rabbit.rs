@@ -48,7 +48,7 @@ async fn a_round_trip_keeps_every_envelope_field() {
     bus.start_consuming().await.expect("consumes");
     let cause = shipped("T-0");
     let sent = placed("Zoë – ünïcode ✓")
-        .version(3)
+        .aggregate_version(3)
         .event_version(2)
         .with_tenant(Uuid::new_v4())
         .with_actor("user:42")
@@ -349,7 +349,7 @@ async fn queue_arguments_pass_through_for_quorum_queues() {
         .configure(|c| {
             c.queue_arguments.insert(
                 "x-queue-type".into(),
-                eventbus::config::QueueArgument::Str("quorum".into()),
+                eventbus::QueueArgument::Str("quorum".into()),
             );
         })
         .handler::<OrderPlaced, _, _>("p", |_e| async { Ok::<_, HandlerError>(()) })
@@ -570,7 +570,8 @@ async fn subscribing_at_runtime_binds_the_new_event_type() {
         .expect("connects");
     bus.start_consuming().await.expect("consumes");
     let (tx, mut rx) = mpsc::unbounded_channel();
-    bus.subscribe(forward::<OrderShipped>(tx));
+    bus.subscribe(forward::<OrderShipped>(tx))
+        .expect("subscribes");
     common::eventually("the new binding", WAIT, || async {
         common::bindings_of(&scope.exchange)
             .iter()

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use eventbus::AnyEnvelope;
-use eventbus::codec::{self, HeaderValue};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use lapin::options::{
@@ -27,24 +26,44 @@ async fn connect(url: &str) -> Connection {
         .expect("connects")
 }
 
+/// The same bytes and headers eventbus writes, encoded the plain way
+/// (serde_json of the envelope) as a raw-lapin user would.
 fn message(event: &AnyEnvelope) -> (String, Vec<u8>, BasicProperties) {
-    let wire = codec::encode(event).expect("encodes");
+    let meta = event.meta();
+    let body = serde_json::to_vec(&event.to_json().expect("encodes")).expect("encodes");
+    let text = |s: &str| AMQPValue::LongString(LongString::from(s.as_bytes()));
     let mut headers = FieldTable::default();
-    for (k, v) in &wire.headers {
-        let v = match v {
-            HeaderValue::Str(s) => AMQPValue::LongString(LongString::from(s.as_bytes())),
-            HeaderValue::Int(n) => AMQPValue::LongLongInt(*n),
-        };
-        headers.insert((*k).into(), v);
-    }
+    headers.insert("event_type".into(), text(meta.event_type()));
+    headers.insert("aggregate_type".into(), text(meta.aggregate_type()));
+    headers.insert(
+        "aggregate_id".into(),
+        text(&meta.aggregate_id().to_string()),
+    );
+    headers.insert(
+        "aggregate_version".into(),
+        AMQPValue::LongLongInt(i64::try_from(meta.aggregate_version()).unwrap_or(i64::MAX)),
+    );
+    headers.insert("x-retry-count".into(), AMQPValue::LongLongInt(0));
+    headers.insert(
+        "correlation_id".into(),
+        text(&meta.correlation_id().to_string()),
+    );
     let props = BasicProperties::default()
-        .with_content_type(codec::CONTENT_TYPE.into())
-        .with_content_encoding(codec::CONTENT_ENCODING.into())
+        .with_content_type("application/json".into())
+        .with_content_encoding("utf-8".into())
         .with_delivery_mode(2)
-        .with_message_id(wire.message_id.as_str().into())
-        .with_timestamp(wire.timestamp)
+        .with_message_id(meta.event_id().to_string().as_str().into())
+        .with_timestamp(u64::try_from(meta.occurred_at().timestamp()).unwrap_or(0))
         .with_headers(headers);
-    (wire.routing_key, wire.body, props)
+    (meta.routing_key(), body, props)
+}
+
+/// What the raw consumer decodes: the envelope time and the event's fields.
+#[derive(serde::Deserialize)]
+struct RawOrderPlaced {
+    occurred_at: chrono::DateTime<chrono::Utc>,
+    #[serde(flatten)]
+    _event: OrderPlaced,
 }
 
 async fn declare(channel: &Channel, exchange: &str) {
@@ -153,8 +172,8 @@ async fn consume(url: &str, exchange: &str, counter: Arc<Counter>, target: usize
         .expect("consume");
     tokio::spawn(async move {
         while let Some(Ok(delivery)) = consumer.next().await {
-            let event = codec::decode_body::<OrderPlaced>(&delivery.data).expect("decodes");
-            counter.hit(event.meta().occurred_at(), target);
+            let event: RawOrderPlaced = serde_json::from_slice(&delivery.data).expect("decodes");
+            counter.hit(event.occurred_at, target);
             // After the last event the harness closes the connection: stop quietly.
             if delivery.ack(BasicAckOptions::default()).await.is_err() {
                 break;

@@ -179,8 +179,18 @@ pub enum QueueArgument {
 
 /// Every setting of the bus. Defaults are eventsource-py's.
 ///
-/// Build it in code with [`Config::default`] and struct update syntax, or read it
-/// from the environment with [`Config::from_env`]; see the README for every variable.
+/// Read it from the environment with [`Config::from_env`] (see the README for
+/// every variable), or start from [`Config::default`] and set fields:
+///
+/// ```
+/// let mut config = eventbus::Config::default();
+/// config.prefetch_count = 50;
+/// config.consumer_group = "billing".into();
+/// assert!(config.validate().is_ok());
+/// ```
+///
+/// or change settings on a builder without losing the environment's:
+/// `Bus::from_env().configure(|c| c.prefetch_count = 50)`.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct Config {
@@ -459,9 +469,15 @@ impl Config {
         format!("{}.dlq", self.queue_name())
     }
 
-    /// The dead-letter queue of consumer group `group`.
+    /// The dead-letter queue of consumer group `group`: `{exchange_name}.{group}.dlq`.
     pub fn group_dlq_queue_name(&self, group: &str) -> String {
         format!("{}.dlq", self.group_queue_name(group))
+    }
+
+    /// The delay queue of `group` for retry number `attempt` (1-based):
+    /// `{exchange_name}.{group}.retry.{attempt}`.
+    pub fn group_retry_queue_name(&self, group: &str, attempt: u32) -> String {
+        format!("{}.retry.{attempt}", self.group_queue_name(group))
     }
 }
 

@@ -7,7 +7,8 @@ use futures_util::future::join_all;
 
 use crate::envelope::AnyEnvelope;
 use crate::error::HandlerError;
-use crate::registry::{EventRegistration, HandlerEntry};
+use crate::handler::HandlerEntry;
+use crate::registration::EventRegistration;
 use crate::stats::{Stats, add};
 
 /// Identifies one subscription, for [`Bus::unsubscribe`](crate::Bus::unsubscribe).
@@ -102,9 +103,18 @@ impl Default for Dispatcher {
     }
 }
 
+/// Which subscriptions an unsubscribe may remove.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SubscriptionKind {
+    /// Handlers of one event type.
+    Typed,
+    /// Handlers of every event.
+    Wildcard,
+}
+
 /// The result of calling one group's handlers for one event.
 #[derive(Debug, Default)]
-pub(crate) struct Outcome {
+pub(crate) struct DispatchOutcome {
     pub(crate) failures: Vec<(Arc<str>, HandlerError)>,
 }
 
@@ -145,12 +155,17 @@ impl Dispatcher {
         })
     }
 
-    /// Removes one subscription; `wildcard` restricts it to wildcard (or typed) ones.
-    pub(crate) fn remove(&self, id: SubscriptionId, wildcard: Option<bool>) -> bool {
+    /// Removes subscription `id` if it is of `kind`.
+    pub(crate) fn remove(&self, id: SubscriptionId, kind: SubscriptionKind) -> bool {
         self.update(|subs| {
             let before = subs.entries.len();
             subs.entries.retain(|(sid, entry)| {
-                *sid != id || wildcard.is_some_and(|w| w != entry.event.is_none())
+                let entry_kind = if entry.event.is_some() {
+                    SubscriptionKind::Typed
+                } else {
+                    SubscriptionKind::Wildcard
+                };
+                *sid != id || entry_kind != kind
             });
             subs.entries.len() != before
         })
@@ -178,7 +193,7 @@ impl Dispatcher {
         group: &str,
         event: &AnyEnvelope,
         stats: &Stats,
-    ) -> Outcome {
+    ) -> DispatchOutcome {
         self.dispatch_only(table, group, event, stats, None).await
     }
 
@@ -191,9 +206,9 @@ impl Dispatcher {
         event: &AnyEnvelope,
         stats: &Stats,
         only: Option<&[String]>,
-    ) -> Outcome {
+    ) -> DispatchOutcome {
         let Some(handlers) = table.groups.get(group) else {
-            return Outcome::default();
+            return DispatchOutcome::default();
         };
         let meta = event.meta();
         let selected = handlers
@@ -204,7 +219,7 @@ impl Dispatcher {
             (entry, result)
         });
         let results = join_all(calls).await;
-        let mut outcome = Outcome {
+        let mut outcome = DispatchOutcome {
             failures: Vec::new(),
         };
         add(&stats.handlers_invoked, results.len() as u64);
@@ -227,3 +242,7 @@ impl Dispatcher {
         outcome
     }
 }
+
+#[cfg(test)]
+#[path = "dispatch_tests.rs"]
+mod tests;

@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use crate::event::DomainEvent;
-use crate::registry::EventRegistration;
+use crate::registration::EventRegistration;
 
 /// The metadata every event carries: exactly the envelope fields of
 /// eventsource-py's `DomainEvent`.
@@ -123,7 +123,7 @@ impl EventMeta {
 /// let placed = Envelope::new(order_id, OrderPlaced { customer_id: "C-1".into() })
 ///     .with_actor("alice");
 /// let shipped = Envelope::new(order_id, OrderShipped { tracking_number: "T-9".into() })
-///     .version(2)
+///     .aggregate_version(2)
 ///     .caused_by(&placed);
 /// assert_eq!(shipped.meta().correlation_id(), placed.meta().correlation_id());
 /// assert_eq!(shipped.meta().causation_id(), Some(placed.meta().event_id()));
@@ -147,7 +147,7 @@ impl<E: DomainEvent> Envelope<E> {
 
     /// Sets `aggregate_version` (must be >= 1; checked when published).
     #[must_use]
-    pub fn version(mut self, aggregate_version: u64) -> Self {
+    pub fn aggregate_version(mut self, aggregate_version: u64) -> Self {
         self.meta.aggregate_version = aggregate_version;
         self
     }
@@ -277,7 +277,7 @@ impl<E: DomainEvent> ErasedEnvelope for Envelope<E> {
         self
     }
     fn encode_body(&self) -> Result<Vec<u8>, serde_json::Error> {
-        crate::codec::encode_body(&self.meta, &self.event)
+        crate::wire::encode_body(&self.meta, &self.event)
     }
     fn rust_type(&self) -> &'static str {
         std::any::type_name::<E>()

@@ -24,9 +24,17 @@ pub enum Error {
         /// What serde_json said.
         source: serde_json::Error,
     },
-    /// An envelope breaks a rule of the wire format.
-    #[error("invalid envelope: {0}")]
-    InvalidEnvelope(String),
+    /// An envelope about to be published breaks a rule of the wire format
+    /// (the rule a consumer would reject it with, [`DecodeError::InvalidEnvelope`]).
+    #[error("invalid envelope of {event_type} {event_id}: {detail}")]
+    InvalidEnvelope {
+        /// The event type.
+        event_type: String,
+        /// The event id.
+        event_id: String,
+        /// Which rule.
+        detail: String,
+    },
     /// No queue is bound for the event's routing key: the broker returned it.
     #[error(
         "event {event_id} is unroutable: no queue is bound to exchange `{exchange}` for routing key `{routing_key}`"
@@ -211,6 +219,22 @@ pub enum DecodeError {
         /// Which rule.
         detail: String,
     },
+}
+
+impl DecodeError {
+    /// The variant's name, for `x-dlq-error-type` (`DecodeError::InvalidJson`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::MissingEventType => "DecodeError::MissingEventType",
+            Self::UnknownEventType { .. } => "DecodeError::UnknownEventType",
+            Self::WrongContentType { .. } => "DecodeError::WrongContentType",
+            Self::InvalidUtf8 { .. } => "DecodeError::InvalidUtf8",
+            Self::InvalidJson { .. } => "DecodeError::InvalidJson",
+            Self::BodyMismatch { .. } => "DecodeError::BodyMismatch",
+            Self::EventTypeMismatch { .. } => "DecodeError::EventTypeMismatch",
+            Self::InvalidEnvelope { .. } => "DecodeError::InvalidEnvelope",
+        }
+    }
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;

@@ -44,91 +44,69 @@
 //! In a service, the whole bootstrap is `Bus::from_env().run().await`: it reads
 //! the `EVENTBUS_*` variables, declares the RabbitMQ topology for every
 //! registered projection, consumes until SIGINT/SIGTERM and shuts down gracefully.
+//!
+//! # Architecture
+//!
+//! Layers depend only on the layers below them:
+//!
+//! ```text
+//!  facade       bus/ (Bus, BusBuilder, subscriptions)   dlq (Dlq)
+//!                 |
+//!  transports   transport/ — the seam (trait Transport, AnyTransport)
+//!                 ├── memory/
+//!                 └── rabbit/  (one folder per broker)
+//!                 |
+//!  core         runtime/ (BusContext: config, registry, dispatcher, stats,
+//!               tasks; chunked publishing, ordering, ack coalescing; reports)
+//!                 |
+//!  handlers     registry, handler, dispatch, stats, config
+//!                 |
+//!  event model  event, envelope, wire (body, headers, the one decode path),
+//!               error, registration (what the macros submit)
+//! ```
+//!
+//! A broker is added as a folder under `transport/` implementing the seam
+//! documented there; the facade does not change.
 
 // Lets the derive's `::eventbus::...` paths resolve inside this crate's own tests.
 #[cfg(test)]
 extern crate self as eventbus;
 
-mod bus;
-pub mod codec;
-pub mod config;
-mod dispatch;
-mod dlq;
+// Event model.
 mod envelope;
 mod error;
 mod event;
-pub mod registry;
+mod registration;
+mod wire;
+// Handlers, registry, dispatch, settings.
+mod config;
+mod dispatch;
+mod handler;
+mod registry;
 mod stats;
+// Core every transport is given.
+mod runtime;
+// Transports.
 mod transport;
+// Facade.
+mod bus;
+mod dlq;
 
-pub use bus::{
-    BatchReport, Bus, BusBuilder, HealthStatus, IntoHandlerResult, PublishReport, QueueInfo,
-    shutdown_signal,
-};
-pub use config::{BrokerUrl, Config, ExchangeType};
+#[doc(hidden)]
+pub mod __private;
+
+pub use bus::{Bus, BusBuilder, shutdown_signal};
+pub use config::{BrokerUrl, Config, DEFAULT_URL, ENV_PREFIX, ExchangeType, QueueArgument};
 pub use dispatch::SubscriptionId;
-pub use dlq::{Dlq, DlqMessage, ReplayFilter, ReplayReport};
+pub use dlq::Dlq;
 pub use envelope::{AnyEnvelope, Envelope, EventMeta};
 pub use error::{ConfigError, DecodeError, Error, HandlerError, HandlerResult, RegistryError};
 pub use event::DomainEvent;
 pub use eventbus_macros::{DomainEvent, handles, projection};
-pub use registry::Projection;
+pub use handler::IntoHandlerResult;
+pub use registration::Projection;
+pub use registry::EventTypes;
+pub use runtime::{
+    BatchReport, DlqMessage, HealthStatus, PublishReport, QueueInfo, ReplayFilter, ReplayReport,
+};
 pub use stats::BusStats;
-
-/// Not public API: what the macros' generated code uses.
-#[doc(hidden)]
-pub mod __private {
-    pub use crate::registry::{
-        EventRegistration, FunctionRegistration, HandlerFuture, ProjectionHandler,
-        ProjectionRegistration, ProjectionSubmission,
-    };
-    pub use inventory;
-    use std::any::Any;
-    use std::sync::Arc;
-
-    /// Autoref specialisation: `Some(instance)` when `T: Default`, `None` otherwise.
-    #[derive(Debug)]
-    pub struct MaybeDefault<T>(pub std::marker::PhantomData<T>);
-
-    /// Picked when `T: Default`.
-    pub trait ViaDefault {
-        /// Builds the instance.
-        fn instance(&self) -> Option<Arc<dyn Any + Send + Sync>>;
-    }
-    impl<T: Default + Send + Sync + 'static> ViaDefault for MaybeDefault<T> {
-        fn instance(&self) -> Option<Arc<dyn Any + Send + Sync>> {
-            Some(Arc::new(T::default()))
-        }
-    }
-
-    /// Picked otherwise.
-    pub trait NoDefault {
-        /// No instance.
-        fn instance(&self) -> Option<Arc<dyn Any + Send + Sync>>;
-    }
-    impl<T> NoDefault for &MaybeDefault<T> {
-        fn instance(&self) -> Option<Arc<dyn Any + Send + Sync>> {
-            None
-        }
-    }
-
-    /// Checks at compile time that `E` is a domain event (the error lands on `E`).
-    pub const fn assert_domain_event<E: crate::DomainEvent>() {}
-
-    /// Checks at compile time that a return type is a handler result.
-    pub fn into_handler_result<R: crate::IntoHandlerResult>(r: R) -> crate::HandlerResult {
-        r.into_handler_result()
-    }
-
-    /// Downcasts the projection instance; only ever called with the right type.
-    pub fn projection<T: Any>(instance: &(dyn Any + Send + Sync)) -> Option<&T> {
-        instance.downcast_ref::<T>()
-    }
-
-    /// The error the glue returns if the registry routed the wrong type (a bug).
-    pub fn misrouted(handler: &str, expected: &str, found: &str) -> crate::HandlerError {
-        crate::HandlerError::permanent(format!(
-            "eventbus bug: handler `{handler}` expects {expected} but was given {found}"
-        ))
-    }
-}

@@ -1,173 +1,19 @@
-//! What the macros submit at link time, and the registry the runtime builds from it.
+//! The registry: what the macros registered and the builder added, assembled
+//! into event types and handler entries, with every conflict reported at once.
 //!
-//! The macros only `submit!`; the runtime owns the collections, sorts them
-//! (inventory's order is unspecified) and reports every conflict at once.
+//! inventory's order is unspecified, so everything is sorted: startup is
+//! deterministic.
 
-use std::any::{Any, TypeId};
+use std::any::TypeId;
 use std::collections::BTreeMap;
-use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 
-use crate::codec;
 use crate::envelope::AnyEnvelope;
-use crate::error::{DecodeError, HandlerResult};
-use crate::event::DomainEvent;
-
-/// The future a type-erased handler returns.
-pub type HandlerFuture<'a> = Pin<Box<dyn Future<Output = HandlerResult> + Send + 'a>>;
-
-/// How to recognise and decode one event type. Submitted by `#[derive(DomainEvent)]`.
-#[derive(Clone, Copy)]
-pub struct EventRegistration {
-    /// `event_type` on the wire.
-    pub event_type: &'static str,
-    /// `aggregate_type` on the wire.
-    pub aggregate_type: &'static str,
-    /// `{aggregate_type}.{event_type}`.
-    pub routing_key: &'static str,
-    /// The Rust type's path.
-    pub rust_type: fn() -> &'static str,
-    type_id: fn() -> TypeId,
-    decode: fn(&[u8]) -> Result<AnyEnvelope, DecodeError>,
-}
-
-impl EventRegistration {
-    /// The registration of `E`.
-    pub const fn of<E: DomainEvent>() -> Self {
-        Self {
-            event_type: E::EVENT_TYPE,
-            aggregate_type: E::AGGREGATE_TYPE,
-            routing_key: E::ROUTING_KEY,
-            rust_type: std::any::type_name::<E>,
-            type_id: TypeId::of::<E>,
-            decode: codec::decode_any::<E>,
-        }
-    }
-
-    /// Decodes a body of this type.
-    pub fn decode(&self, body: &[u8]) -> Result<AnyEnvelope, DecodeError> {
-        (self.decode)(body)
-    }
-
-    fn same_type(&self, other: &Self) -> bool {
-        (self.type_id)() == (other.type_id)()
-    }
-}
-
-impl fmt::Debug for EventRegistration {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("EventRegistration")
-            .field("event_type", &self.event_type)
-            .field("aggregate_type", &self.aggregate_type)
-            .field("rust_type", &(self.rust_type)())
-            .finish()
-    }
-}
-
-inventory::collect!(EventRegistration);
-
-/// Calls one `#[handles]` method on a projection instance.
-pub type ProjectionCall =
-    for<'a> fn(&'a (dyn Any + Send + Sync), &'a AnyEnvelope) -> HandlerFuture<'a>;
-
-/// Calls one `#[handles]` free function.
-pub type FunctionCall = for<'a> fn(&'a AnyEnvelope) -> HandlerFuture<'a>;
-
-/// One `#[handles(E)]` method of a projection.
-#[derive(Debug, Clone, Copy)]
-pub struct ProjectionHandler {
-    /// The method's name.
-    pub method: &'static str,
-    /// The event it takes; `None` for `#[handles(all)]`.
-    pub event: Option<EventRegistration>,
-    /// The glue the macro generated.
-    pub call: ProjectionCall,
-}
-
-/// A `#[projection]`: its handlers and how to build it. Submitted by the macro.
-#[derive(Debug)]
-pub struct ProjectionRegistration {
-    /// The type's path.
-    pub name: &'static str,
-    /// `#[projection(group = "...")]`.
-    pub group: Option<&'static str>,
-    /// The `TypeId` of the projection type.
-    pub type_id: fn() -> TypeId,
-    /// Its `#[handles]` methods, in source order.
-    pub handlers: &'static [ProjectionHandler],
-    /// `Some` when the type implements `Default`.
-    pub default_instance: fn() -> Option<Arc<dyn Any + Send + Sync>>,
-}
-
-/// What `#[projection]` submits to `inventory`.
-#[derive(Debug)]
-pub struct ProjectionSubmission(pub &'static ProjectionRegistration);
-
-inventory::collect!(ProjectionSubmission);
-
-/// A `#[handles(E)]` free function. Submitted by the macro.
-#[derive(Debug)]
-pub struct FunctionRegistration {
-    /// The function's path.
-    pub name: &'static str,
-    /// `#[handles(E, group = "...")]`.
-    pub group: Option<&'static str>,
-    /// The event it takes; `None` for `#[handles(all)]`.
-    pub event: Option<EventRegistration>,
-    /// The glue the macro generated.
-    pub call: FunctionCall,
-}
-
-inventory::collect!(FunctionRegistration);
-
-/// Implemented by `#[projection]` for its type.
-pub trait Projection: Send + Sync + 'static {
-    /// The registration the macro generated.
-    fn registration() -> &'static ProjectionRegistration;
-}
-
-/// How a handler is invoked.
-#[derive(Clone)]
-pub(crate) enum Invoke {
-    Projection {
-        instance: Arc<dyn Any + Send + Sync>,
-        call: ProjectionCall,
-    },
-    Function(FunctionCall),
-    Closure(Arc<dyn Fn(AnyEnvelope) -> HandlerFuture<'static> + Send + Sync>),
-}
-
-impl Invoke {
-    pub(crate) fn call<'a>(&'a self, event: &'a AnyEnvelope) -> HandlerFuture<'a> {
-        match self {
-            Self::Projection { instance, call } => call(&**instance, event),
-            Self::Function(call) => call(event),
-            Self::Closure(f) => f(event.clone()),
-        }
-    }
-}
-
-/// One handler, resolved: which group, which event, how to call it.
-#[derive(Clone)]
-pub(crate) struct HandlerEntry {
-    pub(crate) name: Arc<str>,
-    pub(crate) group: Arc<str>,
-    /// `None` = every event (wildcard).
-    pub(crate) event: Option<EventRegistration>,
-    pub(crate) invoke: Invoke,
-}
-
-impl fmt::Debug for HandlerEntry {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("HandlerEntry")
-            .field("name", &self.name)
-            .field("group", &self.group)
-            .field("event", &self.event.map(|e| e.event_type))
-            .finish_non_exhaustive()
-    }
-}
+use crate::error::{DecodeError, RegistryError};
+use crate::handler::{HandlerEntry, Instance, Invoke};
+use crate::registration::{
+    EventRegistration, FunctionRegistration, ProjectionRegistration, ProjectionSubmission,
+};
 
 /// Event types by name: how a consumer finds the decoder for a message.
 #[derive(Debug, Clone, Default)]
@@ -257,3 +103,116 @@ impl Discovered {
         }
     }
 }
+
+/// A handler given to the builder by hand.
+pub(crate) struct ManualHandler {
+    pub(crate) name: String,
+    /// `None`: the default group.
+    pub(crate) group: Option<String>,
+    pub(crate) event: Option<EventRegistration>,
+    pub(crate) invoke: Invoke,
+}
+
+/// What a builder gathered besides link-time discovery.
+#[derive(Default)]
+pub(crate) struct Additions {
+    pub(crate) events: Vec<EventRegistration>,
+    /// Instances supplied in code; they win over discovered defaults.
+    pub(crate) projections: Vec<(&'static ProjectionRegistration, Instance)>,
+    pub(crate) handlers: Vec<ManualHandler>,
+}
+
+/// The assembled registry: every event type and every handler, conflict-free.
+#[derive(Debug)]
+pub(crate) struct Registry {
+    pub(crate) event_types: EventTypes,
+    pub(crate) entries: Vec<HandlerEntry>,
+}
+
+impl Registry {
+    /// Assembles what was discovered and added; handlers without a group go
+    /// to `default_group`. Every conflict is listed in the error.
+    pub(crate) fn assemble(
+        discovered: &Discovered,
+        additions: Additions,
+        default_group: &str,
+    ) -> Result<Self, RegistryError> {
+        let mut conflicts = Vec::new();
+        let mut event_types = EventTypes::default();
+        for reg in discovered.events.iter().chain(&additions.events) {
+            event_types.insert(*reg, &mut conflicts);
+        }
+
+        // Projections: discovered ones, plus instances supplied here (which win).
+        let mut projections: BTreeMap<
+            &'static str,
+            (&'static ProjectionRegistration, Option<Instance>),
+        > = BTreeMap::new();
+        for reg in &discovered.projections {
+            projections.insert(reg.name, (reg, None));
+        }
+        let mut supplied: BTreeMap<TypeId, &'static str> = BTreeMap::new();
+        for (reg, instance) in additions.projections {
+            if let Some(first) = supplied.insert((reg.type_id)(), reg.name) {
+                conflicts.push(format!(
+                    "projection `{first}` was supplied twice to the builder; pass one instance"
+                ));
+            }
+            projections.insert(reg.name, (reg, Some(instance)));
+        }
+
+        let mut entries = Vec::new();
+        for (name, (reg, instance)) in projections {
+            match instance.or_else(reg.default_instance) {
+                Some(instance) => {
+                    entries.extend(HandlerEntry::of_projection(reg, &instance, default_group))
+                }
+                None => conflicts.push(format!(
+                    "projection `{name}` does not implement `Default`; supply an instance with \
+                     `Bus::from_env().projection(instance)` (which keeps the EVENTBUS_* settings)"
+                )),
+            }
+        }
+        entries.extend(
+            discovered
+                .functions
+                .iter()
+                .map(|f| HandlerEntry::of_function(f, default_group)),
+        );
+        entries.extend(additions.handlers.into_iter().map(|h| {
+            HandlerEntry::new(
+                h.name,
+                h.group.as_deref().unwrap_or(default_group),
+                h.event,
+                h.invoke,
+            )
+        }));
+
+        let mut names: BTreeMap<Arc<str>, usize> = BTreeMap::new();
+        for entry in &entries {
+            *names.entry(entry.name.clone()).or_default() += 1;
+            if let Some(event) = entry.event {
+                event_types.insert(event, &mut conflicts);
+            }
+        }
+        for (name, count) in names.into_iter().filter(|(_, n)| *n > 1) {
+            conflicts.push(format!(
+                "handler `{name}` is registered {count} times; give each handler its own name"
+            ));
+        }
+        conflicts.sort();
+        conflicts.dedup();
+        if conflicts.is_empty() {
+            Ok(Self {
+                event_types,
+                entries,
+            })
+        } else {
+            Err(RegistryError { conflicts })
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "registry_tests.rs"]
+mod tests;

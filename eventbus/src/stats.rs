@@ -103,7 +103,7 @@ impl BusStats {
     pub fn to_map(&self) -> BTreeMap<&'static str, serde_json::Value> {
         let time = |t: Option<DateTime<Utc>>| {
             t.map_or(serde_json::Value::Null, |t| {
-                crate::codec::format_time(&t).into()
+                crate::wire::format_time(&t).into()
             })
         };
         BTreeMap::from([

@@ -1,12 +1,16 @@
 //! Compile-fail and compile-pass tests of eventbus's macros.
 //!
-//! Each file in `ui/fail` holds one mistake, named after it, and the
-//! compiler's output beside it in a `.stderr` file; `ui/pass` holds code that
-//! must compile. To re-bless after changing a message, see `DEVELOPMENT.md`.
+//! Grouped per macro, as pin-project and axum-macros do: `ui/{macro}/fail`
+//! holds one mistake per file, named after it, with the compiler's output
+//! beside it in a `.stderr` file; `ui/{macro}/pass` holds code that must
+//! compile. To re-bless after changing a message, see `DEVELOPMENT.md`.
 
 #[test]
 fn ui() {
+    // One `TestCases`: trybuild builds every case in one shared project.
     let t = trybuild::TestCases::new();
-    t.compile_fail("tests/ui/fail/*.rs");
-    t.pass("tests/ui/pass/*.rs");
+    for group in ["domain_event", "projection", "handles"] {
+        t.compile_fail(format!("tests/ui/{group}/fail/*.rs"));
+        t.pass(format!("tests/ui/{group}/pass/*.rs"));
+    }
 }

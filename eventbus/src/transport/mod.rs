@@ -1,135 +1,210 @@
-//! Transports: in memory, and RabbitMQ.
+//! The transport seam: what a broker must do for a [`Bus`](crate::Bus).
+//!
+//! A broker is a folder under `transport/` with a type implementing
+//! [`Transport`], constructed with the [`BusContext`] it serves, plus one arm
+//! in [`AnyTransport`] (selected by the URL scheme in [`AnyTransport::connect`]).
+//! The facade never matches on a broker; nothing here imports the facade.
+//!
+//! The contract every implementation keeps:
+//! - **publish**: encode each event with [`crate::wire`], send them in order and
+//!   return only once the broker has them (confirms); an event no consumer
+//!   group would receive is [`Error::Unroutable`] where the broker can tell.
+//! - **consume per group**: every consumer group in the context's dispatcher
+//!   gets its own subscription; a delivery is decoded with
+//!   `wire::decode`, dispatched with the dispatcher, and settled (acked) only
+//!   after every handler of the group succeeded or its retry / dead-letter
+//!   copy is safe. Runtime subscription changes are followed.
+//! - **topology**: whatever the broker needs is declared from the registry
+//!   when the context says `declare`; `bind` adds a routing key at runtime.
+//! - **DLQ**: count, list without consuming, show, replay (only to the failing
+//!   group), purge.
+//! - **health and queue info**, and a `close` that waits for nothing past its
+//!   timeouts.
+//!
+//! Operations a broker cannot do keep the default bodies, which return
+//! [`Error::Unsupported`] naming the operation and the transport.
 
+use std::future::Future;
 use std::sync::Arc;
 
-use futures_util::StreamExt;
-use futures_util::stream;
-
-use crate::bus::{BatchReport, HealthStatus, QueueInfo, Shared};
 use crate::envelope::AnyEnvelope;
 use crate::error::Error;
+use crate::runtime::{BusContext, DlqMessage, HealthStatus, QueueInfo, ReplayFilter, ReplayReport};
 
 pub(crate) mod memory;
 pub(crate) mod rabbit;
 
-/// The transport under a [`Bus`](crate::Bus).
+/// Which DLQ messages a replay sends back.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Replay<'a> {
+    /// The message with this id.
+    One(&'a str),
+    /// Every message matching the filter.
+    Matching(&'a ReplayFilter),
+}
+
+fn unsupported(transport: &'static str, operation: &'static str) -> Error {
+    Error::Unsupported {
+        operation,
+        transport,
+    }
+}
+
+/// What a broker implements. See the module docs for the contract.
+pub(crate) trait Transport: Send + Sync {
+    /// `memory`, `rabbitmq`, ...
+    fn name(&self) -> &'static str;
+
+    /// Publishes `events` in order; returns how many the broker confirmed.
+    fn publish(&self, events: &[AnyEnvelope]) -> impl Future<Output = Result<usize, Error>> + Send;
+
+    /// Starts one consumer per consumer group; returns once they are running.
+    fn start_consuming(&self) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// Stops taking deliveries; in-flight ones finish and are settled.
+    fn stop_consuming(&self) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// Stops consuming and closes every connection.
+    fn close(&self) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// Connection and consumer state.
+    fn health(&self) -> impl Future<Output = HealthStatus> + Send;
+
+    /// Routes `routing_key` to `group` from now on.
+    fn bind(
+        &self,
+        group: &str,
+        routing_key: &str,
+    ) -> impl Future<Output = Result<(), Error>> + Send {
+        let _ = (group, routing_key);
+        let name = self.name();
+        async move { Err(unsupported(name, "binding a routing key")) }
+    }
+
+    /// The state of `group`'s queue (or stream).
+    fn queue_info(&self, group: &str) -> impl Future<Output = Result<QueueInfo, Error>> + Send {
+        let _ = group;
+        let name = self.name();
+        async move { Err(unsupported(name, "queue_info")) }
+    }
+
+    /// Messages in `group`'s dead-letter queue.
+    fn dlq_count(&self, group: &str) -> impl Future<Output = Result<u32, Error>> + Send {
+        let _ = group;
+        let name = self.name();
+        async move { Err(unsupported(name, "counting the DLQ")) }
+    }
+
+    /// Up to `limit` messages from the head of `group`'s DLQ, leaving them in place.
+    fn dlq_list(
+        &self,
+        group: &str,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<DlqMessage>, Error>> + Send {
+        let _ = (group, limit);
+        let name = self.name();
+        async move { Err(unsupported(name, "listing the DLQ")) }
+    }
+
+    /// The DLQ message whose id is `id`.
+    fn dlq_show(
+        &self,
+        group: &str,
+        id: &str,
+    ) -> impl Future<Output = Result<Option<DlqMessage>, Error>> + Send {
+        let _ = (group, id);
+        let name = self.name();
+        async move { Err(unsupported(name, "reading the DLQ")) }
+    }
+
+    /// Sends DLQ messages back to `group` only; each DLQ copy is removed only
+    /// after the broker has the replayed one.
+    fn dlq_replay(
+        &self,
+        group: &str,
+        which: Replay<'_>,
+    ) -> impl Future<Output = Result<ReplayReport, Error>> + Send {
+        let _ = (group, which);
+        let name = self.name();
+        async move { Err(unsupported(name, "replaying from the DLQ")) }
+    }
+
+    /// Deletes every message in `group`'s DLQ; returns how many.
+    fn dlq_purge(&self, group: &str) -> impl Future<Output = Result<u32, Error>> + Send {
+        let _ = group;
+        let name = self.name();
+        async move { Err(unsupported(name, "purging the DLQ")) }
+    }
+}
+
+/// The transport of a bus, chosen by the URL scheme.
 #[derive(Debug)]
-pub(crate) enum Transport {
+pub(crate) enum AnyTransport {
     /// In-process delivery.
-    Memory,
+    Memory(memory::MemoryTransport),
     /// RabbitMQ.
     Rabbit(rabbit::RabbitTransport),
 }
 
-impl Transport {
-    pub(crate) fn name(&self) -> &'static str {
-        match self {
-            Self::Memory => "memory",
-            Self::Rabbit(_) => "rabbitmq",
-        }
-    }
-
-    fn unsupported(&self, operation: &'static str) -> Error {
-        Error::Unsupported {
-            operation,
-            transport: self.name(),
-        }
-    }
-
-    pub(crate) async fn publish(
-        &self,
-        shared: &Arc<Shared>,
-        events: &[AnyEnvelope],
-    ) -> Result<usize, Error> {
-        match self {
-            Self::Memory => memory::publish(shared, events).await,
-            Self::Rabbit(r) => r.publish(shared, events).await,
-        }
-    }
-
-    pub(crate) async fn publish_batch(
-        &self,
-        shared: &Arc<Shared>,
-        events: Vec<AnyEnvelope>,
-        preserve_order: bool,
-    ) -> BatchReport {
-        let total = events.len();
-        let chunk_size = shared.config.publish_chunk_size.max(1);
-        let concurrency = if preserve_order {
-            1
+impl AnyTransport {
+    /// Connects the transport `ctx.config.url` names.
+    pub(crate) async fn connect(ctx: &Arc<BusContext>) -> Result<Self, Error> {
+        if ctx.config.url.is_memory() {
+            Ok(Self::Memory(memory::MemoryTransport::new(ctx.clone())))
         } else {
-            shared.config.max_concurrent_publishes.max(1)
-        };
-        let results: Vec<(usize, Result<usize, Error>)> = stream::iter(events.chunks(chunk_size))
-            .map(|chunk| async move { (chunk.len(), self.publish(shared, chunk).await) })
-            .buffer_unordered(concurrency)
-            .collect()
-            .await;
-        let mut report = BatchReport {
-            published: 0,
-            total,
-            errors: Vec::new(),
-        };
-        for (_, result) in results {
-            match result {
-                Ok(n) => report.published += n,
-                Err(e) => report.errors.push(e),
-            }
-        }
-        report
-    }
-
-    pub(crate) async fn start_consuming(&self, shared: &Arc<Shared>) -> Result<(), Error> {
-        match self {
-            Self::Memory => Ok(()),
-            Self::Rabbit(r) => r.start_consuming(shared).await,
+            Ok(Self::Rabbit(rabbit::RabbitTransport::connect(ctx).await?))
         }
     }
+}
 
-    pub(crate) async fn stop_consuming(&self) -> Result<(), Error> {
-        match self {
-            Self::Memory => Ok(()),
-            Self::Rabbit(r) => r.stop_consuming().await,
+/// Forwards a call to whichever transport this is.
+macro_rules! forward {
+    ($self:ident, $t:ident => $call:expr) => {
+        match $self {
+            AnyTransport::Memory($t) => $call,
+            AnyTransport::Rabbit($t) => $call,
         }
+    };
+}
+
+impl Transport for AnyTransport {
+    fn name(&self) -> &'static str {
+        forward!(self, t => t.name())
     }
-
-    pub(crate) async fn close(&self) -> Result<(), Error> {
-        match self {
-            Self::Memory => Ok(()),
-            Self::Rabbit(r) => r.close().await,
-        }
+    async fn publish(&self, events: &[AnyEnvelope]) -> Result<usize, Error> {
+        forward!(self, t => t.publish(events).await)
     }
-
-    pub(crate) async fn health(&self, shared: &Arc<Shared>) -> HealthStatus {
-        match self {
-            Self::Memory => HealthStatus {
-                healthy: true,
-                transport: self.name(),
-                connected: true,
-                consuming: true,
-                consumers: Default::default(),
-                error: None,
-            },
-            Self::Rabbit(r) => r.health(shared).await,
-        }
+    async fn start_consuming(&self) -> Result<(), Error> {
+        forward!(self, t => t.start_consuming().await)
     }
-
-    pub(crate) async fn bind(
-        &self,
-        shared: &Arc<Shared>,
-        group: &str,
-        routing_key: &str,
-    ) -> Result<(), Error> {
-        match self {
-            Self::Memory => Err(self.unsupported("binding a routing key")),
-            Self::Rabbit(r) => r.bind(shared, group, routing_key).await,
-        }
+    async fn stop_consuming(&self) -> Result<(), Error> {
+        forward!(self, t => t.stop_consuming().await)
     }
-
-    pub(crate) async fn queue_info(&self, queue: &str) -> Result<QueueInfo, Error> {
-        match self {
-            Self::Memory => Err(self.unsupported("queue_info")),
-            Self::Rabbit(r) => r.queue_info(queue).await,
-        }
+    async fn close(&self) -> Result<(), Error> {
+        forward!(self, t => t.close().await)
+    }
+    async fn health(&self) -> HealthStatus {
+        forward!(self, t => t.health().await)
+    }
+    async fn bind(&self, group: &str, routing_key: &str) -> Result<(), Error> {
+        forward!(self, t => t.bind(group, routing_key).await)
+    }
+    async fn queue_info(&self, group: &str) -> Result<QueueInfo, Error> {
+        forward!(self, t => t.queue_info(group).await)
+    }
+    async fn dlq_count(&self, group: &str) -> Result<u32, Error> {
+        forward!(self, t => t.dlq_count(group).await)
+    }
+    async fn dlq_list(&self, group: &str, limit: usize) -> Result<Vec<DlqMessage>, Error> {
+        forward!(self, t => t.dlq_list(group, limit).await)
+    }
+    async fn dlq_show(&self, group: &str, id: &str) -> Result<Option<DlqMessage>, Error> {
+        forward!(self, t => t.dlq_show(group, id).await)
+    }
+    async fn dlq_replay(&self, group: &str, which: Replay<'_>) -> Result<ReplayReport, Error> {
+        forward!(self, t => t.dlq_replay(group, which).await)
+    }
+    async fn dlq_purge(&self, group: &str) -> Result<u32, Error> {
+        forward!(self, t => t.dlq_purge(group).await)
     }
 }

@@ -4,7 +4,7 @@
 //! only after every handler of the group succeeded (or when the group has no
 //! handler for that known event type: a fanout exchange delivers everything),
 //! or after the broker confirmed its retry or dead-letter copy (see
-//! [`super::failure`]). Nothing is dropped silently.
+//! [`super::retry`]). Nothing is dropped silently.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -18,14 +18,14 @@ use lapin::types::FieldTable;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::bus::Shared;
+use crate::runtime::BusContext;
 use crate::stats::add;
 
+use super::amqp;
 use super::errors::{Failure, broker, scrub};
-use super::failure::{self, DeadLetter};
 use super::link::Session;
 use super::publish::{Outgoing, Publisher};
-use super::wire;
+use super::retry::{self, DeadLetter};
 
 /// Which group consumers are active, for health checks.
 pub(crate) type ConsumerStates = Arc<Mutex<BTreeMap<String, bool>>>;
@@ -38,8 +38,8 @@ pub(crate) fn set_state(states: &ConsumerStates, queue: &str, active: bool) {
 }
 
 /// What every group consumer of one consuming run shares.
-pub(crate) struct Context {
-    pub(crate) shared: Arc<Shared>,
+pub(crate) struct ConsumeRun {
+    pub(crate) shared: Arc<BusContext>,
     /// Fired by `stop_consuming`.
     pub(crate) stop: CancellationToken,
     /// In-flight deliveries, awaited on shutdown.
@@ -52,7 +52,7 @@ pub(crate) struct Context {
 /// Starts a consumer for `group` on `session`, returning once the broker accepted it.
 pub(crate) async fn start_group(
     session: Arc<Session>,
-    ctx: Arc<Context>,
+    ctx: Arc<ConsumeRun>,
     group: Arc<str>,
     tag: String,
 ) -> Result<(), Failure> {
@@ -135,7 +135,7 @@ enum Verdict {
 }
 
 async fn handle(
-    shared: &Shared,
+    shared: &BusContext,
     group: &str,
     session: &Session,
     publisher: &Publisher,
@@ -152,9 +152,9 @@ async fn handle(
         .as_ref()
         .map_or_else(|| "(none)".to_owned(), |id| id.as_str().to_owned());
     let table = shared.dispatcher.snapshot();
-    let retry_count = failure::retry_count(&delivery.properties);
+    let retry_count = retry::retry_count(&delivery.properties);
     let verdict = if let Some(event_type) =
-        wire::string_header(&delivery.properties, crate::codec::HEADER_EVENT_TYPE)
+        amqp::string_header(&delivery.properties, crate::wire::HEADER_EVENT_TYPE)
         && event_types.get(&event_type).is_some()
         && !table
             .groups
@@ -167,9 +167,9 @@ async fn handle(
         tracing::debug!(%group, %message_id, %event_type, "no handler in this group; acked");
         Verdict::Ack
     } else {
-        match wire::decode(&event_types, &delivery.properties, &delivery.data) {
+        match amqp::decode(&event_types, &delivery.properties, &delivery.data) {
             Ok(event) => {
-                let only = failure::failed_handlers(&delivery.properties);
+                let only = retry::failed_handlers(&delivery.properties);
                 let outcome = shared
                     .dispatcher
                     .dispatch_only(&table, group, &event, stats, only.as_deref())
@@ -206,7 +206,7 @@ async fn handle(
                 tracing::error!(%group, %message_id, routing_key = %delivery.routing_key, %error, "cannot decode message");
                 Verdict::DeadLetter {
                     reason: format!("undecodable message: {error}"),
-                    error_type: format!("DecodeError::{}", decode_kind(&error)),
+                    error_type: error.kind().to_owned(),
                     handler: None,
                     failed: Vec::new(),
                 }
@@ -216,20 +216,20 @@ async fn handle(
 
     let queue = config.group_queue_name(group);
     let original_key =
-        failure::original_routing_key(&delivery.properties, delivery.routing_key.as_str());
+        retry::original_routing_key(&delivery.properties, delivery.routing_key.as_str());
     let copy = match &verdict {
         Verdict::Ack => None,
         Verdict::Retry { failed, reason } => {
-            let delay = failure::retry_delay(config, retry_count);
+            let delay = retry::retry_delay(config, retry_count);
             tracing::warn!(
                 %group, %message_id, attempt = retry_count + 1, max_retries = config.max_retries,
                 delay_ms = delay.as_millis() as u64, %reason, "handler failed; retrying later"
             );
             Some(Outgoing {
                 exchange: String::new(),
-                routing_key: failure::retry_queue(config, group, retry_count + 1),
+                routing_key: config.group_retry_queue_name(group, retry_count + 1),
                 body: delivery.data.clone(),
-                properties: failure::retry_properties(
+                properties: retry::retry_properties(
                     &delivery.properties,
                     retry_count,
                     &original_key,
@@ -252,7 +252,7 @@ async fn handle(
                     exchange: config.dlq_exchange_name(),
                     routing_key: queue.clone(),
                     body: delivery.data.clone(),
-                    properties: failure::dead_letter_properties(
+                    properties: retry::dead_letter_properties(
                         &delivery.properties,
                         retry_count,
                         &original_key,
@@ -302,20 +302,6 @@ async fn handle(
         &message_id,
         delivery.acker.ack(BasicAckOptions::default()).await,
     );
-}
-
-fn decode_kind(error: &crate::error::DecodeError) -> &'static str {
-    use crate::error::DecodeError as D;
-    match error {
-        D::MissingEventType => "MissingEventType",
-        D::UnknownEventType { .. } => "UnknownEventType",
-        D::WrongContentType { .. } => "WrongContentType",
-        D::InvalidUtf8 { .. } => "InvalidUtf8",
-        D::InvalidJson { .. } => "InvalidJson",
-        D::BodyMismatch { .. } => "BodyMismatch",
-        D::EventTypeMismatch { .. } => "EventTypeMismatch",
-        D::InvalidEnvelope { .. } => "InvalidEnvelope",
-    }
 }
 
 fn finish(session: &Session, message_id: &str, acked: lapin::Result<bool>) {

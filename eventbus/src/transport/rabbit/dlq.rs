@@ -1,10 +1,8 @@
-//! DLQ tooling on RabbitMQ (see [`crate::dlq`]).
+//! DLQ tooling on RabbitMQ.
 //!
 //! Messages are taken with `basic.get` and not acked; closing the channel
 //! returns every one we did not remove to the queue, in its original place.
 //! Removal (an ack) happens only after the broker confirmed the replayed copy.
-
-use std::sync::Arc;
 
 use chrono::Utc;
 use lapin::message::Delivery;
@@ -12,16 +10,18 @@ use lapin::options::{BasicAckOptions, BasicGetOptions, QueuePurgeOptions};
 use lapin::types::AMQPValue;
 use lapin::{BasicProperties, Channel};
 
-use crate::bus::Shared;
-use crate::codec;
-use crate::dlq::{DlqMessage, ReplayFilter, ReplayReport};
 use crate::error::Error;
+use crate::runtime::{DlqMessage, ReplayFilter, ReplayReport};
+use crate::wire::{
+    self, HEADER_DLQ_ERROR_TYPE, HEADER_DLQ_HANDLER, HEADER_DLQ_REASON, HEADER_DLQ_RETRY_COUNT,
+    HEADER_DLQ_TIMESTAMP, HEADER_EVENT_TYPE, HEADER_ORIGINAL_ROUTING_KEY,
+};
 
 use super::RabbitTransport;
+use super::amqp;
 use super::errors::broker;
-use super::failure;
 use super::publish::Outgoing;
-use super::wire;
+use super::retry;
 
 /// Replayed copies are confirmed, then their originals acked, this many at a time.
 const REPLAY_CHUNK: usize = 200;
@@ -36,9 +36,9 @@ fn json(value: &AMQPValue) -> serde_json::Value {
             .collect::<serde_json::Map<_, _>>()
             .into(),
         AMQPValue::Boolean(b) => (*b).into(),
-        other => match wire::read_header(other) {
-            Some(codec::HeaderValue::Str(s)) => s.into(),
-            Some(codec::HeaderValue::Int(i)) => i.into(),
+        other => match amqp::read_header(other) {
+            Some(wire::HeaderValue::Str(s)) => s.into(),
+            Some(wire::HeaderValue::Int(i)) => i.into(),
             None => format!("{other:?}").into(),
         },
     }
@@ -46,16 +46,16 @@ fn json(value: &AMQPValue) -> serde_json::Value {
 
 fn describe(delivery: &Delivery) -> DlqMessage {
     let p = &delivery.properties;
-    let text = |name: &str| wire::string_header(p, name);
+    let text = |name: &str| amqp::string_header(p, name);
     DlqMessage {
         message_id: p.message_id().as_ref().map(|id| id.as_str().to_owned()),
-        event_type: text(codec::HEADER_EVENT_TYPE),
-        reason: text(failure::DLQ_REASON),
-        error_type: text(failure::DLQ_ERROR_TYPE),
-        handler: text(failure::DLQ_HANDLER),
-        retry_count: wire::int_header(p, failure::DLQ_RETRY_COUNT),
-        dead_lettered_at: text(failure::DLQ_TIMESTAMP),
-        original_routing_key: text(failure::ORIGINAL_ROUTING_KEY),
+        event_type: text(HEADER_EVENT_TYPE),
+        reason: text(HEADER_DLQ_REASON),
+        error_type: text(HEADER_DLQ_ERROR_TYPE),
+        handler: text(HEADER_DLQ_HANDLER),
+        retry_count: amqp::int_header(p, HEADER_DLQ_RETRY_COUNT),
+        dead_lettered_at: text(HEADER_DLQ_TIMESTAMP),
+        original_routing_key: text(HEADER_ORIGINAL_ROUTING_KEY),
         headers: p
             .headers()
             .as_ref()
@@ -72,14 +72,13 @@ fn describe(delivery: &Delivery) -> DlqMessage {
 
 fn matches(properties: &BasicProperties, filter: &ReplayFilter) -> bool {
     if let Some(wanted) = &filter.event_type
-        && wire::string_header(properties, codec::HEADER_EVENT_TYPE).as_deref()
-            != Some(wanted.as_str())
+        && amqp::string_header(properties, HEADER_EVENT_TYPE).as_deref() != Some(wanted.as_str())
     {
         return false;
     }
     if let Some(age) = filter.older_than {
-        let Some(at) = wire::string_header(properties, failure::DLQ_TIMESTAMP)
-            .and_then(|t| codec::parse_time(&t).ok())
+        let Some(at) = amqp::string_header(properties, HEADER_DLQ_TIMESTAMP)
+            .and_then(|t| wire::parse_time(&t).ok())
         else {
             return false;
         };
@@ -124,7 +123,7 @@ impl Scan {
 
 impl RabbitTransport {
     async fn scan(&self, queue: &str, limit: usize) -> Result<Scan, Error> {
-        let info = self.queue_info(queue).await?;
+        let info = self.queue_state(queue).await?;
         let channel = self.side_channel().await?;
         Ok(Scan {
             channel,
@@ -135,7 +134,7 @@ impl RabbitTransport {
         })
     }
 
-    pub(crate) async fn dlq_list(
+    pub(super) async fn dlq_list_queue(
         &self,
         queue: &str,
         limit: usize,
@@ -153,7 +152,7 @@ impl RabbitTransport {
         result.map(|()| out)
     }
 
-    pub(crate) async fn dlq_show(
+    pub(super) async fn dlq_show_queue(
         &self,
         queue: &str,
         id: &str,
@@ -178,9 +177,8 @@ impl RabbitTransport {
     }
 
     /// Replays message `id`, or every message matching `filter`, to `target`.
-    pub(crate) async fn dlq_replay(
+    pub(super) async fn dlq_replay_queue(
         &self,
-        shared: &Arc<Shared>,
         queue: &str,
         target: &str,
         id: Option<&str>,
@@ -207,7 +205,7 @@ impl RabbitTransport {
                     exchange: String::new(),
                     routing_key: target.to_owned(),
                     body: delivery.data.clone(),
-                    properties: failure::replay_properties(&delivery.properties),
+                    properties: retry::replay_properties(&delivery.properties),
                     message_id: delivery
                         .properties
                         .message_id()
@@ -217,13 +215,13 @@ impl RabbitTransport {
                 chunk.originals.push(delivery);
                 chunk.copies.push(copy);
                 if chunk.originals.len() >= REPLAY_CHUNK || id.is_some() {
-                    report.replayed += self.replay_chunk(shared, &mut chunk).await?;
+                    report.replayed += self.replay_chunk(&mut chunk).await?;
                 }
                 if id.is_some() {
                     break;
                 }
             }
-            report.replayed += self.replay_chunk(shared, &mut chunk).await?;
+            report.replayed += self.replay_chunk(&mut chunk).await?;
             Ok::<_, Error>(())
         }
         .await;
@@ -232,11 +230,11 @@ impl RabbitTransport {
     }
 
     /// Publishes the copies, and only once they are confirmed acks the originals.
-    async fn replay_chunk(&self, shared: &Shared, chunk: &mut Chunk) -> Result<usize, Error> {
+    async fn replay_chunk(&self, chunk: &mut Chunk) -> Result<usize, Error> {
         if chunk.originals.is_empty() {
             return Ok(0);
         }
-        self.publisher.send(shared, &chunk.copies).await?;
+        self.publisher.send(&self.ctx, &chunk.copies).await?;
         for original in &chunk.originals {
             original
                 .acker
@@ -250,9 +248,9 @@ impl RabbitTransport {
         Ok(n)
     }
 
-    pub(crate) async fn dlq_purge(&self, queue: &str) -> Result<u32, Error> {
+    pub(super) async fn dlq_purge_queue(&self, queue: &str) -> Result<u32, Error> {
         // Fails cleanly if the queue does not exist.
-        self.queue_info(queue).await?;
+        self.queue_state(queue).await?;
         let channel = self.side_channel().await?;
         let purged = channel
             .queue_purge(queue.into(), QueuePurgeOptions::default())

@@ -17,8 +17,8 @@ use lapin::{Channel, Connection, ConnectionProperties};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::bus::Shared;
 use crate::error::Error;
+use crate::runtime::BusContext;
 use crate::stats::add;
 
 use super::errors::{Failure, scrub};
@@ -73,7 +73,7 @@ pub(crate) struct Link {
 
 impl Link {
     /// Starts supervising; returns at once. Use [`Link::wait_up`] for the first connection.
-    pub(crate) fn start(role: &'static str, shared: Arc<Shared>, setup: Setup) -> Arc<Self> {
+    pub(crate) fn start(role: &'static str, shared: Arc<BusContext>, setup: Setup) -> Arc<Self> {
         let (state, _) = watch::channel(LinkState::Connecting(None));
         let link = Arc::new(Self {
             role,
@@ -158,7 +158,7 @@ async fn close_quietly(connection: &Connection, code: u16, reason: &str) {
     .await;
 }
 
-async fn connect(shared: &Shared, role: &str) -> Result<Connection, Failure> {
+async fn connect(shared: &BusContext, role: &str) -> Result<Connection, Failure> {
     let config = &shared.config;
     let mut uri = AMQPUri::from_str(config.url.expose())
         .map_err(|_| Failure::fatal(format!("invalid broker URL {}", config.url)))?;
@@ -187,7 +187,7 @@ async fn connect(shared: &Shared, role: &str) -> Result<Connection, Failure> {
     connection.map_err(|e| Failure::from_lapin(&e, &config.url))
 }
 
-async fn supervise(link: Arc<Link>, shared: Arc<Shared>, setup: Setup) {
+async fn supervise(link: Arc<Link>, shared: Arc<BusContext>, setup: Setup) {
     let config = &shared.config;
     let mut delay = config.reconnect_delay;
     let mut ever_up = false;

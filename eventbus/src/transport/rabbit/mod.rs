@@ -1,15 +1,15 @@
 //! The RabbitMQ transport (lapin 4): separate publisher and consumer
 //! connections, each supervised and rebuilt after a drop.
 
+mod amqp;
 mod consume;
 mod dlq;
 mod errors;
-mod failure;
 mod link;
 mod publish;
+mod retry;
 mod tls;
 mod topology;
-mod wire;
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -20,9 +20,10 @@ use lapin::types::FieldTable;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::bus::{HealthStatus, QueueInfo, Shared};
 use crate::envelope::AnyEnvelope;
 use crate::error::Error;
+use crate::runtime::{BusContext, DlqMessage, HealthStatus, QueueInfo, ReplayFilter, ReplayReport};
+use crate::transport::{Replay, Transport};
 
 use consume::ConsumerStates;
 use errors::{Failure, broker};
@@ -38,6 +39,7 @@ struct Consuming {
 
 /// A connection to RabbitMQ with its topology declared.
 pub(crate) struct RabbitTransport {
+    ctx: Arc<BusContext>,
     publisher: Arc<Publisher>,
     consuming: Arc<tokio::sync::Mutex<Option<Consuming>>>,
     deliveries: TaskTracker,
@@ -74,7 +76,7 @@ fn default_consumer_name() -> String {
 /// Declares everything the registry implies, on the session's main channel.
 async fn declare_topology(
     session: &Session,
-    shared: &Shared,
+    shared: &BusContext,
     extra: &ExtraBindings,
 ) -> Result<(), Failure> {
     if !shared.declare {
@@ -94,7 +96,7 @@ async fn declare_topology(
 impl RabbitTransport {
     /// Connects the publisher (retrying an unreachable broker for
     /// `connect_timeout`), enables confirms and declares the topology.
-    pub(crate) async fn connect(shared: &Arc<Shared>) -> Result<Self, Error> {
+    pub(crate) async fn connect(shared: &Arc<BusContext>) -> Result<Self, Error> {
         let extra: ExtraBindings = Arc::default();
         let setup: Setup = {
             let shared = shared.clone();
@@ -115,6 +117,7 @@ impl RabbitTransport {
         let link = Link::start("publisher", shared.clone(), setup);
         link.wait_up(shared.config.connect_timeout).await?;
         let transport = Self {
+            ctx: shared.clone(),
             publisher: Arc::new(Publisher::new(link, shared.config.publish_confirm_window)),
             consuming: Arc::default(),
             deliveries: TaskTracker::new(),
@@ -132,7 +135,7 @@ impl RabbitTransport {
     }
 
     /// Keeps bindings (and consumers) in step with runtime subscriptions.
-    fn watch_subscriptions(&self, shared: Arc<Shared>) {
+    fn watch_subscriptions(&self, shared: Arc<BusContext>) {
         let mut changes = shared.dispatcher.changes();
         let publisher = self.publisher.link.clone();
         let extra = self.extra.clone();
@@ -176,21 +179,62 @@ impl RabbitTransport {
         });
     }
 
-    pub(crate) async fn publish(
-        &self,
-        shared: &Arc<Shared>,
-        events: &[AnyEnvelope],
-    ) -> Result<usize, Error> {
-        self.publisher.publish_events(shared, events).await
+    /// A fresh channel on the publisher connection, for one-off operations whose
+    /// failure (a passive declare of a missing queue) must not close a shared one.
+    pub(crate) async fn side_channel(&self) -> Result<lapin::Channel, Error> {
+        let session = self
+            .publisher
+            .link
+            .wait_up(std::time::Duration::from_secs(10))
+            .await?;
+        session
+            .connection
+            .create_channel()
+            .await
+            .map_err(|e| broker("opening a channel", &e))
     }
 
-    pub(crate) async fn start_consuming(&self, shared: &Arc<Shared>) -> Result<(), Error> {
+    /// Message and consumer counts of queue `queue`, which must exist.
+    pub(crate) async fn queue_state(&self, queue: &str) -> Result<QueueInfo, Error> {
+        let channel = self.side_channel().await?;
+        let declared = channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await;
+        let _ = channel.close(200, "done".into()).await;
+        let q = declared
+            .map_err(|e| broker(format!("reading queue `{queue}` (does it exist?)"), &e))?;
+        Ok(QueueInfo {
+            name: queue.to_owned(),
+            message_count: q.message_count(),
+            consumer_count: q.consumer_count(),
+        })
+    }
+}
+
+impl Transport for RabbitTransport {
+    fn name(&self) -> &'static str {
+        "rabbitmq"
+    }
+
+    async fn publish(&self, events: &[AnyEnvelope]) -> Result<usize, Error> {
+        self.publisher.publish_events(&self.ctx, events).await
+    }
+
+    async fn start_consuming(&self) -> Result<(), Error> {
+        let shared = &self.ctx;
         let mut consuming = self.consuming.lock().await;
         if consuming.is_some() {
             return Ok(());
         }
         let stop = CancellationToken::new();
-        let ctx = Arc::new(consume::Context {
+        let ctx = Arc::new(consume::ConsumeRun {
             shared: shared.clone(),
             stop: stop.clone(),
             deliveries: self.deliveries.clone(),
@@ -232,7 +276,7 @@ impl RabbitTransport {
         Ok(())
     }
 
-    pub(crate) async fn stop_consuming(&self) -> Result<(), Error> {
+    async fn stop_consuming(&self) -> Result<(), Error> {
         let Some(consuming) = self.consuming.lock().await.take() else {
             return Ok(());
         };
@@ -245,14 +289,14 @@ impl RabbitTransport {
         Ok(())
     }
 
-    pub(crate) async fn close(&self) -> Result<(), Error> {
+    async fn close(&self) -> Result<(), Error> {
         self.stop_consuming().await?;
         self.watcher.cancel();
         self.publisher.link.close().await;
         Ok(())
     }
 
-    pub(crate) async fn health(&self, _shared: &Arc<Shared>) -> HealthStatus {
+    async fn health(&self) -> HealthStatus {
         let describe = |state: &LinkState, role: &str| match state {
             LinkState::Up(s) if !s.broken.is_cancelled() && s.connection.status().connected() => {
                 None
@@ -291,12 +335,8 @@ impl RabbitTransport {
         }
     }
 
-    pub(crate) async fn bind(
-        &self,
-        shared: &Arc<Shared>,
-        group: &str,
-        routing_key: &str,
-    ) -> Result<(), Error> {
+    async fn bind(&self, group: &str, routing_key: &str) -> Result<(), Error> {
+        let shared = &self.ctx;
         lock(&self.extra).push((group.to_owned(), routing_key.to_owned()));
         let session = self
             .publisher
@@ -315,40 +355,45 @@ impl RabbitTransport {
             })
     }
 
-    /// A fresh channel on the publisher connection, for one-off operations whose
-    /// failure (a passive declare of a missing queue) must not close a shared one.
-    pub(crate) async fn side_channel(&self) -> Result<lapin::Channel, Error> {
-        let session = self
-            .publisher
-            .link
-            .wait_up(std::time::Duration::from_secs(10))
-            .await?;
-        session
-            .connection
-            .create_channel()
+    async fn queue_info(&self, group: &str) -> Result<QueueInfo, Error> {
+        self.queue_state(&self.ctx.config.group_queue_name(group))
             .await
-            .map_err(|e| broker("opening a channel", &e))
     }
 
-    pub(crate) async fn queue_info(&self, queue: &str) -> Result<QueueInfo, Error> {
-        let channel = self.side_channel().await?;
-        let declared = channel
-            .queue_declare(
-                queue.into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await;
-        let _ = channel.close(200, "done".into()).await;
-        let q = declared
-            .map_err(|e| broker(format!("reading queue `{queue}` (does it exist?)"), &e))?;
-        Ok(QueueInfo {
-            name: queue.to_owned(),
-            message_count: q.message_count(),
-            consumer_count: q.consumer_count(),
-        })
+    async fn dlq_count(&self, group: &str) -> Result<u32, Error> {
+        Ok(self
+            .queue_state(&self.ctx.config.group_dlq_queue_name(group))
+            .await?
+            .message_count)
+    }
+
+    async fn dlq_list(&self, group: &str, limit: usize) -> Result<Vec<DlqMessage>, Error> {
+        self.dlq_list_queue(&self.ctx.config.group_dlq_queue_name(group), limit)
+            .await
+    }
+
+    async fn dlq_show(&self, group: &str, id: &str) -> Result<Option<DlqMessage>, Error> {
+        self.dlq_show_queue(&self.ctx.config.group_dlq_queue_name(group), id)
+            .await
+    }
+
+    async fn dlq_replay(&self, group: &str, which: Replay<'_>) -> Result<ReplayReport, Error> {
+        let config = &self.ctx.config;
+        let (id, filter) = match which {
+            Replay::One(id) => (Some(id), ReplayFilter::all()),
+            Replay::Matching(filter) => (None, filter.clone()),
+        };
+        self.dlq_replay_queue(
+            &config.group_dlq_queue_name(group),
+            &config.group_queue_name(group),
+            id,
+            &filter,
+        )
+        .await
+    }
+
+    async fn dlq_purge(&self, group: &str) -> Result<u32, Error> {
+        self.dlq_purge_queue(&self.ctx.config.group_dlq_queue_name(group))
+            .await
     }
 }

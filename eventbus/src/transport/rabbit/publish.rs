@@ -15,15 +15,15 @@ use lapin::{BasicProperties, Confirmation};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use crate::bus::Shared;
-use crate::codec;
 use crate::envelope::AnyEnvelope;
 use crate::error::Error;
+use crate::runtime::BusContext;
 use crate::stats::add;
+use crate::wire;
 
+use super::amqp;
 use super::errors::scrub;
 use super::link::Link;
-use super::wire;
 
 /// One message to publish.
 pub(crate) struct Outgoing {
@@ -41,7 +41,7 @@ pub(crate) struct Publisher {
     window: Arc<Semaphore>,
 }
 
-enum Outcome {
+enum ConfirmOutcome {
     Confirmed,
     /// The connection went away before the confirm: send again.
     Lost(String),
@@ -59,19 +59,19 @@ impl Publisher {
     /// Publishes events to the main exchange; returns how many were confirmed.
     pub(crate) async fn publish_events(
         &self,
-        shared: &Arc<Shared>,
+        shared: &Arc<BusContext>,
         events: &[AnyEnvelope],
     ) -> Result<usize, Error> {
         let config = &shared.config;
         let mut outgoing = Vec::with_capacity(events.len());
         for event in events {
-            let wire = codec::encode_for_publish(event)?;
+            let message = wire::encode_for_publish(event)?;
             outgoing.push(Outgoing {
                 exchange: config.exchange_name.clone(),
-                properties: wire::properties(&wire),
-                routing_key: wire.routing_key,
-                body: wire.body,
-                message_id: wire.message_id,
+                properties: amqp::properties(&message),
+                routing_key: message.routing_key,
+                body: message.body,
+                message_id: message.message_id,
             });
         }
         let result = self.send(shared, &outgoing).await;
@@ -88,7 +88,7 @@ impl Publisher {
     /// Publishes prepared messages, all confirmed or an error.
     pub(crate) async fn send(
         &self,
-        shared: &Shared,
+        shared: &BusContext,
         outgoing: &[Outgoing],
     ) -> Result<usize, Error> {
         let timeout = shared.config.confirm_timeout;
@@ -115,12 +115,12 @@ impl Publisher {
                     Some((index, outcome)) = inflight.next(), if !inflight.is_empty() => {
                         settled[index] = true;
                         match confirm_outcome(outcome, &outgoing[index]) {
-                            Outcome::Confirmed => confirmed += 1,
-                            Outcome::Lost(reason) => {
+                            ConfirmOutcome::Confirmed => confirmed += 1,
+                            ConfirmOutcome::Lost(reason) => {
                                 session.fail(&reason);
                                 lost.push(index);
                             }
-                            Outcome::Failed(error) => {
+                            ConfirmOutcome::Failed(error) => {
                                 first_error.get_or_insert(error);
                             }
                         }
@@ -182,22 +182,22 @@ impl Publisher {
     }
 }
 
-fn confirm_outcome(result: lapin::Result<Confirmation>, message: &Outgoing) -> Outcome {
+fn confirm_outcome(result: lapin::Result<Confirmation>, message: &Outgoing) -> ConfirmOutcome {
     match result {
-        Ok(Confirmation::Ack(None)) => Outcome::Confirmed,
-        Ok(Confirmation::Ack(Some(_))) => Outcome::Failed(Error::Unroutable {
+        Ok(Confirmation::Ack(None)) => ConfirmOutcome::Confirmed,
+        Ok(Confirmation::Ack(Some(_))) => ConfirmOutcome::Failed(Error::Unroutable {
             exchange: message.exchange.clone(),
             routing_key: message.routing_key.clone(),
             event_id: message.message_id.clone(),
         }),
-        Ok(Confirmation::Nack(_)) => Outcome::Failed(Error::Nacked {
+        Ok(Confirmation::Nack(_)) => ConfirmOutcome::Failed(Error::Nacked {
             routing_key: message.routing_key.clone(),
             event_id: message.message_id.clone(),
         }),
-        Ok(Confirmation::NotRequested) => Outcome::Failed(Error::Broker {
+        Ok(Confirmation::NotRequested) => ConfirmOutcome::Failed(Error::Broker {
             context: "publishing".into(),
             reason: "the channel is not in confirm mode (eventbus bug)".into(),
         }),
-        Err(e) => Outcome::Lost(scrub(&e.to_string())),
+        Err(e) => ConfirmOutcome::Lost(scrub(&e.to_string())),
     }
 }

@@ -6,13 +6,14 @@
 //! routing keys its handlers take (a wildcard handler binds everything).
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Channel, ExchangeKind};
 
 use crate::config::{Config, ExchangeType, QueueArgument};
 use crate::dispatch::{DispatchTable, GroupTable};
 use crate::registry::EventTypes;
 
+use super::amqp::long_string as string;
 use super::errors::{Failure, declare_failure};
 
 /// One binding of a group queue to the main exchange.
@@ -31,10 +32,6 @@ impl Binding {
     }
 }
 
-fn string(value: &str) -> AMQPValue {
-    AMQPValue::LongString(LongString::from(value.as_bytes()))
-}
-
 /// The binding that routes `routing_key` (`{aggregate}.{event}`) on this exchange type.
 pub(crate) fn binding_for_key(config: &Config, routing_key: &str) -> Binding {
     match config.exchange_type {
@@ -44,8 +41,8 @@ pub(crate) fn binding_for_key(config: &Config, routing_key: &str) -> Binding {
             let mut arguments = FieldTable::default();
             arguments.insert("x-match".into(), string("all"));
             if let Some((aggregate, event)) = routing_key.split_once('.') {
-                arguments.insert("event_type".into(), string(event));
-                arguments.insert("aggregate_type".into(), string(aggregate));
+                arguments.insert(crate::wire::HEADER_EVENT_TYPE.into(), string(event));
+                arguments.insert(crate::wire::HEADER_AGGREGATE_TYPE.into(), string(aggregate));
             }
             Binding {
                 routing_key: String::new(),
@@ -228,7 +225,7 @@ pub(crate) async fn declare_group(
         .map_err(|e| declare_failure(&e, "queue", &queue))?;
     // One delay queue per attempt; an expired message goes back to this group's queue only.
     for attempt in 1..=config.max_retries {
-        let delay_queue = super::failure::retry_queue(config, group, attempt);
+        let delay_queue = config.group_retry_queue_name(group, attempt);
         let mut args = FieldTable::default();
         args.insert("x-dead-letter-exchange".into(), string(""));
         args.insert("x-dead-letter-routing-key".into(), string(&queue));
@@ -294,3 +291,7 @@ pub(crate) async fn declare_all(
     }
     Ok(())
 }
+
+#[cfg(test)]
+#[path = "topology_tests.rs"]
+mod tests;

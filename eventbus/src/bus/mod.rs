@@ -1,0 +1,251 @@
+//! The facade: [`Bus`], what users hold. Lifecycle and operations here; the
+//! subscription API in `subscribe.rs`, the builder in `builder.rs`.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::dlq::Dlq;
+use crate::envelope::AnyEnvelope;
+use crate::error::Error;
+use crate::event::DomainEvent;
+use crate::registration::EventRegistration;
+use crate::registry::EventTypes;
+use crate::runtime::{self, BatchReport, BusContext, HealthStatus, PublishReport, QueueInfo};
+use crate::stats::{BusStats, add};
+use crate::transport::{AnyTransport, Transport};
+
+mod builder;
+mod subscribe;
+
+pub use builder::BusBuilder;
+
+/// The event bus: publishes events and runs the registered handlers.
+///
+/// Cheap to clone; every clone is the same bus.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), eventbus::Error> {
+/// // Reads EVENTBUS_* variables, declares the topology, consumes until
+/// // SIGINT/SIGTERM, then shuts down gracefully.
+/// eventbus::Bus::from_env().run().await
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Bus {
+    ctx: Arc<BusContext>,
+    transport: Arc<AnyTransport>,
+}
+
+impl fmt::Debug for Bus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Bus")
+            .field("url", &self.ctx.config.url)
+            .field("exchange", &self.ctx.config.exchange_name)
+            .field("transport", &self.transport.name())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Bus {
+    /// A builder configured from the `EVENTBUS_*` environment variables.
+    ///
+    /// An invalid variable is reported by `.build()` / `.run()`, naming it.
+    /// Without `EVENTBUS_URL` the bus connects to `amqp://guest:guest@localhost:5672/`;
+    /// it never falls back to memory on its own.
+    pub fn from_env() -> BusBuilder {
+        BusBuilder::new(Config::from_env())
+    }
+
+    /// A builder with the default configuration (RabbitMQ on localhost).
+    pub fn builder() -> BusBuilder {
+        BusBuilder::new(Ok(Config::default()))
+    }
+
+    /// An in-memory bus with everything the macros registered.
+    pub async fn memory() -> Result<Self, Error> {
+        Self::builder().memory().build().await
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &Config {
+        &self.ctx.config
+    }
+
+    /// `memory` or `rabbitmq`.
+    pub fn transport_name(&self) -> &'static str {
+        self.transport.name()
+    }
+
+    /// The event types this bus can decode.
+    pub fn event_types(&self) -> Arc<EventTypes> {
+        self.ctx.event_types()
+    }
+
+    /// Publishes events in order and returns once each is confirmed (on
+    /// RabbitMQ) or handled (in memory).
+    ///
+    /// Accepts any mix of event types: `bus.publish([placed.into(), shipped.into()])`.
+    pub async fn publish<I>(&self, events: I) -> Result<PublishReport, Error>
+    where
+        I: IntoIterator,
+        I::Item: Into<AnyEnvelope>,
+    {
+        let events: Vec<AnyEnvelope> = events.into_iter().map(Into::into).collect();
+        let total = events.len();
+        let published = self.transport.publish(&events).await?;
+        Ok(PublishReport { published, total })
+    }
+
+    /// Publishes in chunks of `publish_chunk_size`, up to
+    /// `max_concurrent_publishes` chunks at once; with `preserve_order`, one
+    /// chunk after the other. Reports how many of how many were published and
+    /// the first error, instead of stopping at it.
+    pub async fn publish_batch<I>(&self, events: I, preserve_order: bool) -> BatchReport
+    where
+        I: IntoIterator,
+        I::Item: Into<AnyEnvelope>,
+    {
+        let events: Vec<AnyEnvelope> = events.into_iter().map(Into::into).collect();
+        runtime::publish_in_chunks(&self.ctx.config, &events, preserve_order, |chunk| {
+            self.transport.publish(chunk)
+        })
+        .await
+    }
+
+    /// Publishes in a tracked background task; [`Bus::shutdown`] waits for it.
+    /// Failures are logged and counted.
+    pub fn publish_background<I>(&self, events: I)
+    where
+        I: IntoIterator,
+        I::Item: Into<AnyEnvelope>,
+    {
+        let events: Vec<AnyEnvelope> = events.into_iter().map(Into::into).collect();
+        let bus = self.clone();
+        add(&self.ctx.stats.background_tasks_created, 1);
+        self.ctx.tasks.spawn(async move {
+            if let Err(error) = bus.transport.publish(&events).await {
+                bus.ctx.stats.last_error_at.now();
+                tracing::error!(%error, events = events.len(), "background publish failed");
+            }
+        });
+    }
+
+    /// Background tasks still running.
+    pub fn background_task_count(&self) -> usize {
+        self.ctx.tasks.len()
+    }
+
+    /// A snapshot of the statistics.
+    pub fn stats(&self) -> BusStats {
+        self.ctx.stats.snapshot()
+    }
+
+    /// Starts consuming in the background (RabbitMQ); a no-op in memory,
+    /// where publishing delivers directly.
+    pub async fn start_consuming(&self) -> Result<(), Error> {
+        self.transport.start_consuming().await
+    }
+
+    /// Stops taking new deliveries; in-flight handlers finish and ack.
+    pub async fn stop_consuming(&self) -> Result<(), Error> {
+        self.transport.stop_consuming().await
+    }
+
+    /// Stops consuming, waits up to `timeout` for in-flight handlers and
+    /// background publishes, then closes the connections.
+    pub async fn shutdown(&self, timeout: Duration) -> Result<(), Error> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let stopped = self.transport.stop_consuming().await;
+        self.ctx.tasks.close();
+        let waited = tokio::time::timeout_at(deadline, self.ctx.tasks.wait()).await;
+        let closed = self.transport.close().await;
+        if waited.is_err() {
+            return Err(Error::ShutdownTimeout {
+                timeout,
+                pending: self.ctx.tasks.len(),
+            });
+        }
+        stopped.and(closed)
+    }
+
+    /// Consumes until SIGINT or SIGTERM, then shuts down gracefully within
+    /// `shutdown_timeout`.
+    pub async fn run(&self) -> Result<(), Error> {
+        self.run_until(shutdown_signal()).await
+    }
+
+    /// Consumes until `stop` completes, then shuts down gracefully.
+    pub async fn run_until<F>(&self, stop: F) -> Result<(), Error>
+    where
+        F: Future<Output = Result<(), Error>>,
+    {
+        self.start_consuming().await?;
+        tracing::info!(
+            transport = self.transport_name(),
+            url = %self.ctx.config.url,
+            groups = ?self.groups(),
+            "event bus running"
+        );
+        let stopped = stop.await;
+        tracing::info!("event bus shutting down");
+        let shutdown = self.shutdown(self.ctx.config.shutdown_timeout).await;
+        stopped.and(shutdown)
+    }
+
+    /// Connection and consumer state.
+    pub async fn health_check(&self) -> HealthStatus {
+        self.transport.health().await
+    }
+
+    /// Adds a binding for `routing_key` to the default group's queue (RabbitMQ).
+    pub async fn bind_routing_key(&self, routing_key: &str) -> Result<(), Error> {
+        self.transport
+            .bind(&self.ctx.config.consumer_group, routing_key)
+            .await
+    }
+
+    /// Binds `E`'s routing key to the default group's queue (RabbitMQ).
+    pub async fn bind_event_type<E: DomainEvent>(&self) -> Result<(), Error> {
+        self.ctx
+            .register_event(EventRegistration::of::<E>())
+            .map_err(Error::Registry)?;
+        self.bind_routing_key(E::ROUTING_KEY).await
+    }
+
+    /// Name, message count and consumer count of the default group's queue.
+    pub async fn queue_info(&self) -> Result<QueueInfo, Error> {
+        self.transport
+            .queue_info(&self.ctx.config.consumer_group)
+            .await
+    }
+
+    /// Queue info of consumer group `group`.
+    pub async fn group_queue_info(&self, group: &str) -> Result<QueueInfo, Error> {
+        self.transport.queue_info(group).await
+    }
+
+    /// The dead-letter queue of consumer group `group`.
+    pub fn dlq(&self, group: &str) -> Dlq {
+        Dlq::new(self.transport.clone(), &self.ctx.config, group)
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() -> Result<(), Error> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).map_err(Error::Signal)?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r.map_err(Error::Signal),
+            _ = term.recv() => Ok(()),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c().await.map_err(Error::Signal)
+    }
+}

@@ -1,0 +1,124 @@
+//! The core every transport is given: the running bus's configuration,
+//! registry, dispatcher, counters and tasks, plus the transport-independent
+//! policies that work on them (chunked publishing, per-aggregate ordering,
+//! ack coalescing) and the result types transports report in.
+//!
+//! Nothing here knows a broker; transports build on it, the facade
+//! ([`Bus`](crate::Bus)) owns it.
+
+use std::future::Future;
+use std::sync::{Arc, RwLock};
+
+use futures_util::StreamExt;
+use futures_util::stream;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::dispatch::Dispatcher;
+use crate::envelope::AnyEnvelope;
+use crate::error::{Error, RegistryError};
+use crate::registration::EventRegistration;
+use crate::registry::EventTypes;
+use crate::stats::Stats;
+
+mod report;
+
+pub use report::{
+    BatchReport, DlqMessage, HealthStatus, PublishReport, QueueInfo, ReplayFilter, ReplayReport,
+};
+
+/// The state of one running bus, shared by the facade, its transport and
+/// every background task.
+#[derive(Debug)]
+pub(crate) struct BusContext {
+    pub(crate) config: Config,
+    event_types: RwLock<Arc<EventTypes>>,
+    pub(crate) dispatcher: Dispatcher,
+    pub(crate) stats: Stats,
+    /// Background publishes, awaited on shutdown.
+    pub(crate) tasks: TaskTracker,
+    /// Declare the topology on connect (off for tools that only inspect).
+    pub(crate) declare: bool,
+}
+
+impl BusContext {
+    pub(crate) fn new(
+        config: Config,
+        event_types: EventTypes,
+        dispatcher: Dispatcher,
+        declare: bool,
+    ) -> Self {
+        Self {
+            config,
+            event_types: RwLock::new(Arc::new(event_types)),
+            dispatcher,
+            stats: Stats::default(),
+            tasks: TaskTracker::new(),
+            declare,
+        }
+    }
+
+    /// The event types this bus can decode, now.
+    pub(crate) fn event_types(&self) -> Arc<EventTypes> {
+        self.event_types
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Adds an event type at runtime; a name taken by another type is an error.
+    pub(crate) fn register_event(&self, reg: EventRegistration) -> Result<(), RegistryError> {
+        let mut conflicts = Vec::new();
+        let mut types = self
+            .event_types
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Only a new or conflicting type needs the copy-on-write map changed.
+        if !types.contains(&reg) {
+            Arc::make_mut(&mut types).insert(reg, &mut conflicts);
+        }
+        if conflicts.is_empty() {
+            Ok(())
+        } else {
+            Err(RegistryError { conflicts })
+        }
+    }
+}
+
+/// Publishes `events` in chunks of `publish_chunk_size`, up to
+/// `max_concurrent_publishes` chunks at once (one at a time with
+/// `preserve_order`), collecting counts and one error per failed chunk.
+pub(crate) async fn publish_in_chunks<'a, F, Fut>(
+    config: &Config,
+    events: &'a [AnyEnvelope],
+    preserve_order: bool,
+    publish: F,
+) -> BatchReport
+where
+    F: Fn(&'a [AnyEnvelope]) -> Fut,
+    Fut: Future<Output = Result<usize, Error>>,
+{
+    let concurrency = if preserve_order {
+        1
+    } else {
+        config.max_concurrent_publishes.max(1)
+    };
+    let results: Vec<Result<usize, Error>> =
+        stream::iter(events.chunks(config.publish_chunk_size.max(1)))
+            .map(publish)
+            .buffer_unordered(concurrency)
+            .collect()
+            .await;
+    let mut report = BatchReport {
+        published: 0,
+        total: events.len(),
+        errors: Vec::new(),
+    };
+    for result in results {
+        match result {
+            Ok(n) => report.published += n,
+            Err(e) => report.errors.push(e),
+        }
+    }
+    report
+}

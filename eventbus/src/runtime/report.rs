@@ -1,0 +1,137 @@
+//! What operations report: publish counts, health, queue and DLQ contents.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::error::Error;
+
+/// How many events of a publish went out.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct PublishReport {
+    /// Confirmed (or delivered in memory).
+    pub published: usize,
+    /// Asked for.
+    pub total: usize,
+}
+
+/// A batch publish: counts and the first error, if any.
+#[derive(Debug, Default)]
+pub struct BatchReport {
+    /// Confirmed.
+    pub published: usize,
+    /// Asked for.
+    pub total: usize,
+    /// Errors, one per failed chunk.
+    pub errors: Vec<Error>,
+}
+
+/// The state of the bus, for health endpoints.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct HealthStatus {
+    /// Everything is up.
+    pub healthy: bool,
+    /// `memory` or `rabbitmq`.
+    pub transport: &'static str,
+    /// The connection is open.
+    pub connected: bool,
+    /// Consumers are running.
+    pub consuming: bool,
+    /// Consumers by group queue, and whether each is active.
+    pub consumers: BTreeMap<String, bool>,
+    /// What is wrong, when not healthy.
+    pub error: Option<String>,
+}
+
+impl HealthStatus {
+    /// Up, with nothing to report (a transport without connections).
+    pub(crate) fn up(transport: &'static str) -> Self {
+        Self {
+            healthy: true,
+            transport,
+            connected: true,
+            consuming: true,
+            consumers: BTreeMap::new(),
+            error: None,
+        }
+    }
+}
+
+/// A queue as the broker sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct QueueInfo {
+    /// Its name.
+    pub name: String,
+    /// Messages ready.
+    pub message_count: u32,
+    /// Consumers attached.
+    pub consumer_count: u32,
+}
+
+/// A message parked in a dead-letter queue, as `eventbus dlq list` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct DlqMessage {
+    /// `message_id`: the event id.
+    pub message_id: Option<String>,
+    /// The `event_type` header.
+    pub event_type: Option<String>,
+    /// `x-dlq-reason`.
+    pub reason: Option<String>,
+    /// `x-dlq-error-type`.
+    pub error_type: Option<String>,
+    /// `x-dlq-handler`: the handler that failed.
+    pub handler: Option<String>,
+    /// `x-dlq-retry-count`.
+    pub retry_count: Option<i64>,
+    /// `x-dlq-timestamp`.
+    pub dead_lettered_at: Option<String>,
+    /// `x-original-routing-key`.
+    pub original_routing_key: Option<String>,
+    /// Every header, as strings and numbers.
+    pub headers: BTreeMap<String, serde_json::Value>,
+    /// The body (lossy UTF-8).
+    pub body: String,
+}
+
+/// Which messages [`Dlq::replay_all`] sends back.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ReplayFilter {
+    /// Only this event type.
+    pub event_type: Option<String>,
+    /// Only messages dead-lettered at least this long ago.
+    pub older_than: Option<Duration>,
+}
+
+impl ReplayFilter {
+    /// Every message.
+    pub fn all() -> Self {
+        Self::default()
+    }
+
+    /// Only `event_type`.
+    #[must_use]
+    pub fn event_type(mut self, event_type: impl Into<String>) -> Self {
+        self.event_type = Some(event_type.into());
+        self
+    }
+
+    /// Only messages dead-lettered at least `age` ago.
+    #[must_use]
+    pub fn older_than(mut self, age: Duration) -> Self {
+        self.older_than = Some(age);
+        self
+    }
+}
+
+/// What [`Dlq::replay_all`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ReplayReport {
+    /// Sent back to the group's queue and removed from the DLQ.
+    pub replayed: usize,
+    /// Left in the DLQ (not matching the filter).
+    pub kept: usize,
+}

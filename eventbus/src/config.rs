@@ -166,6 +166,54 @@ impl fmt::Display for ExchangeType {
     }
 }
 
+/// How a consumer group orders the deliveries it handles.
+///
+/// Retries are the one exception under every mode: a retried event waits in
+/// its group's delay queue and comes back after later events of its
+/// aggregate (as in eventsource-py).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum DeliveryOrder {
+    /// Deliveries of one aggregate (the `aggregate_id` header) are handled
+    /// one after another, in delivery order; different aggregates run
+    /// concurrently up to the prefetch count. The default.
+    #[default]
+    PerAggregate,
+    /// Every delivery runs concurrently, up to the prefetch count.
+    Unordered,
+    /// One delivery at a time, in delivery order (eventsource-py's behaviour).
+    Strict,
+}
+
+impl DeliveryOrder {
+    /// The name `EVENTBUS_ORDERING` takes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::PerAggregate => "per_aggregate",
+            Self::Unordered => "none",
+            Self::Strict => "strict",
+        }
+    }
+}
+
+impl FromStr for DeliveryOrder {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().replace('-', "_").as_str() {
+            "per_aggregate" | "aggregate" => Ok(Self::PerAggregate),
+            "none" | "unordered" => Ok(Self::Unordered),
+            "strict" => Ok(Self::Strict),
+            _ => Err("one of `per_aggregate`, `none`, `strict`".to_owned()),
+        }
+    }
+}
+
+impl fmt::Display for DeliveryOrder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A queue argument value (`x-queue-type=quorum`, `x-max-length=1000`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum QueueArgument {
@@ -206,6 +254,11 @@ pub struct Config {
     pub consumer_name: Option<String>,
     /// `EVENTBUS_PREFETCH_COUNT`. Default: 10.
     pub prefetch_count: u16,
+    /// `EVENTBUS_ORDERING`: `per_aggregate`, `none` or `strict`. Default: `per_aggregate`.
+    pub ordering: DeliveryOrder,
+    /// Per-group overrides of `ordering`, in code (`BusBuilder::group_ordering`)
+    /// or `EVENTBUS_GROUP_ORDERING=billing=strict,audit=none`. Default: none.
+    pub group_ordering: BTreeMap<String, DeliveryOrder>,
     /// `EVENTBUS_MAX_RETRIES`. Default: 3.
     pub max_retries: u32,
     /// `EVENTBUS_ENABLE_DLQ`. Default: true.
@@ -274,6 +327,8 @@ impl Default for Config {
             consumer_group: "default".to_owned(),
             consumer_name: None,
             prefetch_count: 10,
+            ordering: DeliveryOrder::default(),
+            group_ordering: BTreeMap::new(),
             max_retries: 3,
             enable_dlq: true,
             dlq_exchange_suffix: "_dlq".to_owned(),
@@ -342,6 +397,10 @@ impl Config {
             &mut c.prefetch_count,
             "an integer 0..=65535",
         )?;
+        env.parse("ORDERING", &mut c.ordering, "")?;
+        if let Some(raw) = env.get("GROUP_ORDERING") {
+            c.group_ordering = parse_group_ordering(&raw)?;
+        }
         env.parse("MAX_RETRIES", &mut c.max_retries, "a non-negative integer")?;
         env.flag("ENABLE_DLQ", &mut c.enable_dlq)?;
         env.string("DLQ_EXCHANGE_SUFFIX", &mut c.dlq_exchange_suffix)?;
@@ -449,6 +508,14 @@ impl Config {
         Ok(())
     }
 
+    /// The ordering of consumer group `group`: its override, or `ordering`.
+    pub fn ordering_for(&self, group: &str) -> DeliveryOrder {
+        self.group_ordering
+            .get(group)
+            .copied()
+            .unwrap_or(self.ordering)
+    }
+
     /// The queue of the default consumer group: `{exchange_name}.{consumer_group}`.
     pub fn queue_name(&self) -> String {
         self.group_queue_name(&self.consumer_group)
@@ -479,6 +546,25 @@ impl Config {
     pub fn group_retry_queue_name(&self, group: &str, attempt: u32) -> String {
         format!("{}.retry.{attempt}", self.group_queue_name(group))
     }
+}
+
+fn parse_group_ordering(raw: &str) -> Result<BTreeMap<String, DeliveryOrder>, ConfigError> {
+    let invalid = |expected: String| ConfigError::InvalidValue {
+        name: format!("{ENV_PREFIX}GROUP_ORDERING"),
+        value: raw.to_owned(),
+        expected,
+    };
+    let mut out = BTreeMap::new();
+    for pair in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (group, order) = pair.split_once('=').ok_or_else(|| {
+            invalid("comma-separated `group=ordering` pairs, e.g. `billing=strict`".to_owned())
+        })?;
+        let order = order
+            .parse()
+            .map_err(|e: String| invalid(format!("ordering of group `{}`: {e}", group.trim())))?;
+        out.insert(group.trim().to_owned(), order);
+    }
+    Ok(out)
 }
 
 fn parse_queue_arguments(raw: &str) -> Result<BTreeMap<String, QueueArgument>, ConfigError> {
@@ -707,5 +793,32 @@ mod tests {
         assert!(!format!("{config:?}").contains("s3cret"));
         assert_eq!(redact_url("amqp://rabbit/"), "amqp://rabbit/");
         assert_eq!(redact_url("amqp://bob@rabbit/"), "amqp://bob@rabbit/");
+    }
+
+    #[test]
+    fn ordering_defaults_per_aggregate_and_is_set_per_group() {
+        let c = from(&[]).expect("valid");
+        assert_eq!(c.ordering_for("any"), DeliveryOrder::PerAggregate);
+        let c = from(&[
+            ("EVENTBUS_ORDERING", "none"),
+            (
+                "EVENTBUS_GROUP_ORDERING",
+                "billing=strict, audit = per-aggregate",
+            ),
+        ])
+        .expect("valid");
+        assert_eq!(c.ordering_for("billing"), DeliveryOrder::Strict);
+        assert_eq!(c.ordering_for("audit"), DeliveryOrder::PerAggregate);
+        assert_eq!(c.ordering_for("other"), DeliveryOrder::Unordered);
+        let err = from(&[("EVENTBUS_ORDERING", "random")]).expect_err("invalid");
+        assert_eq!(
+            err.to_string(),
+            "invalid value `random` for EVENTBUS_ORDERING: expected one of `per_aggregate`, `none`, `strict`"
+        );
+        let err = from(&[("EVENTBUS_GROUP_ORDERING", "billing=sometimes")]).expect_err("invalid");
+        assert!(
+            err.to_string().contains("ordering of group `billing`"),
+            "{err}"
+        );
     }
 }

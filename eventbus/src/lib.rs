@@ -96,7 +96,9 @@ mod dlq;
 pub mod __private;
 
 pub use bus::{Bus, BusBuilder, shutdown_signal};
-pub use config::{BrokerUrl, Config, DEFAULT_URL, ENV_PREFIX, ExchangeType, QueueArgument};
+pub use config::{
+    BrokerUrl, Config, DEFAULT_URL, DeliveryOrder, ENV_PREFIX, ExchangeType, QueueArgument,
+};
 pub use dispatch::SubscriptionId;
 pub use dlq::Dlq;
 pub use envelope::{AnyEnvelope, Envelope, EventMeta};

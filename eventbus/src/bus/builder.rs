@@ -81,6 +81,14 @@ impl BusBuilder {
         self
     }
 
+    /// Sets how consumer group `group` orders its deliveries, overriding
+    /// `EVENTBUS_ORDERING` for that group.
+    pub fn group_ordering(self, group: &str, order: crate::DeliveryOrder) -> Self {
+        self.configure(|c| {
+            c.group_ordering.insert(group.to_owned(), order);
+        })
+    }
+
     /// Selects the broker: `memory://`, `amqp://...` or `amqps://...`.
     pub fn url(mut self, url: &str) -> Self {
         if let Ok(config) = &mut self.config {

@@ -21,8 +21,12 @@ use crate::registration::EventRegistration;
 use crate::registry::EventTypes;
 use crate::stats::Stats;
 
+mod acks;
+mod ordering;
 mod report;
 
+pub(crate) use acks::AckTracker;
+pub(crate) use ordering::{OrderMode, Sequencer};
 pub use report::{
     BatchReport, DlqMessage, HealthStatus, PublishReport, QueueInfo, ReplayFilter, ReplayReport,
 };
@@ -83,6 +87,19 @@ impl BusContext {
             Err(RegistryError { conflicts })
         }
     }
+}
+
+/// The sequencer a group consumer runs its deliveries through, keyed by
+/// aggregate id.
+pub(crate) fn sequencer(order: crate::config::DeliveryOrder) -> Arc<Sequencer<uuid::Uuid>> {
+    use crate::config::DeliveryOrder;
+    let mode = match order {
+        DeliveryOrder::Unordered => OrderMode::None,
+        DeliveryOrder::Strict => OrderMode::Strict,
+        // `DeliveryOrder` is non-exhaustive for users, not for us: new modes land here.
+        DeliveryOrder::PerAggregate => OrderMode::PerKey,
+    };
+    Arc::new(Sequencer::new(mode))
 }
 
 /// Publishes `events` in chunks of `publish_chunk_size`, up to

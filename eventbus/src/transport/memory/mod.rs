@@ -5,15 +5,19 @@
 //! transport ([`crate::wire`]), so a test written against this transport
 //! exercises the same bytes RabbitMQ would carry. Each consumer group receives
 //! every event it has a handler for, once; an event no group takes is
-//! [`Error::Unroutable`], as with `mandatory` publishing on RabbitMQ.
+//! [`Error::Unroutable`], as with `mandatory` publishing on RabbitMQ. Each
+//! group runs its handlers under the same [`DeliveryOrder`](crate::DeliveryOrder)
+//! as on a broker, so concurrent publishers see the same ordering guarantees.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use futures_util::future::join_all;
+use uuid::Uuid;
 
 use crate::envelope::AnyEnvelope;
 use crate::error::Error;
-use crate::runtime::{BusContext, HealthStatus};
+use crate::runtime::{self, BusContext, HealthStatus, Sequencer};
 use crate::stats::add;
 use crate::transport::Transport;
 use crate::wire::{self, HEADER_EVENT_TYPE, Incoming};
@@ -22,11 +26,25 @@ use crate::wire::{self, HEADER_EVENT_TYPE, Incoming};
 #[derive(Debug)]
 pub(crate) struct MemoryTransport {
     ctx: Arc<BusContext>,
+    /// Each group's sequencer, made on its first delivery.
+    sequencers: Mutex<HashMap<Arc<str>, Arc<Sequencer<Uuid>>>>,
 }
 
 impl MemoryTransport {
     pub(crate) fn new(ctx: Arc<BusContext>) -> Self {
-        Self { ctx }
+        Self {
+            ctx,
+            sequencers: Mutex::default(),
+        }
+    }
+
+    fn sequencer(&self, group: &Arc<str>) -> Arc<Sequencer<Uuid>> {
+        self.sequencers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(group.clone())
+            .or_insert_with(|| runtime::sequencer(self.ctx.config.ordering_for(group)))
+            .clone()
     }
 }
 
@@ -76,7 +94,9 @@ impl Transport for MemoryTransport {
             let deliveries = groups.iter().map(|group| {
                 let table = &table;
                 let delivered = &delivered;
+                let mut turn = self.sequencer(group).enter(Some(meta.aggregate_id()));
                 async move {
+                    turn.wait().await;
                     add(&ctx.stats.events_consumed, 1);
                     ctx.stats.last_consume_at.now();
                     let outcome = ctx
@@ -88,6 +108,7 @@ impl Transport for MemoryTransport {
                     } else {
                         add(&ctx.stats.events_processed_failed, 1);
                     }
+                    drop(turn);
                 }
             });
             join_all(deliveries).await;

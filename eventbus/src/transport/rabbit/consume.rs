@@ -1,6 +1,9 @@
 //! Consuming a group's queue: decode, dispatch to the group's handlers, ack.
 //!
-//! Deliveries run concurrently up to the prefetch count. A delivery is acked
+//! Deliveries run concurrently up to the prefetch count, through the group's
+//! sequencer: by default deliveries of one aggregate (the `aggregate_id`
+//! header) run one after another in delivery order (see
+//! [`DeliveryOrder`](crate::DeliveryOrder)). A delivery is settled
 //! only after every handler of the group succeeded (or when the group has no
 //! handler for that known event type: a fanout exchange delivers everything),
 //! or after the broker confirmed its retry or dead-letter copy (see
@@ -11,21 +14,21 @@ use std::sync::{Arc, Mutex};
 
 use futures_util::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
-};
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::runtime::BusContext;
+use crate::runtime::{self, BusContext};
 use crate::stats::add;
+use crate::wire::HEADER_AGGREGATE_ID;
 
 use super::amqp;
 use super::errors::{Failure, broker, scrub};
 use super::link::Session;
 use super::publish::{Outgoing, Publisher};
 use super::retry::{self, DeadLetter};
+use super::settle::{self, Settle, Settled};
 
 /// Which group consumers are active, for health checks.
 pub(crate) type ConsumerStates = Arc<Mutex<BTreeMap<String, bool>>>;
@@ -78,7 +81,16 @@ pub(crate) async fn start_group(
         .await
         .map_err(|e| super::errors::declare_failure(&e, "consumer on queue", &queue))?;
     set_state(&ctx.states, &queue, true);
-    tracing::debug!(%queue, %tag, prefetch = config.prefetch_count, "consuming");
+    let order = config.ordering_for(&group);
+    tracing::debug!(%queue, %tag, prefetch = config.prefetch_count, %order, "consuming");
+    let sequencer = runtime::sequencer(order);
+    let (settled, settler) = tokio::sync::mpsc::unbounded_channel::<Settled>();
+    // Tracked with the deliveries: stopping waits for its last flush.
+    ctx.deliveries.spawn(settle::run(
+        settler,
+        session.clone(),
+        settle::batch_size(config.prefetch_count),
+    ));
     tokio::spawn(async move {
         loop {
             tokio::select! {
@@ -93,12 +105,24 @@ pub(crate) async fn start_group(
                 () = session.broken.cancelled() => break,
                 next = consumer.next() => match next {
                     Some(Ok(delivery)) => {
+                        // Taken here, in delivery order: the turn fixes this
+                        // delivery's place behind earlier ones of its aggregate.
+                        let mut turn = sequencer.enter(aggregate_key(&delivery.properties));
                         let shared = shared.clone();
                         let group = group.clone();
-                        let session = session.clone();
                         let publisher = ctx.publisher.clone();
+                        let settled = settled.clone();
                         ctx.deliveries.spawn(async move {
-                            handle(&shared, &group, &session, &publisher, delivery).await;
+                            turn.wait().await;
+                            let (how, message_id) = handle(&shared, &group, &publisher, &delivery).await;
+                            drop(turn);
+                            // The settler outlives every delivery task.
+                            let _ = settled.send(Settled {
+                                tag: delivery.delivery_tag,
+                                acker: delivery.acker,
+                                how,
+                                message_id,
+                            });
                         });
                     }
                     Some(Err(e)) => {
@@ -134,13 +158,19 @@ enum Verdict {
     },
 }
 
+/// The aggregate a delivery belongs to, from eventsource-py's header.
+fn aggregate_key(properties: &lapin::BasicProperties) -> Option<uuid::Uuid> {
+    amqp::string_header(properties, HEADER_AGGREGATE_ID).and_then(|id| id.parse().ok())
+}
+
+/// Runs the group's handlers for one delivery and parks it for retry or in
+/// the DLQ when they fail; returns how to settle it, and its message id.
 async fn handle(
     shared: &BusContext,
     group: &str,
-    session: &Session,
     publisher: &Publisher,
-    delivery: Delivery,
-) {
+    delivery: &Delivery,
+) -> (Settle, String) {
     let stats = &shared.stats;
     let config = &shared.config;
     add(&stats.events_consumed, 1);
@@ -276,15 +306,7 @@ async fn handle(
         if let Err(error) = publisher.send(shared, std::slice::from_ref(&copy)).await {
             stats.last_error_at.now();
             tracing::error!(%group, %message_id, %error, "cannot park the message for retry or in the DLQ; returning it to the queue");
-            let requeued = delivery
-                .acker
-                .nack(BasicNackOptions {
-                    multiple: false,
-                    requeue: true,
-                })
-                .await;
-            finish(session, &message_id, requeued);
-            return;
+            return (Settle::Requeue, message_id);
         }
     }
     match &verdict {
@@ -297,20 +319,5 @@ async fn handle(
             }
         }
     }
-    finish(
-        session,
-        &message_id,
-        delivery.acker.ack(BasicAckOptions::default()).await,
-    );
-}
-
-fn finish(session: &Session, message_id: &str, acked: lapin::Result<bool>) {
-    match acked {
-        Ok(true) => {}
-        Ok(false) => tracing::warn!(
-            %message_id,
-            "the channel was replaced before the ack; the broker redelivers this message"
-        ),
-        Err(e) => session.fail(&format!("ack failed: {}", scrub(&e.to_string()))),
-    }
+    (Settle::Ack, message_id)
 }

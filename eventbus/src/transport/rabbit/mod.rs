@@ -8,6 +8,7 @@ mod errors;
 mod link;
 mod publish;
 mod retry;
+mod settle;
 mod tls;
 mod topology;
 

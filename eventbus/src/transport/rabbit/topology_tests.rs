@@ -59,9 +59,10 @@ fn keys(bindings: &[Binding]) -> Vec<&str> {
 }
 
 fn config(exchange_type: ExchangeType) -> Config {
-    let mut config = Config::default();
-    config.exchange_type = exchange_type;
-    config
+    Config {
+        exchange_type,
+        ..Config::default()
+    }
 }
 
 fn typed() -> Vec<HandlerEntry> {

@@ -1,0 +1,144 @@
+//! Settling deliveries on one consumer channel: acks coalesced with `multiple`.
+//!
+//! Delivery tasks report each delivery as settled (handled, or its retry /
+//! dead-letter copy confirmed) to one task per channel, which owns the
+//! [`AckTracker`]: it acks the longest settled prefix of delivery tags with a
+//! single `multiple = true` ack, never a tag while a lower one is unsettled.
+//! It flushes once `batch` deliveries wait, after `interval` otherwise, and
+//! when the consumer stops (every delivery task has reported). A delivery
+//! that must go back to the queue is nacked on its own at once.
+//!
+//! At-least-once is unchanged: a crash loses only acks, and the broker
+//! redelivers exactly the deliveries that were not acked.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lapin::Acker;
+use lapin::options::{BasicAckOptions, BasicNackOptions};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::runtime::AckTracker;
+
+use super::errors::scrub;
+use super::link::Session;
+
+/// How a delivery ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Settle {
+    /// Done with: ack.
+    Ack,
+    /// Could not be parked for retry: back to the queue.
+    Requeue,
+}
+
+/// One settled delivery, reported to the channel's settler.
+pub(crate) struct Settled {
+    pub(crate) tag: u64,
+    pub(crate) acker: Acker,
+    pub(crate) how: Settle,
+    /// For logs.
+    pub(crate) message_id: String,
+}
+
+/// How many settled deliveries wait before a flush: half the prefetch, so
+/// the broker never stalls on a full window, and at most 50.
+pub(crate) fn batch_size(prefetch: u16) -> usize {
+    if prefetch == 0 {
+        50
+    } else {
+        usize::from(prefetch / 2).clamp(1, 50)
+    }
+}
+
+/// The longest a settled delivery waits for its ack when deliveries are sparse.
+pub(crate) const FLUSH_INTERVAL: Duration = Duration::from_millis(5);
+
+/// Runs until every sender is dropped (the consumer stopped and every delivery
+/// task reported), then flushes what is left.
+pub(crate) async fn run(
+    mut settled: mpsc::UnboundedReceiver<Settled>,
+    session: Arc<Session>,
+    batch: usize,
+) {
+    let mut tracker = AckTracker::new();
+    let mut ackers: BTreeMap<u64, Acker> = BTreeMap::new();
+    let mut deadline: Option<Instant> = None;
+    loop {
+        let next = tokio::select! {
+            next = settled.recv() => next,
+            () = sleep_until(deadline), if deadline.is_some() => {
+                deadline = None;
+                flush(&mut tracker, &mut ackers, &session).await;
+                continue;
+            }
+        };
+        let Some(Settled {
+            tag,
+            acker,
+            how,
+            message_id,
+        }) = next
+        else {
+            break;
+        };
+        match how {
+            Settle::Ack => {
+                ackers.insert(tag, acker);
+            }
+            Settle::Requeue => {
+                let requeued = acker
+                    .nack(BasicNackOptions {
+                        multiple: false,
+                        requeue: true,
+                    })
+                    .await;
+                report(&session, &message_id, requeued);
+            }
+        }
+        tracker.settle(tag);
+        if tracker.ackable().is_some() {
+            if tracker.pending() >= batch {
+                deadline = None;
+                flush(&mut tracker, &mut ackers, &session).await;
+            } else if deadline.is_none() {
+                deadline = Some(Instant::now() + FLUSH_INTERVAL);
+            }
+        }
+    }
+    flush(&mut tracker, &mut ackers, &session).await;
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    if let Some(deadline) = deadline {
+        tokio::time::sleep_until(deadline).await;
+    }
+}
+
+/// Acks every delivery of the settled prefix with one `multiple` ack.
+async fn flush(tracker: &mut AckTracker, ackers: &mut BTreeMap<u64, Acker>, session: &Session) {
+    let Some(upto) = tracker.take() else {
+        return;
+    };
+    // The highest delivery of the prefix that is to be acked (the others
+    // below it were nacked on their own and are no longer outstanding).
+    let rest = ackers.split_off(&(upto + 1));
+    let prefix = std::mem::replace(ackers, rest);
+    if let Some((tag, acker)) = prefix.into_iter().next_back() {
+        let acked = acker.ack(BasicAckOptions { multiple: true }).await;
+        report(session, &format!("up to delivery {tag}"), acked);
+    }
+}
+
+fn report(session: &Session, what: &str, result: lapin::Result<bool>) {
+    match result {
+        Ok(true) => {}
+        Ok(false) => tracing::warn!(
+            what,
+            "the channel was replaced before the ack; the broker redelivers these messages"
+        ),
+        Err(e) => session.fail(&format!("ack failed: {}", scrub(&e.to_string()))),
+    }
+}

@@ -155,7 +155,17 @@ pub(crate) async fn prefill(url: &str, exchange: &str, count: usize) {
     let _ = conn.close(200, "done".into()).await;
 }
 
-async fn consume(url: &str, exchange: &str, counter: Arc<Counter>, target: usize) -> Connection {
+/// Acks with `multiple = true` once this many deliveries are handled (the
+/// batched baseline): the best plain consume loop.
+const ACK_EVERY: u64 = 50;
+
+async fn consume(
+    url: &str,
+    exchange: &str,
+    counter: Arc<Counter>,
+    target: usize,
+    batched: bool,
+) -> Connection {
     let conn = connect(url).await;
     let ch = conn.create_channel().await.expect("channel");
     ch.basic_qos(PREFETCH, BasicQosOptions::default())
@@ -174,8 +184,15 @@ async fn consume(url: &str, exchange: &str, counter: Arc<Counter>, target: usize
         while let Some(Ok(delivery)) = consumer.next().await {
             let event: RawOrderPlaced = serde_json::from_slice(&delivery.data).expect("decodes");
             counter.hit(event.occurred_at, target);
+            if batched && delivery.delivery_tag % ACK_EVERY != 0 {
+                continue;
+            }
             // After the last event the harness closes the connection: stop quietly.
-            if delivery.ack(BasicAckOptions::default()).await.is_err() {
+            if delivery
+                .ack(BasicAckOptions { multiple: batched })
+                .await
+                .is_err()
+            {
                 break;
             }
         }
@@ -185,6 +202,7 @@ async fn consume(url: &str, exchange: &str, counter: Arc<Counter>, target: usize
 
 pub(crate) async fn run(
     url: &str,
+    batched: bool,
     scenario: Scenario,
     count: usize,
     rate: u64,
@@ -211,7 +229,7 @@ pub(crate) async fn run(
             crate::ready_then_wait_for_go();
             let counter = Arc::new(Counter::default());
             let started = Instant::now();
-            let consumer = consume(url, exchange, counter.clone(), count).await;
+            let consumer = consume(url, exchange, counter.clone(), count, batched).await;
             counter.wait().await;
             let elapsed = started.elapsed();
             let _ = consumer.close(200, "done".into()).await;
@@ -223,7 +241,7 @@ pub(crate) async fn run(
         }
         Scenario::Latency => {
             let counter = Arc::new(Counter::default());
-            let consumer = consume(url, exchange, counter.clone(), count).await;
+            let consumer = consume(url, exchange, counter.clone(), count, false).await;
             let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
             for i in 0..count {
                 tick.tick().await;

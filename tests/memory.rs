@@ -409,3 +409,65 @@ async fn malformed_urls_are_config_errors() {
     assert!(!err.to_string().contains("secret"), "{err}");
     assert!(!format!("{err:?}").contains("secret"), "{err:?}");
 }
+
+/// The in-memory transport orders deliveries as a broker consumer does: with
+/// concurrent publishers, one aggregate's events never overlap (per
+/// aggregate), different aggregates do, and `strict` runs one at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_orders_like_the_broker() {
+    use eventbus::DeliveryOrder;
+
+    async fn most_at_once(order: DeliveryOrder, same_aggregate: bool) -> usize {
+        let running = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let (r, m) = (running.clone(), most.clone());
+        let bus = Bus::builder()
+            .memory()
+            .without_discovery()
+            .group_ordering("default", order)
+            .handler::<OrderPlaced, _, _>("slow", move |_| {
+                let (r, m) = (r.clone(), m.clone());
+                async move {
+                    let now = r.fetch_add(1, Ordering::SeqCst) + 1;
+                    m.fetch_max(now, Ordering::SeqCst);
+                    // Long enough that concurrent publishers overlap if allowed.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    r.fetch_sub(1, Ordering::SeqCst);
+                    Ok::<_, HandlerError>(())
+                }
+            })
+            .build()
+            .await
+            .expect("builds");
+        let aggregate = Uuid::new_v4();
+        let publishers: Vec<_> = (0..4)
+            .map(|i| {
+                let bus = bus.clone();
+                let id = if same_aggregate {
+                    aggregate
+                } else {
+                    Uuid::new_v4()
+                };
+                tokio::spawn(async move {
+                    let event = Envelope::new(
+                        id,
+                        OrderPlaced {
+                            customer_id: format!("C-{i}"),
+                            total_amount: 1.0,
+                        },
+                    );
+                    bus.publish([event]).await.expect("publishes");
+                })
+            })
+            .collect();
+        for p in publishers {
+            p.await.expect("publisher ran");
+        }
+        most.load(Ordering::SeqCst)
+    }
+
+    assert_eq!(most_at_once(DeliveryOrder::PerAggregate, true).await, 1);
+    assert!(most_at_once(DeliveryOrder::PerAggregate, false).await > 1);
+    assert_eq!(most_at_once(DeliveryOrder::Strict, false).await, 1);
+    assert!(most_at_once(DeliveryOrder::Unordered, true).await > 1);
+}

@@ -210,6 +210,32 @@ fn read_until(
     }
 }
 
+/// Kills the child with SIGKILL and reads what it printed before dying.
+fn kill_and_drain(
+    child: &mut ChildGuard,
+    lines: &std::sync::mpsc::Receiver<String>,
+    read: &mut Vec<(String, Uuid, u32)>,
+) {
+    child.0.kill().expect("kill -9 the consumer");
+    child.0.wait().expect("reaped");
+    // The pipe is closed once the process is gone: this ends.
+    while let Ok(line) = lines.recv_timeout(WAIT) {
+        if let Some((kind, id, seq)) = parse(&line) {
+            read.push((kind.to_owned(), id, seq));
+        }
+    }
+}
+
+/// A bus that only publishes `Step`s.
+async fn step_publisher(scope: &Scope) -> Bus {
+    scope
+        .builder()
+        .event::<Step>()
+        .build()
+        .await
+        .expect("connects")
+}
+
 fn done(read: &[(String, Uuid, u32)]) -> Vec<(Uuid, u32)> {
     read.iter()
         .filter(|(k, _, _)| k == "done")
@@ -224,25 +250,14 @@ async fn a_single_active_consumer_takes_over_after_a_crash_in_order() {
     let envs = [("EVENTBUS_QUEUE_ARGUMENTS", "x-single-active-consumer=true")];
     let (mut first, first_out) = ledger_consumer(&scope, &envs);
     let (_second, second_out) = ledger_consumer(&scope, &envs);
-    let publisher = scope
-        .builder()
-        .event::<Step>()
-        .build()
-        .await
-        .expect("connects");
+    let publisher = step_publisher(&scope).await;
     let (_, events) = steps(10, 20, 4);
     publisher.publish(events).await.expect("publishes");
 
     // The first member is the active one; kill it mid-stream.
     let mut first_read = Vec::new();
     read_until(&first_out, &mut first_read, |r| done(r).len() >= 60);
-    first.0.kill().expect("kill -9 the active member");
-    first.0.wait().expect("reaped");
-    while let Ok(line) = first_out.recv_timeout(Duration::from_secs(2)) {
-        if let Some((kind, id, seq)) = parse(&line) {
-            first_read.push((kind.to_owned(), id, seq));
-        }
-    }
+    kill_and_drain(&mut first, &first_out, &mut first_read);
     let by_first = done(&first_read);
     assert!(
         by_first.len() < 200,
@@ -292,12 +307,7 @@ async fn a_crash_with_failed_and_stuck_handlers_loses_nothing_and_acks_nothing_e
             ("LEDGER_HANG_SEQ", "5"),
         ],
     );
-    let publisher = scope
-        .builder()
-        .event::<Step>()
-        .build()
-        .await
-        .expect("connects");
+    let publisher = step_publisher(&scope).await;
     // Bursts of 3: a0 0-2, a1 0-2, ..., a0 3-5, a1 3-5, ...: step 5 of a0
     // hangs while steps 3 and 4 of a1.., delivered after it, settle.
     let (ids, events) = steps(10, 10, 3);
@@ -311,13 +321,7 @@ async fn a_crash_with_failed_and_stuck_handlers_loses_nothing_and_acks_nothing_e
     read_until(&out, &mut read, |r| {
         r.iter().filter(|(k, _, _)| k == "hang").count() >= 10
     });
-    child.0.kill().expect("kill -9 the consumer");
-    child.0.wait().expect("reaped");
-    while let Ok(line) = out.recv_timeout(Duration::from_secs(2)) {
-        if let Some((kind, id, seq)) = parse(&line) {
-            read.push((kind.to_owned(), id, seq));
-        }
-    }
+    kill_and_drain(&mut child, &out, &mut read);
     let finished: BTreeSet<(Uuid, u32)> = done(&read).into_iter().collect();
     assert!(finished.len() < 100);
 

@@ -317,7 +317,10 @@ fn child(
     let mut cmd = Command::new(std::env::current_exe().expect("own path"));
     cmd.args([
         "run",
-        &format!("{system:?}").to_lowercase(),
+        system
+            .to_possible_value()
+            .expect("no skipped variants")
+            .get_name(),
         &format!("{scenario:?}").to_lowercase(),
     ])
     .args([

@@ -88,6 +88,7 @@ pub(crate) async fn start_group(
     // Tracked with the deliveries: stopping waits for its last flush.
     ctx.deliveries.spawn(settle::run(
         settler,
+        channel.clone(),
         session.clone(),
         settle::batch_size(config.prefetch_count),
     ));

@@ -57,9 +57,12 @@ pub(crate) fn batch_size(prefetch: u16) -> usize {
 pub(crate) const FLUSH_INTERVAL: Duration = Duration::from_millis(5);
 
 /// Runs until every sender is dropped (the consumer stopped and every delivery
-/// task reported), then flushes what is left.
+/// task reported), then flushes what is left. Holds the consumer's `channel`
+/// until then: lapin closes a channel when its last handle is dropped, and
+/// the last acks must go out before that.
 pub(crate) async fn run(
     mut settled: mpsc::UnboundedReceiver<Settled>,
+    channel: lapin::Channel,
     session: Arc<Session>,
     batch: usize,
 ) {
@@ -109,6 +112,7 @@ pub(crate) async fn run(
         }
     }
     flush(&mut tracker, &mut ackers, &session).await;
+    drop(channel);
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

@@ -1,9 +1,13 @@
 //! `eventbus`: look at and repair an eventbus deployment from the shell.
 //!
 //! Configured by the same `EVENTBUS_*` variables as `Bus::from_env()`, with
-//! flags taking precedence. Declares nothing on the broker. Exit status: 0 on
-//! success, 1 on an error, 2 on a usage error, 3 when a message id is not
-//! found, 4 when a destructive command was not confirmed.
+//! flags taking precedence. Declares nothing on the broker (`topology delete`
+//! deletes). Exit status: 0 on success, 1 on an error, 2 on a usage error, 3
+//! when a message id is not found, 4 when a destructive command was not
+//! confirmed.
+
+mod table;
+mod topology;
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::process::ExitCode;
@@ -12,6 +16,8 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use eventbus::{Bus, Config, DlqMessage, ReplayFilter};
 use serde::Serialize;
+
+use table::{Table, cell, one_line};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -41,6 +47,9 @@ enum Command {
     /// Queues.
     #[command(subcommand)]
     Queue(QueueCommand),
+    /// The exchanges, queues and bindings of the exchange: show them, delete them.
+    #[command(subcommand)]
+    Topology(TopologyCommand),
     /// Can we reach the broker?
     Health,
 }
@@ -111,6 +120,36 @@ enum DlqCommand {
 enum QueueCommand {
     /// Name, messages and consumers of a group's queue.
     Info(Group),
+}
+
+#[derive(Debug, Subcommand)]
+enum TopologyCommand {
+    /// What exists for the exchange: exchanges, group, retry and DLQ queues
+    /// with their depths, bindings.
+    Show(TopologyTarget),
+    /// Delete what `show` lists, after asking. Refuses queues that hold
+    /// messages or have consumers unless --force.
+    Delete {
+        #[command(flatten)]
+        target: TopologyTarget,
+        /// Also delete queues that hold messages or have consumers; their messages are lost.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        confirm: Confirm,
+    },
+}
+
+#[derive(Debug, Args)]
+struct TopologyTarget {
+    /// Management API, used when it answers (default: EVENTBUS_MANAGEMENT_URL,
+    /// then http://{broker host}:15672 with the broker URL's user and password).
+    #[arg(long, env = "EVENTBUS_MANAGEMENT_URL", hide_env_values = true)]
+    management_url: Option<String>,
+    /// Without the management API: a consumer group whose queues to look for;
+    /// repeatable (default: EVENTBUS_CONSUMER_GROUP, then `default`).
+    #[arg(long = "group", short, value_name = "GROUP")]
+    groups: Vec<String>,
 }
 
 /// Why the command failed, with its exit status.
@@ -193,64 +232,38 @@ fn confirm(question: &str, yes: bool) -> Result<(), Failure> {
     }
 }
 
-fn cell(text: Option<&str>, width: usize) -> String {
-    let text = text.unwrap_or("-").replace(['\n', '\t'], " ");
-    if text.chars().count() > width {
-        let cut: String = text.chars().take(width.saturating_sub(3)).collect();
-        format!("{cut}...")
-    } else {
-        text
-    }
-}
-
+/// One row per message; its handler in full in its own column and its reason
+/// in full on the line below, since a reason begins with the handler's path.
 fn print_table(messages: &[DlqMessage]) {
-    let header = [
+    let mut table = Table::new(&[
         "ID",
         "EVENT TYPE",
-        "REASON",
+        "HANDLER",
         "ERROR TYPE",
         "RETRIES",
         "DEAD-LETTERED AT",
         "ROUTING KEY",
-    ];
-    let rows: Vec<[String; 7]> = messages
-        .iter()
-        .map(|m| {
-            [
-                cell(m.message_id.as_deref(), 36),
-                cell(m.event_type.as_deref(), 24),
-                cell(m.reason.as_deref(), 48),
-                cell(m.error_type.as_deref(), 20),
-                m.retry_count
-                    .map_or_else(|| "-".to_owned(), |n| n.to_string()),
-                cell(m.dead_lettered_at.as_deref(), 27),
-                cell(m.original_routing_key.as_deref(), 32),
-            ]
-        })
-        .collect();
-    let widths: Vec<usize> = (0..header.len())
-        .map(|i| {
-            rows.iter()
-                .map(|r| r[i].chars().count())
-                .chain([header[i].len()])
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let line = |cells: Vec<&str>| {
-        cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect::<Vec<_>>()
-            .join("  ")
-            .trim_end()
-            .to_owned()
-    };
-    println!("{}", line(header.to_vec()));
-    for row in &rows {
-        println!("{}", line(row.iter().map(String::as_str).collect()));
+    ]);
+    for m in messages {
+        table.row(vec![
+            cell(m.message_id.as_deref(), 36),
+            cell(m.event_type.as_deref(), 32),
+            m.handler
+                .as_deref()
+                .map_or_else(|| "-".to_owned(), one_line),
+            cell(m.error_type.as_deref(), 24),
+            m.retry_count
+                .map_or_else(|| "-".to_owned(), |n| n.to_string()),
+            cell(m.dead_lettered_at.as_deref(), 32),
+            cell(m.original_routing_key.as_deref(), 48),
+        ]);
+        let reason = m.reason.as_deref().unwrap_or("-");
+        table.note(format!(
+            "  reason: {}",
+            reason.replace('\n', "\n          ")
+        ));
     }
+    println!("{}", table.render());
 }
 
 async fn run(cli: Cli) -> Result<(), Failure> {
@@ -309,6 +322,16 @@ async fn command(cli: &Cli, bus: &Bus, group_of: &dyn Fn(&Group) -> String) -> R
             }
         }
         Command::Dlq(dlq_command) => dlq(cli, bus, dlq_command, group_of).await,
+        // The bus has connected (so a bad URL fails as for every command);
+        // topology needs a channel of its own and the management API.
+        Command::Topology(TopologyCommand::Show(target)) => {
+            topology::show(bus.config(), target, cli.json).await
+        }
+        Command::Topology(TopologyCommand::Delete {
+            target,
+            force,
+            confirm,
+        }) => topology::delete(bus.config(), target, *force, confirm.yes, cli.json).await,
     }
 }
 
@@ -347,8 +370,6 @@ async fn dlq(
                 return print_json(&message);
             }
             print_table(std::slice::from_ref(&message));
-            println!("\nreason: {}", message.reason.as_deref().unwrap_or("-"));
-            println!("handler: {}", message.handler.as_deref().unwrap_or("-"));
             println!("headers:");
             for (k, v) in &message.headers {
                 println!("  {k}: {v}");

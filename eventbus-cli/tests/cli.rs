@@ -9,16 +9,34 @@ use std::time::Duration;
 
 use common::{OrderPlaced, OrderShipped, Scope, placed, shipped};
 use eventbus::{AnyEnvelope, Envelope, HandlerError};
+use lapin::options::{ExchangeDeclareOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+
+/// Handler names as `#[projection]` gives them: long paths that begin each reason.
+const REJECT: &str = "billing::projections::OrderLedger::on_order_placed";
+const REJECT_SHIPPED: &str = "billing::projections::OrderLedger::on_order_shipped";
 
 fn eventbus(scope: &Scope, args: &[&str]) -> Output {
+    eventbus_with(scope, &[], args)
+}
+
+/// `eventbus` with these variables set besides the scope's.
+fn eventbus_with(scope: &Scope, vars: &[(&str, &str)], args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_eventbus"))
         .args(args)
         .env("EVENTBUS_URL", common::url())
         .env("EVENTBUS_EXCHANGE_NAME", &scope.exchange)
         .env_remove("EVENTBUS_CONSUMER_GROUP")
+        .env_remove("EVENTBUS_MANAGEMENT_URL")
+        .env_remove("EVENTBUS_MAX_RETRIES")
+        .envs(vars.iter().copied())
         .stdin(Stdio::null())
         .output()
         .expect("the eventbus binary runs")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 fn stdout(out: &Output) -> String {
@@ -46,10 +64,10 @@ async fn inspect_replay_and_purge_from_the_shell() {
     // A service whose handlers reject everything, so the DLQ fills.
     let bus = scope
         .builder()
-        .handler::<OrderPlaced, _, _>("reject", |_e: Arc<Envelope<OrderPlaced>>| {
+        .handler::<OrderPlaced, _, _>(REJECT, |_e: Arc<Envelope<OrderPlaced>>| {
             std::future::ready(Err::<(), _>(HandlerError::permanent("rejected by test")))
         })
-        .handler::<OrderShipped, _, _>("reject-shipped", |_e: Arc<Envelope<OrderShipped>>| {
+        .handler::<OrderShipped, _, _>(REJECT_SHIPPED, |_e: Arc<Envelope<OrderShipped>>| {
             std::future::ready(Err::<(), _>(HandlerError::permanent("rejected by test")))
         })
         .build()
@@ -83,15 +101,32 @@ async fn inspect_replay_and_purge_from_the_shell() {
     let table = ok(eventbus(&scope, &["dlq", "list"]));
     assert!(table.starts_with("ID"), "{table}");
     assert!(
-        table.contains(&id) && table.contains("rejected by test"),
+        table.lines().next().is_some_and(|h| h.contains("HANDLER")),
         "{table}"
     );
+    assert!(table.contains(&id), "{table}");
     let listed = json(eventbus(
         &scope,
         &["--json", "dlq", "list", "--limit", "10"],
     ));
     let listed = listed.as_array().expect("an array");
     assert_eq!(listed.len(), 3);
+    // Handler and reason in full, however long the handler's path.
+    for message in listed {
+        let (handler, reason) = (
+            message["handler"].as_str().expect("a handler"),
+            message["reason"].as_str().expect("a reason"),
+        );
+        assert!(handler == REJECT || handler == REJECT_SHIPPED, "{message}");
+        assert!(reason.contains("rejected by test"), "{message}");
+        let row = table
+            .lines()
+            .position(|l| l.starts_with(message["message_id"].as_str().expect("an id")))
+            .expect("a row per message");
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(lines[row].contains(handler), "{table}");
+        assert_eq!(lines[row + 1], format!("  reason: {reason}"), "{table}");
+    }
     assert_eq!(listed[0]["error_type"], "str");
     assert_eq!(listed[0]["retry_count"], 0);
     assert_eq!(
@@ -102,7 +137,7 @@ async fn inspect_replay_and_purge_from_the_shell() {
 
     let shown = json(eventbus(&scope, &["--json", "dlq", "show", &id]));
     assert_eq!(shown["message_id"], id.as_str());
-    assert_eq!(shown["handler"], "reject");
+    assert_eq!(shown["handler"], REJECT);
     let missing = eventbus(&scope, &["dlq", "show", "no-such-id"]);
     assert_eq!(missing.status.code(), Some(3));
 
@@ -180,4 +215,324 @@ fn errors_are_clear_and_never_show_the_password() {
 
     let out = eventbus(&scope, &["dlq", "frobnicate"]);
     assert_eq!(out.status.code(), Some(2), "usage errors exit 2");
+}
+
+/// A service with two groups declares its topology (`default` takes
+/// OrderPlaced, `audit` everything), and one OrderPlaced waits in each group's
+/// queue. Its names: `(exchanges, queues)`, queues in `show`'s order.
+async fn two_groups_holding_a_message(scope: &Scope) -> (Vec<String>, Vec<String>) {
+    let audit = scope.group("audit");
+    let bus = scope
+        .builder()
+        .handler::<OrderPlaced, _, _>("billing::on_placed", |_e: Arc<Envelope<OrderPlaced>>| {
+            std::future::ready(Ok::<(), HandlerError>(()))
+        })
+        .wildcard_handler("audit::record", Some(&audit), |_e: AnyEnvelope| {
+            std::future::ready(Ok::<(), HandlerError>(()))
+        })
+        .build()
+        .await
+        .expect("connects and declares");
+    bus.publish([AnyEnvelope::from(placed("topology-1"))])
+        .await
+        .expect("confirmed");
+    bus.shutdown(Duration::from_secs(5))
+        .await
+        .expect("shuts down");
+    let x = &scope.exchange;
+    for group in ["audit", "default"] {
+        let queue = scope.queue(group);
+        common::eventually("the message in its queue", Duration::from_secs(10), || {
+            let queue = queue.clone();
+            async move { common::message_count(&queue).await == 1 }
+        })
+        .await;
+    }
+    let exchanges = vec![x.clone(), format!("{x}_dlq")];
+    let mut queues = Vec::new();
+    for group in ["audit", "default"] {
+        queues.push(format!("{x}.{group}"));
+        queues.extend((1..=3).map(|n| format!("{x}.{group}.retry.{n}")));
+        queues.push(format!("{x}.{group}.dlq"));
+    }
+    (exchanges, queues)
+}
+
+/// Does the queue (or else the exchange) exist? Asked with a passive declare.
+async fn exists(name: &str, exchange: bool) -> bool {
+    let conn = common::raw().await;
+    let ch = conn.create_channel().await.expect("channel");
+    let passive = if exchange {
+        ch.exchange_declare(
+            name.into(),
+            lapin::ExchangeKind::Direct,
+            ExchangeDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .is_ok()
+    } else {
+        ch.queue_declare(
+            name.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .is_ok()
+    };
+    let _ = conn.close(200, "done".into()).await;
+    passive
+}
+
+/// The words of the line of `table` that begins with `first`.
+fn row<'a>(table: &'a str, first: &str) -> Vec<&'a str> {
+    table
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|w| w.first() == Some(&first))
+        .unwrap_or_else(|| panic!("no line for {first} in\n{table}"))
+}
+
+fn names(value: &serde_json::Value) -> Vec<String> {
+    value
+        .as_array()
+        .expect("an array")
+        .iter()
+        .map(|v| {
+            v.as_str()
+                .or_else(|| v["name"].as_str())
+                .expect("a name")
+                .to_owned()
+        })
+        .collect()
+}
+
+/// `delete` refuses while a queue holds a message and names it; with
+/// `--force` it deletes everything `show` listed, and nothing is left.
+async fn refuses_then_deletes_everything(
+    scope: &Scope,
+    vars: &[(&str, &str)],
+    groups: &[&str],
+    exchanges: &[String],
+    queues: &[String],
+) {
+    let x = &scope.exchange;
+    let args = |extra: &[&'static str]| {
+        let mut args = vec!["topology", "delete"];
+        args.extend(extra);
+        args.extend(groups);
+        args
+    };
+    let refused = eventbus_with(scope, vars, &args(&["--yes"]));
+    assert_eq!(refused.status.code(), Some(1), "{}", stderr(&refused));
+    let err = stderr(&refused);
+    for group in ["audit", "default"] {
+        assert!(err.contains(&format!("{x}.{group} (1 message)")), "{err}");
+    }
+    assert!(err.contains("--force"), "{err}");
+    // It listed exactly what it would delete first.
+    let plan = stdout(&refused);
+    for name in queues.iter().chain(exchanges) {
+        let kind = if exchanges.contains(name) {
+            "exchange"
+        } else {
+            "queue"
+        };
+        assert_eq!(row(&plan, kind).len(), if kind == "queue" { 4 } else { 2 });
+        assert!(
+            plan.lines()
+                .any(|l| l.split_whitespace().take(2).eq([kind, name.as_str()])),
+            "{name} in\n{plan}"
+        );
+    }
+    assert_eq!(
+        plan.lines().filter(|l| l.starts_with("queue ")).count(),
+        queues.len()
+    );
+    assert_eq!(
+        common::message_count(&scope.queue("default")).await,
+        1,
+        "nothing deleted"
+    );
+
+    let unconfirmed = eventbus_with(scope, vars, &args(&["--force"]));
+    assert_eq!(
+        unconfirmed.status.code(),
+        Some(4),
+        "{}",
+        stderr(&unconfirmed)
+    );
+    assert!(stderr(&unconfirmed).contains("--yes"));
+    assert!(exists(x, true).await, "nothing deleted");
+
+    let mut json_args = vec!["--json"];
+    json_args.extend(args(&["--yes", "--force"]));
+    let deleted = json(eventbus_with(scope, vars, &json_args));
+    let mut deleted_queues = names(&deleted["queues"]);
+    deleted_queues.sort();
+    let mut expected = queues.to_vec();
+    expected.sort();
+    assert_eq!(deleted_queues, expected, "{deleted}");
+    assert_eq!(names(&deleted["exchanges"]), exchanges, "{deleted}");
+    assert_eq!(deleted["messages_deleted"], 2, "{deleted}");
+    for name in queues {
+        assert!(!exists(name, false).await, "{name} is gone");
+    }
+    for name in exchanges {
+        assert!(!exists(name, true).await, "{name} is gone");
+    }
+    let mut show_args = vec!["--json", "topology", "show"];
+    show_args.extend(groups);
+    let left = json(eventbus_with(scope, vars, &show_args));
+    assert_eq!(left["exchanges"], serde_json::json!([]), "{left}");
+    assert_eq!(left["queues"], serde_json::json!([]), "{left}");
+    let again = ok(eventbus_with(scope, vars, &args(&["--yes"])));
+    assert!(again.contains("nothing to delete"), "{again}");
+}
+
+#[tokio::test]
+async fn topology_through_the_management_api() {
+    let scope = Scope::new("cli-topology");
+    let (exchanges, queues) = two_groups_holding_a_message(&scope).await;
+    let x = &scope.exchange;
+
+    // The default management URL: the broker's host, port 15672, its credentials.
+    let table = ok(eventbus(&scope, &["topology", "show"]));
+    assert!(
+        table.starts_with("mode: management API at http://"),
+        "{table}"
+    );
+    assert_eq!(row(&table, x), [x.as_str(), "topic", "main"]);
+    assert_eq!(
+        row(&table, &exchanges[1]),
+        [exchanges[1].as_str(), "direct", "dead-letter"]
+    );
+    for group in ["audit", "default"] {
+        let queue = format!("{x}.{group}");
+        assert_eq!(
+            row(&table, &queue),
+            [queue.as_str(), group, "group", "1", "0"]
+        );
+        let dlq = format!("{queue}.dlq");
+        assert_eq!(row(&table, &dlq), [dlq.as_str(), group, "dlq", "0", "0"]);
+        let retry = format!("{queue}.retry.2");
+        assert_eq!(
+            row(&table, &retry),
+            [retry.as_str(), group, "retry", "2", "0", "0"]
+        );
+    }
+    let bindings: Vec<Vec<&str>> = table
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .filter(|w: &Vec<&str>| w.len() == 3 && exchanges.iter().any(|x| x == w[0]))
+        .collect();
+    let dlq_key = |g: &str| format!("{x}.{g}");
+    let (audit_dlq, default_dlq) = (format!("{x}.audit.dlq"), format!("{x}.default.dlq"));
+    let (audit_key, default_key) = (dlq_key("audit"), dlq_key("default"));
+    for binding in [
+        [x.as_str(), audit_key.as_str(), "#"],
+        [x.as_str(), default_key.as_str(), "Order.OrderPlaced"],
+        [
+            exchanges[1].as_str(),
+            audit_dlq.as_str(),
+            audit_key.as_str(),
+        ],
+        [
+            exchanges[1].as_str(),
+            default_dlq.as_str(),
+            default_key.as_str(),
+        ],
+    ] {
+        assert!(
+            bindings.iter().any(|b| b[..] == binding[..]),
+            "{binding:?} in\n{table}"
+        );
+    }
+
+    let shown = json(eventbus(&scope, &["--json", "topology", "show"]));
+    assert_eq!(shown["mode"], "management", "{shown}");
+    assert_eq!(names(&shown["exchanges"]), exchanges);
+    assert_eq!(shown["exchanges"][0]["type"], "topic");
+    assert_eq!(shown["exchanges"][1]["role"], "dead-letter");
+    assert_eq!(names(&shown["queues"]), queues, "{shown}");
+    for queue in shown["queues"].as_array().expect("queues") {
+        let waiting = u64::from(queue["role"] == "group");
+        assert_eq!(queue["messages"], waiting, "{queue}");
+    }
+    assert_eq!(shown["queues"][1]["role"], "retry");
+    assert_eq!(shown["queues"][1]["attempt"], 1);
+    let bindings = shown["bindings"].as_array().expect("bindings");
+    assert_eq!(bindings.len(), 4, "{shown}");
+    assert!(bindings.iter().any(|b| b["source"] == x.as_str()
+        && b["destination"] == default_key.as_str()
+        && b["routing_key"] == "Order.OrderPlaced"));
+
+    refuses_then_deletes_everything(&scope, &[], &[], &exchanges, &queues).await;
+}
+
+#[tokio::test]
+async fn topology_over_amqp_when_the_management_api_is_unreachable() {
+    let scope = Scope::new("cli-topology-amqp");
+    let (exchanges, queues) = two_groups_holding_a_message(&scope).await;
+    let x = &scope.exchange;
+    // A closed port, and credentials that must never be shown.
+    let vars = [("EVENTBUS_MANAGEMENT_URL", "http://bob:s3cret@127.0.0.1:1")];
+    let groups = ["--group", "default", "-g", "audit"];
+
+    let out = eventbus_with(
+        &scope,
+        &vars,
+        &[&["topology", "show"][..], &groups].concat(),
+    );
+    let table = ok(out);
+    assert!(
+        table.starts_with("mode: amqp, passive declares for group(s) default, audit"),
+        "{table}"
+    );
+    assert!(
+        table.contains("http://127.0.0.1:1 is not reachable"),
+        "{table}"
+    );
+    assert!(!table.contains("s3cret"), "{table}");
+    assert_eq!(row(&table, x), [x.as_str(), "-", "main"]);
+    let queue = format!("{x}.audit");
+    assert_eq!(
+        row(&table, &queue),
+        [queue.as_str(), "audit", "group", "1", "0"]
+    );
+    assert!(
+        table.contains("bindings: not visible without the management API"),
+        "{table}"
+    );
+
+    let shown = json(eventbus_with(
+        &scope,
+        &vars,
+        &[&["--json", "topology", "show"][..], &groups].concat(),
+    ));
+    assert_eq!(shown["mode"], "amqp", "{shown}");
+    assert_eq!(shown["groups"], serde_json::json!(["default", "audit"]));
+    assert_eq!(shown["bindings"], serde_json::Value::Null);
+    assert_eq!(names(&shown["exchanges"]), exchanges);
+    assert_eq!(names(&shown["queues"]), queues, "{shown}");
+
+    // Without --group: the configured group only.
+    let default_only = json(eventbus_with(
+        &scope,
+        &vars,
+        &["--json", "topology", "show"],
+    ));
+    assert_eq!(
+        names(&default_only["queues"]),
+        queues[5..],
+        "{default_only}"
+    );
+
+    refuses_then_deletes_everything(&scope, &vars, &groups, &exchanges, &queues).await;
 }

@@ -96,7 +96,7 @@ pub struct DlqMessage {
     pub body: String,
 }
 
-/// Which messages [`Dlq::replay_all`] sends back.
+/// Which messages [`Dlq::replay_all`](crate::Dlq::replay_all) sends back.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ReplayFilter {
@@ -127,7 +127,7 @@ impl ReplayFilter {
     }
 }
 
-/// What [`Dlq::replay_all`] did.
+/// What [`Dlq::replay_all`](crate::Dlq::replay_all) did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct ReplayReport {
     /// Sent back to the group's queue and removed from the DLQ.

@@ -87,7 +87,7 @@ impl Bus {
     /// Publishes events in order and returns once each is confirmed (on
     /// RabbitMQ) or handled (in memory).
     ///
-    /// Accepts any mix of event types: `bus.publish([placed.into(), shipped.into()])`.
+    /// Accepts any mix of event types: `bus.publish([AnyEnvelope::from(placed), shipped.into()])` (the first element names the item type).
     pub async fn publish<I>(&self, events: I) -> Result<PublishReport, Error>
     where
         I: IntoIterator,

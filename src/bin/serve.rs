@@ -25,13 +25,7 @@ async fn log_every_event(event: &AnyEnvelope) -> Result<(), HandlerError> {
 
 #[tokio::main]
 async fn main() -> Result<(), eventbus::Error> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    eventbus_examples::log_to_stderr();
     Bus::from_env().run().await?;
     println!("stopped cleanly");
     Ok(())

@@ -72,12 +72,16 @@ impl BusContext {
 
     /// Adds an event type at runtime; a name taken by another type is an error.
     pub(crate) fn register_event(&self, reg: EventRegistration) -> Result<(), RegistryError> {
+        // Known types (every publish on the memory transport) take only the read lock.
+        if self.event_types().contains(&reg) {
+            return Ok(());
+        }
         let mut conflicts = Vec::new();
         let mut types = self
             .event_types
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        // Only a new or conflicting type needs the copy-on-write map changed.
+        // Checked again: another caller may have added it meanwhile.
         if !types.contains(&reg) {
             Arc::make_mut(&mut types).insert(reg, &mut conflicts);
         }

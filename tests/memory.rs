@@ -471,3 +471,25 @@ async fn memory_orders_like_the_broker() {
     assert_eq!(most_at_once(DeliveryOrder::Strict, false).await, 1);
     assert!(most_at_once(DeliveryOrder::Unordered, true).await > 1);
 }
+
+#[tokio::test]
+async fn a_bus_without_any_handler_refuses_to_consume() {
+    let bus = Bus::builder()
+        .memory()
+        .without_discovery()
+        .build()
+        .await
+        .expect("a publish-only bus builds");
+    let err = bus.start_consuming().await.expect_err("nothing to consume");
+    assert!(matches!(err, eventbus::Error::NoHandlers), "{err}");
+    let err = bus
+        .run_until(async { Ok(()) })
+        .await
+        .expect_err("run refuses too");
+    assert!(err.to_string().contains("export_handlers"), "{err}");
+    // Once a handler is subscribed, the same bus consumes.
+    bus.subscribe_to_all_events(|_event: eventbus::AnyEnvelope| async {
+        Ok::<_, eventbus::HandlerError>(())
+    });
+    bus.start_consuming().await.expect("a handler: consumes");
+}

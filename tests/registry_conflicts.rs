@@ -61,7 +61,9 @@ async fn startup_lists_every_conflict() {
     );
     assert!(text.contains("#[event(name = \"...\")]"), "{text}");
     assert!(
-        text.contains("projection `registry_conflicts::NeedsPool` does not implement `Default`"),
+        text.contains("projection `registry_conflicts::NeedsPool` (#[projection] at tests/registry_conflicts.rs:31)")
+            && text.contains("does not implement `Default`")
+            && text.contains("Bus::from_env().projection(instance)"),
         "{text}"
     );
 }

@@ -33,12 +33,28 @@ async fn sigterm_stops_the_service_gracefully() {
     let mut service = ChildGuard(child);
     let stdout = common::lines(service.0.stdout.take().expect("stdout piped"));
     let stderr = common::lines(service.0.stderr.take().expect("stderr piped"));
-    // It logs "event bus running" once it consumes.
-    while !stderr
-        .recv_timeout(WAIT)
-        .expect("the service reports it is running")
-        .contains("event bus running")
-    {}
+    // It logs one startup line once it consumes: broker without the
+    // password, exchange, and each group's queue, bindings and handlers.
+    let startup = loop {
+        let line = stderr
+            .recv_timeout(WAIT)
+            .expect("the service reports it is running");
+        if line.contains("eventbus running on") {
+            break line;
+        }
+    };
+    assert!(
+        startup.contains("eventbus running on rabbitmq amqp://guest:***@"),
+        "{startup}"
+    );
+    assert!(!startup.contains("guest:guest"), "{startup}");
+    assert!(
+        startup.contains(&format!(
+            "exchange {} (topic); group default: queue {}.default bound to [#], handlers [serve::log_every_event]",
+            scope.exchange, scope.exchange
+        )),
+        "{startup}"
+    );
     // Publish one event to its exchange: the service's wildcard handler takes it.
     let publisher = Bus::builder()
         .url(&common::url())

@@ -192,6 +192,10 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
         });
     }
 
+    // `file!()`/`line!()` spanned on the impl's type: the startup error names it.
+    let location = quote::quote_spanned! {self_ty.span()=>
+        ::core::concat!(::core::file!(), ":", ::core::line!())
+    };
     quote! {
         #item
 
@@ -216,6 +220,7 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
 
             static __EVENTBUS_PROJECTION: #private::ProjectionRegistration = #private::ProjectionRegistration {
                 name: ::core::concat!(::core::module_path!(), "::", #name),
+                location: #location,
                 group: #group,
                 type_id: ::core::any::TypeId::of::<#self_ty>,
                 handlers: &[#(#specs),*],

@@ -46,6 +46,16 @@ impl GroupTable {
         self.events.values()
     }
 
+    /// Every handler's name, sorted, each once.
+    pub(crate) fn handler_names(&self) -> std::collections::BTreeSet<&str> {
+        self.by_type
+            .values()
+            .flatten()
+            .chain(&self.wildcard)
+            .map(|entry| &*entry.name)
+            .collect()
+    }
+
     pub(crate) fn takes(&self, event_type: &str) -> bool {
         self.has_wildcard() || self.by_type.contains_key(event_type)
     }
@@ -118,6 +128,17 @@ pub(crate) struct DispatchOutcome {
     pub(crate) failures: Vec<(Arc<str>, HandlerError)>,
 }
 
+impl DispatchOutcome {
+    /// `handler: error; handler: error`.
+    pub(crate) fn describe_failures(&self) -> String {
+        self.failures
+            .iter()
+            .map(|(name, error)| format!("{name}: {error}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
 impl Dispatcher {
     pub(crate) fn snapshot(&self) -> Arc<DispatchTable> {
         match self.table.read() {
@@ -185,8 +206,9 @@ impl Dispatcher {
     }
 
     /// Calls every handler of `group` that takes `event`, concurrently; one
-    /// failing handler does not stop the others. Each failure is logged with
-    /// the handler's name and counted.
+    /// failing handler does not stop the others. Each failure is counted and
+    /// returned with the handler's name (logged at debug level: the transport
+    /// logs the event's outcome).
     pub(crate) async fn dispatch(
         &self,
         table: &DispatchTable,
@@ -227,7 +249,9 @@ impl Dispatcher {
             if let Err(error) = result {
                 add(&stats.handler_errors, 1);
                 stats.last_error_at.now();
-                tracing::error!(
+                // The transport logs the event's outcome once (retry, dead
+                // letter, failure); this is the per-handler detail.
+                tracing::debug!(
                     handler = %entry.name,
                     group = %entry.group,
                     event_type = %meta.event_type(),

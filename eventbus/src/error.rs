@@ -4,7 +4,12 @@ use std::fmt;
 use std::time::Duration;
 
 /// Anything the bus can fail with.
-#[derive(Debug, thiserror::Error)]
+///
+/// `Debug` prints the same readable message as `Display`, followed by its
+/// causes, so `main() -> Result<(), eventbus::Error>` reports
+/// `Error: no publisher confirm for event ... within 30s` rather than a struct
+/// dump. Match on the variants for the details.
+#[derive(thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// The configuration is invalid.
@@ -102,6 +107,18 @@ pub enum Error {
         /// Tasks left.
         pending: usize,
     },
+    /// `run()` or `start_consuming()` on a bus without a single handler: it
+    /// would consume nothing. Usually the crate holding the handlers is not
+    /// linked into the binary.
+    #[error(
+        "no event handler is registered, so this service would consume nothing. \
+         If your #[handles] functions and #[projection]s live in another crate, that crate is not \
+         linked into this binary: put `eventbus::export_handlers!();` in its lib.rs and build the \
+         bus with `Bus::from_env().link(that_crate::eventbus_handlers())` (or write \
+         `use that_crate as _;` in main.rs). A service that only publishes uses `build()` and \
+         `publish`, not `run()` or `start_consuming()`"
+    )]
+    NoHandlers,
     /// Waiting for a termination signal failed.
     #[error("cannot listen for shutdown signals: {0}")]
     Signal(#[source] std::io::Error),
@@ -113,6 +130,23 @@ pub enum Error {
         /// The transport in use.
         transport: &'static str,
     },
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let message = self.to_string();
+        f.write_str(&message)?;
+        let mut cause = std::error::Error::source(self);
+        while let Some(error) = cause {
+            let text = error.to_string();
+            // Most messages already end with their cause's text.
+            if !message.contains(&text) {
+                write!(f, "\n  caused by: {text}")?;
+            }
+            cause = error.source();
+        }
+        Ok(())
+    }
 }
 
 /// An invalid setting, naming the variable (or builder field) and what is expected.
@@ -318,3 +352,33 @@ impl fmt::Display for HandlerError {
 
 /// What handlers return.
 pub type HandlerResult = Result<(), HandlerError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_is_the_readable_message_with_its_causes() {
+        let timeout = Error::ConfirmTimeout {
+            event_id: "e-1".into(),
+            timeout: Duration::from_secs(30),
+        };
+        // What `main() -> Result<(), Error>` prints after "Error: ".
+        assert_eq!(
+            format!("{timeout:?}"),
+            "no publisher confirm for event e-1 within 30s"
+        );
+        let signal = Error::Signal(std::io::Error::other("no signal handler"));
+        assert_eq!(
+            format!("{signal:?}"),
+            "cannot listen for shutdown signals: no signal handler"
+        );
+        let registry = Error::Registry(RegistryError {
+            conflicts: vec!["one".into()],
+        });
+        assert_eq!(
+            format!("{registry:?}"),
+            "1 conflict(s) in the event registry:\n  - one"
+        );
+    }
+}

@@ -106,7 +106,7 @@ pub use error::{ConfigError, DecodeError, Error, HandlerError, HandlerResult, Re
 pub use event::DomainEvent;
 pub use eventbus_macros::{DomainEvent, handles, projection};
 pub use handler::IntoHandlerResult;
-pub use registration::Projection;
+pub use registration::{HandlerCrate, Projection};
 pub use registry::EventTypes;
 pub use runtime::{
     BatchReport, DlqMessage, HealthStatus, PublishReport, QueueInfo, ReplayFilter, ReplayReport,

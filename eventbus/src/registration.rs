@@ -88,6 +88,8 @@ pub struct ProjectionHandler {
 pub struct ProjectionRegistration {
     /// The type's path.
     pub name: &'static str,
+    /// `file:line` of the `#[projection]` impl block.
+    pub location: &'static str,
     /// `#[projection(group = "...")]`.
     pub group: Option<&'static str>,
     /// The `TypeId` of the projection type.
@@ -123,4 +125,63 @@ inventory::collect!(FunctionRegistration);
 pub trait Projection: Send + Sync + 'static {
     /// The registration the macro generated.
     fn registration() -> &'static ProjectionRegistration;
+}
+
+/// A library crate whose `#[handles]`, `#[projection]` and
+/// `#[derive(DomainEvent)]` items a service links explicitly; made by
+/// [`export_handlers!`](crate::export_handlers) in that crate and given to
+/// [`BusBuilder::link`](crate::BusBuilder::link).
+///
+/// The macros register at link time, and a binary links a dependency only when
+/// it names something in it: a crate holding only handlers would otherwise be
+/// left out silently. Naming its `eventbus_handlers()` links it, and the
+/// builder checks that it registered something.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HandlerCrate {
+    module_path: &'static str,
+}
+
+impl HandlerCrate {
+    #[doc(hidden)]
+    pub const fn __new(module_path: &'static str) -> Self {
+        Self { module_path }
+    }
+
+    /// The crate's name as written in paths (`shop_core`).
+    pub fn name(&self) -> &'static str {
+        self.module_path
+            .split("::")
+            .next()
+            .unwrap_or(self.module_path)
+    }
+
+    /// Whether `path` (a type, function or projection path) is in this crate.
+    pub(crate) fn owns(&self, path: &str) -> bool {
+        path.strip_prefix(self.name())
+            .is_some_and(|rest| rest.starts_with("::"))
+    }
+}
+
+/// Declares `pub fn eventbus_handlers() -> HandlerCrate` in a library crate,
+/// so that a service can link the crate's handlers explicitly with
+/// [`BusBuilder::link`](crate::BusBuilder::link).
+///
+/// ```
+/// // In the library crate's lib.rs (say, `shop_core`):
+/// eventbus::export_handlers!();
+///
+/// // In the service's main.rs:
+/// // Bus::from_env().link(shop_core::eventbus_handlers()).run().await
+/// # assert_eq!(eventbus_handlers().name(), module_path!().split("::").next().unwrap());
+/// ```
+#[macro_export]
+macro_rules! export_handlers {
+    () => {
+        /// This crate's eventbus events, projections and handlers, for
+        /// `eventbus::BusBuilder::link` in a service that does not otherwise
+        /// name anything in this crate (it would not be linked).
+        pub fn eventbus_handlers() -> $crate::HandlerCrate {
+            $crate::HandlerCrate::__new(::core::module_path!())
+        }
+    };
 }

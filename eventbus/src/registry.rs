@@ -12,7 +12,8 @@ use crate::envelope::AnyEnvelope;
 use crate::error::{DecodeError, RegistryError};
 use crate::handler::{HandlerEntry, Instance, Invoke};
 use crate::registration::{
-    EventRegistration, FunctionRegistration, ProjectionRegistration, ProjectionSubmission,
+    EventRegistration, FunctionRegistration, HandlerCrate, ProjectionRegistration,
+    ProjectionSubmission,
 };
 
 /// Event types by name: how a consumer finds the decoder for a message.
@@ -102,6 +103,19 @@ impl Discovered {
             functions,
         }
     }
+
+    /// The crates of `linked` that contributed nothing (their names).
+    pub(crate) fn missing(&self, linked: &[HandlerCrate]) -> Vec<&'static str> {
+        linked
+            .iter()
+            .filter(|krate| {
+                !(self.events.iter().any(|e| krate.owns((e.rust_type)()))
+                    || self.projections.iter().any(|p| krate.owns(p.name))
+                    || self.functions.iter().any(|f| krate.owns(f.name)))
+            })
+            .map(HandlerCrate::name)
+            .collect()
+    }
 }
 
 /// A handler given to the builder by hand.
@@ -168,8 +182,10 @@ impl Registry {
                     entries.extend(HandlerEntry::of_projection(reg, &instance, default_group))
                 }
                 None => conflicts.push(format!(
-                    "projection `{name}` does not implement `Default`; supply an instance with \
-                     `Bus::from_env().projection(instance)` (which keeps the EVENTBUS_* settings)"
+                    "projection `{name}` (#[projection] at {}) does not implement `Default`; \
+                     supply an instance with `Bus::from_env().projection(instance)` (which keeps \
+                     the EVENTBUS_* settings), or derive/implement `Default`",
+                    reg.location
                 )),
             }
         }

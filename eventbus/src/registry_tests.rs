@@ -116,11 +116,28 @@ fn every_conflict_is_listed_at_once() {
         "{text}"
     );
     assert!(
-        text.contains("NeedsInstance` does not implement `Default`")
+        text.contains("NeedsInstance` (#[projection] at eventbus/src/registry_tests.rs:")
+            && text.contains("does not implement `Default`")
             && text.contains("Bus::from_env().projection(instance)"),
         "{text}"
     );
     let mut sorted = err.conflicts.clone();
     sorted.sort();
     assert_eq!(sorted, err.conflicts, "sorted for a stable report");
+}
+
+#[test]
+fn a_linked_crate_that_registered_nothing_is_named() {
+    use crate::registration::HandlerCrate;
+    let found = discovered();
+    // This crate's items are under `eventbus::`; `shop_core` registered nothing.
+    let linked = [
+        HandlerCrate::__new("eventbus::registry"),
+        HandlerCrate::__new("shop_core"),
+        // A prefix of a crate name is not that crate.
+        HandlerCrate::__new("event"),
+    ];
+    assert_eq!(found.missing(&linked), ["shop_core", "event"]);
+    assert_eq!(linked[0].name(), "eventbus");
+    assert!(Discovered::default().missing(&linked[..1]) == ["eventbus"]);
 }

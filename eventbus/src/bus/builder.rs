@@ -8,10 +8,10 @@ use std::sync::Arc;
 use crate::config::{BrokerUrl, Config};
 use crate::dispatch::Dispatcher;
 use crate::envelope::{AnyEnvelope, Envelope};
-use crate::error::{ConfigError, Error};
+use crate::error::{ConfigError, Error, RegistryError};
 use crate::event::DomainEvent;
 use crate::handler::{IntoHandlerResult, Invoke};
-use crate::registration::{EventRegistration, Projection};
+use crate::registration::{EventRegistration, HandlerCrate, Projection};
 use crate::registry::{Additions, Discovered, ManualHandler, Registry};
 use crate::runtime::BusContext;
 use crate::transport::AnyTransport;
@@ -26,6 +26,7 @@ pub struct BusBuilder {
     discover: bool,
     declare: bool,
     additions: Additions,
+    linked: Vec<HandlerCrate>,
 }
 
 impl fmt::Debug for BusBuilder {
@@ -34,6 +35,7 @@ impl fmt::Debug for BusBuilder {
             .field("config", &self.config)
             .field("discover", &self.discover)
             .field("declare", &self.declare)
+            .field("linked", &self.linked)
             .field("events", &self.additions.events)
             .field(
                 "projections",
@@ -64,6 +66,7 @@ impl BusBuilder {
             discover: true,
             declare: true,
             additions: Additions::default(),
+            linked: Vec::new(),
         }
     }
 
@@ -116,6 +119,16 @@ impl BusBuilder {
     /// argument in their environment cannot conflict with the services'.
     pub fn without_topology(mut self) -> Self {
         self.declare = false;
+        self
+    }
+
+    /// Links the handlers, projections and events of a library crate that the
+    /// service does not otherwise name, so they are not left out of the binary:
+    /// `.link(shop_core::eventbus_handlers())`, after
+    /// [`eventbus::export_handlers!()`](crate::export_handlers) in that crate's
+    /// `lib.rs`. `build()` fails if the crate registered nothing.
+    pub fn link(mut self, handlers: HandlerCrate) -> Self {
+        self.linked.push(handlers);
         self
     }
 
@@ -177,6 +190,26 @@ impl BusBuilder {
         } else {
             Discovered::default()
         };
+        let unlinked = discovered.missing(&self.linked);
+        if !unlinked.is_empty() {
+            return Err(RegistryError {
+                conflicts: unlinked
+                    .iter()
+                    .map(|krate| {
+                        format!(
+                            "crate `{krate}` was linked with `.link(...)` but registered no event, \
+                             projection or handler{}",
+                            if self.discover {
+                                ""
+                            } else {
+                                " (discovery is off: `without_discovery()`)"
+                            }
+                        )
+                    })
+                    .collect(),
+            }
+            .into());
+        }
         let registry = Registry::assemble(&discovered, self.additions, &config.consumer_group)?;
         let dispatcher = Dispatcher::default();
         for entry in registry.entries {

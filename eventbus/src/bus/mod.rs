@@ -145,7 +145,13 @@ impl Bus {
 
     /// Starts consuming in the background (RabbitMQ); a no-op in memory,
     /// where publishing delivers directly.
+    ///
+    /// Fails with [`Error::NoHandlers`] when not a single handler is
+    /// registered (usually a crate of handlers that is not linked).
     pub async fn start_consuming(&self) -> Result<(), Error> {
+        if self.ctx.dispatcher.len() == 0 {
+            return Err(Error::NoHandlers);
+        }
         self.transport.start_consuming().await
     }
 
@@ -183,16 +189,46 @@ impl Bus {
         F: Future<Output = Result<(), Error>>,
     {
         self.start_consuming().await?;
-        tracing::info!(
-            transport = self.transport_name(),
-            url = %self.ctx.config.url,
-            groups = ?self.groups(),
-            "event bus running"
-        );
+        let summary = self.startup_summary();
+        if tracing::dispatcher::has_been_set() {
+            tracing::info!(target: "eventbus", "{summary}");
+        } else {
+            // Without a tracing subscriber nothing else is printed: one line
+            // says what runs, so a service that serves nothing is noticed.
+            eprintln!("{summary}");
+        }
         let stopped = stop.await;
         tracing::info!("event bus shutting down");
         let shutdown = self.shutdown(self.ctx.config.shutdown_timeout).await;
         stopped.and(shutdown)
+    }
+
+    /// The startup line: broker (password redacted), exchange, and per group
+    /// its bindings and handlers.
+    fn startup_summary(&self) -> String {
+        let config = &self.ctx.config;
+        let table = self.ctx.dispatcher.snapshot();
+        let groups: Vec<String> = table
+            .groups
+            .iter()
+            .map(|(name, group)| {
+                let source = self.transport.describe_group(name);
+                let handlers: Vec<&str> = group.handler_names().into_iter().collect();
+                format!(
+                    "group {name}: {source}{}handlers [{}]",
+                    if source.is_empty() { "" } else { ", " },
+                    handlers.join(", ")
+                )
+            })
+            .collect();
+        format!(
+            "eventbus running on {} {}, exchange {} ({}); {}",
+            self.transport_name(),
+            config.url,
+            config.exchange_name,
+            config.exchange_type,
+            groups.join("; ")
+        )
     }
 
     /// Connection and consumer state.

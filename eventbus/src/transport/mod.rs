@@ -70,6 +70,14 @@ pub(crate) trait Transport: Send + Sync {
     /// Connection and consumer state.
     fn health(&self) -> impl Future<Output = HealthStatus> + Send;
 
+    /// Where `group`'s deliveries come from, for the startup line
+    /// (`queue events.billing bound to [Order.OrderPlaced]`).
+    /// Empty when there is nothing to say beyond the handlers.
+    fn describe_group(&self, group: &str) -> String {
+        let _ = group;
+        String::new()
+    }
+
     /// Routes `routing_key` to `group` from now on.
     fn bind(
         &self,
@@ -185,6 +193,9 @@ impl Transport for AnyTransport {
     }
     async fn health(&self) -> HealthStatus {
         forward!(self, t => t.health().await)
+    }
+    fn describe_group(&self, group: &str) -> String {
+        forward!(self, t => t.describe_group(group))
     }
     async fn bind(&self, group: &str, routing_key: &str) -> Result<(), Error> {
         forward!(self, t => t.bind(group, routing_key).await)

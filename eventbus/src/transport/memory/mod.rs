@@ -107,6 +107,14 @@ impl Transport for MemoryTransport {
                         add(&ctx.stats.events_processed_success, 1);
                     } else {
                         add(&ctx.stats.events_processed_failed, 1);
+                        // In memory there is no retry or dead-letter queue.
+                        tracing::error!(
+                            %group,
+                            event_type = %meta.event_type(),
+                            event_id = %meta.event_id(),
+                            reason = %outcome.describe_failures(),
+                            "event handler failed (the in-memory transport does not retry)"
+                        );
                     }
                     drop(turn);
                 }

@@ -213,12 +213,7 @@ async fn handle(
                         .iter()
                         .map(|(n, _)| n.to_string())
                         .collect();
-                    let reason = outcome
-                        .failures
-                        .iter()
-                        .map(|(name, error)| format!("{name}: {error}"))
-                        .collect::<Vec<_>>()
-                        .join("; ");
+                    let reason = outcome.describe_failures();
                     let permanent = outcome.failures.iter().find(|(_, e)| e.is_permanent());
                     let (last_name, last_error) = permanent.unwrap_or(&outcome.failures[0]);
                     if permanent.is_some() || retry_count >= config.max_retries {
@@ -233,15 +228,13 @@ async fn handle(
                     }
                 }
             }
-            Err(error) => {
-                tracing::error!(%group, %message_id, routing_key = %delivery.routing_key, %error, "cannot decode message");
-                Verdict::DeadLetter {
-                    reason: format!("undecodable message: {error}"),
-                    error_type: error.kind().to_owned(),
-                    handler: None,
-                    failed: Vec::new(),
-                }
-            }
+            // Logged once, with the dead-letter outcome below.
+            Err(error) => Verdict::DeadLetter {
+                reason: format!("undecodable message: {error}"),
+                error_type: error.kind().to_owned(),
+                handler: None,
+                failed: Vec::new(),
+            },
         }
     };
 
@@ -253,8 +246,9 @@ async fn handle(
         Verdict::Retry { failed, reason } => {
             let delay = retry::retry_delay(config, retry_count);
             tracing::warn!(
-                %group, %message_id, attempt = retry_count + 1, max_retries = config.max_retries,
-                delay_ms = delay.as_millis() as u64, %reason, "handler failed; retrying later"
+                %group, %message_id, routing_key = %original_key, attempt = retry_count + 1,
+                max_retries = config.max_retries, delay_ms = delay.as_millis() as u64, %reason,
+                "handler failed; retrying later"
             );
             Some(Outgoing {
                 exchange: String::new(),
@@ -278,7 +272,7 @@ async fn handle(
         } => {
             stats.last_error_at.now();
             if config.enable_dlq {
-                tracing::warn!(%group, %message_id, retries = retry_count, %reason, "message dead-lettered");
+                tracing::error!(%group, %message_id, routing_key = %original_key, retries = retry_count, %reason, "message dead-lettered");
                 Some(Outgoing {
                     exchange: config.dlq_exchange_name(),
                     routing_key: queue.clone(),

@@ -224,6 +224,23 @@ impl Transport for RabbitTransport {
         "rabbitmq"
     }
 
+    fn describe_group(&self, group: &str) -> String {
+        let extra = lock(&self.extra).clone();
+        let bindings = topology::group_bindings(
+            &self.ctx.config,
+            &self.ctx.dispatcher.snapshot(),
+            &self.ctx.event_types(),
+            &extra,
+            group,
+        );
+        let keys: Vec<String> = bindings.iter().map(topology::Binding::describe).collect();
+        format!(
+            "queue {} bound to [{}]",
+            self.ctx.config.group_queue_name(group),
+            keys.join(", ")
+        )
+    }
+
     async fn publish(&self, events: &[AnyEnvelope]) -> Result<usize, Error> {
         self.publisher.publish_events(&self.ctx, events).await
     }

@@ -24,6 +24,32 @@ pub(crate) struct Binding {
 }
 
 impl Binding {
+    /// How the startup line shows it: the routing key, or the header match.
+    pub(crate) fn describe(&self) -> String {
+        if !self.routing_key.is_empty() || self.arguments.inner().is_empty() {
+            return if self.routing_key.is_empty() {
+                "(every message)".to_owned()
+            } else {
+                self.routing_key.clone()
+            };
+        }
+        let matches: Vec<String> = self
+            .arguments
+            .inner()
+            .iter()
+            .filter(|(k, _)| k.as_str() != "x-match")
+            .map(|(k, v)| match v {
+                lapin::types::AMQPValue::LongString(s) => format!("{k}={s}"),
+                other => format!("{k}={other:?}"),
+            })
+            .collect();
+        if matches.is_empty() {
+            "(every message)".to_owned()
+        } else {
+            format!("headers {}", matches.join(" "))
+        }
+    }
+
     fn key(routing_key: impl Into<String>) -> Self {
         Self {
             routing_key: routing_key.into(),
@@ -265,6 +291,28 @@ pub(crate) async fn bind(
         .map_err(|e| declare_failure(&e, "binding of queue", queue))
 }
 
+/// `group`'s bindings: derived from its handlers plus the runtime ones in `extra`.
+pub(crate) fn group_bindings(
+    config: &Config,
+    table: &DispatchTable,
+    event_types: &EventTypes,
+    extra: &[(String, String)],
+    group: &str,
+) -> Vec<Binding> {
+    let mut out = table
+        .groups
+        .get(group)
+        .map(|handlers| bindings(config, handlers, event_types))
+        .unwrap_or_default();
+    for (g, key) in extra {
+        let binding = binding_for_key(config, key);
+        if g == group && !out.contains(&binding) {
+            out.push(binding);
+        }
+    }
+    out
+}
+
 /// Declares everything: the exchange, then every group with its bindings.
 pub(crate) async fn declare_all(
     channel: &Channel,
@@ -274,13 +322,8 @@ pub(crate) async fn declare_all(
     extra: &[(String, String)],
 ) -> Result<(), Failure> {
     declare_exchange(channel, config).await?;
-    for (group, handlers) in &table.groups {
-        let mut group_bindings = bindings(config, handlers, event_types);
-        for (g, key) in extra {
-            if **g == **group {
-                group_bindings.push(binding_for_key(config, key));
-            }
-        }
+    for group in table.groups.keys() {
+        let group_bindings = group_bindings(config, table, event_types, extra, group);
         declare_group(channel, config, group, &group_bindings).await?;
     }
     // Groups that only have runtime bindings (bind_routing_key before any handler).

@@ -1,0 +1,1 @@
+//! Example service binaries (`src/bin/`); see `../README.md`.

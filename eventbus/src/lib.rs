@@ -95,6 +95,11 @@ mod dlq;
 #[doc(hidden)]
 pub mod __private;
 
+/// Compiles every Rust example of README.md as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;
+
 pub use bus::{Bus, BusBuilder, shutdown_signal};
 pub use config::{
     BrokerUrl, Config, DEFAULT_URL, DeliveryOrder, ENV_PREFIX, ExchangeType, QueueArgument,

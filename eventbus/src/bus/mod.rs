@@ -87,7 +87,37 @@ impl Bus {
     /// Publishes events in order and returns once each is confirmed (on
     /// RabbitMQ) or handled (in memory).
     ///
-    /// Accepts any mix of event types: `bus.publish([AnyEnvelope::from(placed), shipped.into()])` (the first element names the item type).
+    /// Takes anything iterable of envelopes: one type, or a mix converted to
+    /// [`AnyEnvelope`] (the first element names the array's item type, so
+    /// `[placed.into(), shipped.into()]` alone is ambiguous).
+    ///
+    /// ```standalone_crate
+    /// # use eventbus::{AnyEnvelope, Bus, DomainEvent, Envelope};
+    /// # use serde::{Deserialize, Serialize};
+    /// # #[derive(Debug, Clone, Serialize, Deserialize, DomainEvent)]
+    /// # #[event(aggregate = "Order")]
+    /// # struct OrderPlaced { customer_id: String }
+    /// # #[derive(Debug, Clone, Serialize, Deserialize, DomainEvent)]
+    /// # #[event(aggregate = "Order")]
+    /// # struct OrderShipped { tracking_number: String }
+    /// # #[tokio::main]
+    /// # async fn main() -> Result<(), eventbus::Error> {
+    /// let bus = Bus::builder().memory().build().await?;
+    /// // In memory, as on RabbitMQ, an event nobody takes is `Unroutable`.
+    /// bus.subscribe_to_all_events(|event: AnyEnvelope| async move {
+    ///     println!("{}", event.meta().event_type());
+    ///     Ok::<_, eventbus::HandlerError>(())
+    /// });
+    /// let order = uuid::Uuid::new_v4();
+    /// let placed = Envelope::new(order, OrderPlaced { customer_id: "C-1".into() });
+    /// let shipped = Envelope::new(order, OrderShipped { tracking_number: "T-9".into() });
+    ///
+    /// bus.publish([placed.clone()]).await?;                              // one type
+    /// let report = bus.publish([AnyEnvelope::from(placed), shipped.into()]).await?; // a mix
+    /// assert_eq!(report.published, 2);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn publish<I>(&self, events: I) -> Result<PublishReport, Error>
     where
         I: IntoIterator,

@@ -281,6 +281,12 @@ pub struct Config {
     pub heartbeat: u16,
     /// `EVENTBUS_ENABLE_TRACING`. Default: true.
     pub enable_tracing: bool,
+    /// `EVENTBUS_METRICS_ADDR`: where `run()` serves `/metrics`,
+    /// `/health/live` and `/health/ready` (`0.0.0.0:9090`). Default: none (off).
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// `EVENTBUS_METRICS_INTERVAL` in seconds: how often queue depths and
+    /// consumer state are sampled for `/metrics`. Default: 15.0.
+    pub metrics_interval: Duration,
     /// `EVENTBUS_VERIFY_SSL`: `false` disables certificate checks (logged as a warning). Default: true.
     pub verify_ssl: bool,
     /// `EVENTBUS_CA_FILE`: PEM CA to trust. Default: none.
@@ -340,6 +346,8 @@ impl Default for Config {
             max_reconnect_delay: Duration::from_secs(60),
             heartbeat: 60,
             enable_tracing: true,
+            metrics_addr: None,
+            metrics_interval: Duration::from_secs(15),
             verify_ssl: true,
             ca_file: None,
             cert_file: None,
@@ -424,6 +432,12 @@ impl Config {
             "seconds, an integer 0..=65535",
         )?;
         env.flag("ENABLE_TRACING", &mut c.enable_tracing)?;
+        env.optional(
+            "METRICS_ADDR",
+            &mut c.metrics_addr,
+            "an IP address and port, e.g. 0.0.0.0:9090",
+        )?;
+        env.seconds("METRICS_INTERVAL", &mut c.metrics_interval)?;
         env.flag("VERIFY_SSL", &mut c.verify_ssl)?;
         env.path("CA_FILE", &mut c.ca_file);
         env.path("CERT_FILE", &mut c.cert_file);
@@ -493,6 +507,13 @@ impl Config {
             if value.trim().is_empty() {
                 return Err(invalid(name, value.clone(), "a non-empty name"));
             }
+        }
+        if self.metrics_interval.is_zero() {
+            return Err(invalid(
+                "METRICS_INTERVAL",
+                "0".into(),
+                "seconds, greater than 0",
+            ));
         }
         if self.cert_file.is_some() != self.key_file.is_some() {
             return Err(invalid(

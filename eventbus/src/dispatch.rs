@@ -236,16 +236,26 @@ impl Dispatcher {
         let selected = handlers
             .handlers_for(meta.event_type())
             .filter(|entry| only.is_none_or(|names| names.iter().any(|n| **n == *entry.name)));
+        let _in_flight = stats.metrics.in_flight();
         let calls = selected.map(|entry| async move {
+            let started = std::time::Instant::now();
             let result = entry.invoke.call(event).await;
-            (entry, result)
+            (entry, result, started.elapsed())
         });
         let results = join_all(calls).await;
         let mut outcome = DispatchOutcome {
             failures: Vec::new(),
         };
         add(&stats.handlers_invoked, results.len() as u64);
-        for (entry, result) in results {
+        for (entry, result, took) in results {
+            let label = match &result {
+                Ok(()) => "success",
+                Err(error) if error.is_permanent() => "permanent_error",
+                Err(_) => "error",
+            };
+            stats
+                .metrics
+                .handler_done(&entry.group, &entry.name, meta.event_type(), label, took);
             if let Err(error) = result {
                 add(&stats.handler_errors, 1);
                 stats.last_error_at.now();

@@ -119,6 +119,14 @@ pub enum Error {
          `publish`, not `run()` or `start_consuming()`"
     )]
     NoHandlers,
+    /// The metrics and health listener could not be opened.
+    #[error("cannot serve metrics and health on {addr}: {source}")]
+    Listen {
+        /// The address asked for (`EVENTBUS_METRICS_ADDR`).
+        addr: std::net::SocketAddr,
+        /// What the OS said.
+        source: std::io::Error,
+    },
     /// Waiting for a termination signal failed.
     #[error("cannot listen for shutdown signals: {0}")]
     Signal(#[source] std::io::Error),

@@ -82,6 +82,7 @@ mod wire;
 mod config;
 mod dispatch;
 mod handler;
+mod metrics;
 mod registry;
 mod stats;
 // Core every transport is given.

@@ -22,6 +22,8 @@ pub(crate) struct Stats {
     pub(crate) last_consume_at: Stamp,
     pub(crate) last_error_at: Stamp,
     pub(crate) connected_at: Stamp,
+    /// What only the Prometheus endpoint shows (labelled, histograms, gauges).
+    pub(crate) metrics: crate::metrics::Metrics,
 }
 
 /// A time in microseconds since the epoch; 0 means never.

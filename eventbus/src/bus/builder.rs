@@ -225,6 +225,7 @@ impl BusBuilder {
         Ok(Bus {
             ctx,
             transport: Arc::new(transport),
+            observe: tokio_util::sync::CancellationToken::new(),
         })
     }
 

@@ -18,6 +18,7 @@ use crate::stats::{BusStats, add};
 use crate::transport::{AnyTransport, Transport};
 
 mod builder;
+mod observe;
 mod subscribe;
 
 pub use builder::BusBuilder;
@@ -37,6 +38,8 @@ pub use builder::BusBuilder;
 pub struct Bus {
     ctx: Arc<BusContext>,
     transport: Arc<AnyTransport>,
+    /// Stops the metrics listener and sampler at shutdown.
+    observe: tokio_util::sync::CancellationToken,
 }
 
 impl fmt::Debug for Bus {
@@ -125,7 +128,7 @@ impl Bus {
     {
         let events: Vec<AnyEnvelope> = events.into_iter().map(Into::into).collect();
         let total = events.len();
-        let published = self.transport.publish(&events).await?;
+        let published = self.timed_publish(&events).await?;
         Ok(PublishReport { published, total })
     }
 
@@ -140,7 +143,7 @@ impl Bus {
     {
         let events: Vec<AnyEnvelope> = events.into_iter().map(Into::into).collect();
         runtime::publish_in_chunks(&self.ctx.config, &events, preserve_order, |chunk| {
-            self.transport.publish(chunk)
+            self.timed_publish(chunk)
         })
         .await
     }
@@ -156,11 +159,36 @@ impl Bus {
         let bus = self.clone();
         add(&self.ctx.stats.background_tasks_created, 1);
         self.ctx.tasks.spawn(async move {
-            if let Err(error) = bus.transport.publish(&events).await {
+            if let Err(error) = bus.timed_publish(&events).await {
                 bus.ctx.stats.last_error_at.now();
                 tracing::error!(%error, events = events.len(), "background publish failed");
             }
         });
+    }
+
+    /// Publishes through the transport, timing it and counting failures by kind.
+    async fn timed_publish(&self, events: &[AnyEnvelope]) -> Result<usize, Error> {
+        let started = std::time::Instant::now();
+        let result = self.transport.publish(events).await;
+        let metrics = &self.ctx.stats.metrics;
+        match &result {
+            Ok(_) => metrics
+                .publish_duration
+                .observe(started.elapsed().as_secs_f64()),
+            Err(error) => {
+                let kind = match error {
+                    Error::Unroutable { .. } => "unroutable",
+                    Error::Nacked { .. } => "nacked",
+                    Error::ConfirmTimeout { .. } => "confirm_timeout",
+                    _ => "other",
+                };
+                metrics
+                    .publish_errors
+                    .get_or_create(&crate::metrics::PublishErrorKind { kind })
+                    .inc();
+            }
+        }
+        result
     }
 
     /// Background tasks still running.
@@ -194,6 +222,7 @@ impl Bus {
     /// background publishes, then closes the connections.
     pub async fn shutdown(&self, timeout: Duration) -> Result<(), Error> {
         let deadline = tokio::time::Instant::now() + timeout;
+        self.observe.cancel();
         let stopped = self.transport.stop_consuming().await;
         self.ctx.tasks.close();
         let waited = tokio::time::timeout_at(deadline, self.ctx.tasks.wait()).await;
@@ -218,8 +247,22 @@ impl Bus {
     where
         F: Future<Output = Result<(), Error>>,
     {
-        self.start_consuming().await?;
-        let summary = self.startup_summary();
+        // The listener first: a taken port fails before anything consumes,
+        // and the readiness probe answers (503) while consumers start.
+        let metrics = match self.ctx.config.metrics_addr {
+            Some(addr) => Some(self.serve_metrics(addr).await?),
+            None => None,
+        };
+        if let Err(error) = self.start_consuming().await {
+            self.observe.cancel();
+            return Err(error);
+        }
+        let mut summary = self.startup_summary();
+        if let Some(bound) = metrics {
+            summary.push_str(&format!(
+                "; metrics on http://{bound}/metrics, probes /health/live and /health/ready"
+            ));
+        }
         if tracing::dispatcher::has_been_set() {
             tracing::info!(target: "eventbus", "{summary}");
         } else {

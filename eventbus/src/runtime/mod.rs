@@ -38,7 +38,7 @@ pub(crate) struct BusContext {
     pub(crate) config: Config,
     event_types: RwLock<Arc<EventTypes>>,
     pub(crate) dispatcher: Dispatcher,
-    pub(crate) stats: Stats,
+    pub(crate) stats: Arc<Stats>,
     /// Background publishes, awaited on shutdown.
     pub(crate) tasks: TaskTracker,
     /// Declare the topology on connect (off for tools that only inspect).
@@ -56,7 +56,7 @@ impl BusContext {
             config,
             event_types: RwLock::new(Arc::new(event_types)),
             dispatcher,
-            stats: Stats::default(),
+            stats: Arc::default(),
             tasks: TaskTracker::new(),
             declare,
         }

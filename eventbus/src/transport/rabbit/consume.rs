@@ -306,7 +306,9 @@ async fn handle(
     }
     match &verdict {
         Verdict::Ack => add(&stats.events_processed_success, 1),
-        Verdict::Retry { .. } => {}
+        Verdict::Retry { .. } => {
+            stats.metrics.retries.inc();
+        }
         Verdict::DeadLetter { .. } => {
             add(&stats.events_processed_failed, 1);
             if config.enable_dlq {

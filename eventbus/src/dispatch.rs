@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
+use tracing::Instrument as _;
 
 use futures_util::future::join_all;
 
@@ -237,10 +238,23 @@ impl Dispatcher {
             .handlers_for(meta.event_type())
             .filter(|entry| only.is_none_or(|names| names.iter().any(|n| **n == *entry.name)));
         let _in_flight = stats.metrics.in_flight();
-        let calls = selected.map(|entry| async move {
-            let started = std::time::Instant::now();
-            let result = entry.invoke.call(event).await;
-            (entry, result, started.elapsed())
+        let calls = selected.map(|entry| {
+            let span = tracing::info_span!(
+                "handle",
+                otel.name = %format!("handle {}", entry.name),
+                otel.kind = "internal",
+                messaging.consumer.group.name = %entry.group,
+                eventsource.handler = %entry.name,
+                eventsource.event.id = %meta.event_id(),
+                eventsource.event.type = %meta.event_type(),
+                eventsource.aggregate.id = %meta.aggregate_id(),
+            );
+            async move {
+                let started = std::time::Instant::now();
+                let result = entry.invoke.call(event).await;
+                (entry, result, started.elapsed())
+            }
+            .instrument(span)
         });
         let results = join_all(calls).await;
         let mut outcome = DispatchOutcome {

@@ -169,7 +169,15 @@ impl Bus {
     /// Publishes through the transport, timing it and counting failures by kind.
     async fn timed_publish(&self, events: &[AnyEnvelope]) -> Result<usize, Error> {
         let started = std::time::Instant::now();
-        let result = self.transport.publish(events).await;
+        let result = if self.ctx.config.enable_tracing {
+            use tracing::Instrument as _;
+            self.transport
+                .publish(events)
+                .instrument(self.publish_span(events))
+                .await
+        } else {
+            self.transport.publish(events).await
+        };
         let metrics = &self.ctx.stats.metrics;
         match &result {
             Ok(_) => metrics
@@ -189,6 +197,32 @@ impl Bus {
             }
         }
         result
+    }
+
+    /// The producer span of one publish call: its context is what the
+    /// messages carry. A single event's ids are attributes; a batch has its
+    /// size.
+    fn publish_span(&self, events: &[AnyEnvelope]) -> tracing::Span {
+        let exchange = &self.ctx.config.exchange_name;
+        let single = match events {
+            [one] => Some(one.meta()),
+            _ => None,
+        };
+        tracing::info_span!(
+            "publish",
+            otel.name = %format!("publish {exchange}"),
+            otel.kind = "producer",
+            messaging.system = self.transport_name(),
+            messaging.operation.type = "send",
+            messaging.destination.name = %exchange,
+            messaging.batch.message_count = events.len(),
+            messaging.message.id = single.map(|m| m.event_id().to_string()),
+            messaging.rabbitmq.destination.routing_key = single.map(|m| m.routing_key()),
+            eventsource.event.id = single.map(|m| m.event_id().to_string()),
+            eventsource.event.type = single.map(|m| m.event_type()),
+            eventsource.aggregate.id = single.map(|m| m.aggregate_id().to_string()),
+            eventsource.aggregate.type = single.map(|m| m.aggregate_type()),
+        )
     }
 
     /// Background tasks still running.

@@ -339,8 +339,13 @@ pub(crate) fn decode_any<E: DomainEvent>(body: &[u8]) -> Result<AnyEnvelope, Dec
     decode_body::<E>(body).map(AnyEnvelope::from)
 }
 
-/// Checks and encodes an event about to be published: what every transport does first.
-pub(crate) fn encode_for_publish(event: &AnyEnvelope) -> Result<WireMessage, crate::Error> {
+/// Checks and encodes an event about to be published: what every transport
+/// does first. With `trace`, the current trace context goes into the headers
+/// (`EVENTBUS_ENABLE_TRACING`).
+pub(crate) fn encode_for_publish(
+    event: &AnyEnvelope,
+    trace: bool,
+) -> Result<WireMessage, crate::Error> {
     let meta = event.meta();
     check_versions(meta.event_version, meta.aggregate_version).map_err(|detail| {
         crate::Error::InvalidEnvelope {
@@ -349,10 +354,16 @@ pub(crate) fn encode_for_publish(event: &AnyEnvelope) -> Result<WireMessage, cra
             detail,
         }
     })?;
-    encode(event).map_err(|source| crate::Error::Encode {
+    let mut message = encode(event).map_err(|source| crate::Error::Encode {
         event_type: meta.event_type().to_owned(),
         source,
-    })
+    })?;
+    if trace {
+        message
+            .headers
+            .extend(trace::inject(&trace::current_context()));
+    }
+    Ok(message)
 }
 
 /// The envelope rule eventsource-py's model enforces, checked on publish and on decode.
@@ -410,6 +421,8 @@ fn body_event_type(body: &[u8]) -> Result<Option<String>, DecodeError> {
             detail: e.to_string(),
         })
 }
+
+pub(crate) mod trace;
 
 #[cfg(test)]
 mod golden_tests;

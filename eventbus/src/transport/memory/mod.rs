@@ -59,7 +59,7 @@ impl Transport for MemoryTransport {
         let mut published = 0;
         for event in events {
             let meta = event.meta();
-            let message = wire::encode_for_publish(event)?;
+            let message = wire::encode_for_publish(event, ctx.config.enable_tracing)?;
             let table = ctx.dispatcher.snapshot();
             let groups: Vec<_> = table
                 .groups

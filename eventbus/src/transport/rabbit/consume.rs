@@ -115,7 +115,8 @@ pub(crate) async fn start_group(
                         let settled = settled.clone();
                         ctx.deliveries.spawn(async move {
                             turn.wait().await;
-                            let (how, message_id) = handle(&shared, &group, &publisher, &delivery).await;
+                            let work = handle(&shared, &group, &publisher, &delivery);
+                            let (how, message_id) = traced(&shared, &group, &delivery, work).await;
                             drop(turn);
                             // The settler outlives every delivery task.
                             let _ = settled.send(Settled {
@@ -162,6 +163,48 @@ enum Verdict {
 /// The aggregate a delivery belongs to, from eventsource-py's header.
 fn aggregate_key(properties: &lapin::BasicProperties) -> Option<uuid::Uuid> {
     amqp::string_header(properties, HEADER_AGGREGATE_ID).and_then(|id| id.parse().ok())
+}
+
+/// Runs `work` (the handling of `delivery`) in a consumer span whose parent
+/// is the trace context the message carries; while it runs, that context is
+/// also the current one, so a handler's publishes continue the trace even
+/// without an OpenTelemetry layer.
+async fn traced<F: std::future::Future>(
+    shared: &BusContext,
+    group: &str,
+    delivery: &Delivery,
+    work: F,
+) -> F::Output {
+    use opentelemetry::context::FutureExt as _;
+    use tracing::Instrument as _;
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    if !shared.config.enable_tracing {
+        return work.await;
+    }
+    let properties = &delivery.properties;
+    let header = |name: &str| amqp::string_header(properties, name);
+    let cx = crate::wire::trace::extract(header);
+    let queue = shared.config.group_queue_name(group);
+    // A retry arrives with the queue's name as its key: name the original.
+    let routing_key = retry::original_routing_key(properties, delivery.routing_key.as_str());
+    let span = tracing::info_span!(
+        "consume",
+        otel.name = %format!("process {queue}"),
+        otel.kind = "consumer",
+        messaging.system = "rabbitmq",
+        messaging.operation.type = "process",
+        messaging.destination.name = %shared.config.exchange_name,
+        messaging.consumer.group.name = %group,
+        messaging.rabbitmq.destination.routing_key = %routing_key,
+        messaging.message.id = properties.message_id().as_ref().map(|id| id.as_str()),
+        eventsource.event.type = header(crate::wire::HEADER_EVENT_TYPE),
+        eventsource.aggregate.id = header(HEADER_AGGREGATE_ID),
+        eventsource.aggregate.type = header(crate::wire::HEADER_AGGREGATE_TYPE),
+        eventsource.tenant.id = header(crate::wire::HEADER_TENANT_ID),
+    );
+    // Fails only when no OpenTelemetry layer is installed: nothing to link then.
+    let _ = span.set_parent(cx.clone());
+    work.instrument(span).with_context(cx).await
 }
 
 /// Runs the group's handlers for one delivery and parks it for retry or in

@@ -65,7 +65,7 @@ impl Publisher {
         let config = &shared.config;
         let mut outgoing = Vec::with_capacity(events.len());
         for event in events {
-            let message = wire::encode_for_publish(event)?;
+            let message = wire::encode_for_publish(event, config.enable_tracing)?;
             outgoing.push(Outgoing {
                 exchange: config.exchange_name.clone(),
                 properties: amqp::properties(&message),

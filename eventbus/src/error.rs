@@ -127,6 +127,9 @@ pub enum Error {
         /// What the OS said.
         source: std::io::Error,
     },
+    /// Setting up the OpenTelemetry export failed (feature `opentelemetry`).
+    #[error("cannot set up OpenTelemetry export: {0}")]
+    Telemetry(String),
     /// Waiting for a termination signal failed.
     #[error("cannot listen for shutdown signals: {0}")]
     Signal(#[source] std::io::Error),

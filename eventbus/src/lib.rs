@@ -92,6 +92,8 @@ mod transport;
 // Facade.
 mod bus;
 mod dlq;
+#[cfg(feature = "opentelemetry")]
+pub mod telemetry;
 
 #[doc(hidden)]
 pub mod __private;

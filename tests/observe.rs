@@ -197,8 +197,6 @@ async fn rabbit_metrics_move_with_retries_and_readiness_flips_on_reconnect() {
     let scope = Scope::new("observe");
     let vhost = Vhost::new();
     let attempts = Arc::new(AtomicUsize::new(0));
-    let seen = attempts.clone();
-    let failed_once = Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
     let bus = scope
         .builder()
         .url(&vhost.url())
@@ -208,20 +206,10 @@ async fn rabbit_metrics_move_with_retries_and_readiness_flips_on_reconnect() {
             c.reconnect_delay = Duration::from_millis(500);
         })
         // Fails the first attempt of each event, succeeds on the retry.
-        .handler::<OrderPlaced, _, _>("first_try_fails", move |e: Arc<Envelope<OrderPlaced>>| {
-            seen.fetch_add(1, Ordering::SeqCst);
-            let first = failed_once
-                .lock()
-                .expect("not poisoned")
-                .insert(e.meta().event_id());
-            async move {
-                if first {
-                    Err(HandlerError::new("not yet"))
-                } else {
-                    Ok(())
-                }
-            }
-        })
+        .handler::<OrderPlaced, _, _>(
+            "first_try_fails",
+            common::fails_first_attempt(attempts.clone()),
+        )
         .build()
         .await
         .expect("connects");

@@ -5,11 +5,11 @@
 mod common;
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::{OrderPlaced, Scope, eventually, placed};
-use eventbus::{Envelope, HandlerError};
 use opentelemetry::trace::{SpanKind, TracerProvider as _};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
 use tracing::Instrument as _;
@@ -29,29 +29,14 @@ async fn a_handler_span_is_a_child_of_the_publish_span_across_a_retry() {
     let _guard = tracing::subscriber::set_default(subscriber);
 
     let scope = Scope::new("tracing");
-    let failed_once = Arc::new(Mutex::new(HashSet::new()));
-    let calls = Arc::new(Mutex::new(0usize));
-    let counted = calls.clone();
+    let calls = Arc::new(AtomicUsize::new(0));
     let bus = scope
         .builder()
         .configure(|c| {
             c.retry_base_delay = Duration::from_millis(50);
             c.retry_max_delay = Duration::from_millis(100);
         })
-        .handler::<OrderPlaced, _, _>("fails_once", move |e: Arc<Envelope<OrderPlaced>>| {
-            *counted.lock().expect("not poisoned") += 1;
-            let first = failed_once
-                .lock()
-                .expect("not poisoned")
-                .insert(e.meta().event_id());
-            async move {
-                if first {
-                    Err(HandlerError::new("first attempt"))
-                } else {
-                    Ok(())
-                }
-            }
-        })
+        .handler::<OrderPlaced, _, _>("fails_once", common::fails_first_attempt(calls.clone()))
         .build()
         .await
         .expect("connects");
@@ -62,7 +47,7 @@ async fn a_handler_span_is_a_child_of_the_publish_span_across_a_retry() {
         .await
         .expect("publishes");
     eventually("the failure and the retry handled", WAIT, || async {
-        *calls.lock().expect("not poisoned") == 2
+        calls.load(Ordering::SeqCst) == 2
     })
     .await;
     bus.shutdown(Duration::from_secs(10))

@@ -254,3 +254,28 @@ pub fn lines(reader: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Re
     });
     rx
 }
+
+/// A handler of `OrderPlaced` that fails the first attempt of each event and
+/// succeeds on its retry, counting every call in `calls`.
+pub fn fails_first_attempt(
+    calls: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) -> impl Fn(
+    std::sync::Arc<Envelope<OrderPlaced>>,
+) -> std::future::Ready<Result<(), eventbus::HandlerError>>
++ Send
++ Sync
++ 'static {
+    let failed_once = std::sync::Mutex::new(std::collections::HashSet::new());
+    move |event| {
+        calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let first = failed_once
+            .lock()
+            .expect("not poisoned")
+            .insert(event.meta().event_id());
+        std::future::ready(if first {
+            Err(eventbus::HandlerError::new("first attempt fails"))
+        } else {
+            Ok(())
+        })
+    }
+}

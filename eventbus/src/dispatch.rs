@@ -239,7 +239,7 @@ impl Dispatcher {
             .filter(|entry| only.is_none_or(|names| names.iter().any(|n| **n == *entry.name)));
         let _in_flight = stats.metrics.in_flight();
         let calls = selected.map(|entry| {
-            let span = tracing::info_span!(
+            let span = tracing::debug_span!(
                 "handle",
                 otel.name = %format!("handle {}", entry.name),
                 otel.kind = "internal",

@@ -13,8 +13,9 @@ use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::SpanExporter;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing::Level;
 use tracing_subscriber::Layer as _;
-use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{EnvFilter, fmt};
@@ -46,7 +47,8 @@ impl Drop for Telemetry {
 }
 
 /// Installs the global `tracing` subscriber: log lines on stderr filtered by
-/// `RUST_LOG` (default `info`), and every span at INFO or above exported over OTLP/HTTP
+/// `RUST_LOG` (default `info`), and eventbus's spans plus every other span
+/// at INFO or above exported over OTLP/HTTP
 /// (protobuf) as the standard variables say: `OTEL_EXPORTER_OTLP_ENDPOINT`
 /// (default `http://localhost:4318`), `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`,
 /// `OTEL_EXPORTER_OTLP_HEADERS`, `OTEL_EXPORTER_OTLP_TIMEOUT`,
@@ -65,14 +67,18 @@ pub fn init() -> Result<Telemetry, Error> {
         .with_batch_exporter(exporter)
         .build();
     // Each layer has its own filter: RUST_LOG quiets the log lines, not the
-    // exported spans (INFO and above: publish, consume, handle, yours).
+    // exported spans: eventbus's (DEBUG level, so they do not prefix every
+    // log line) and everyone's at INFO and above.
     let logs = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let spans = Targets::new()
+        .with_default(Level::INFO)
+        .with_target("eventbus", Level::DEBUG);
     tracing_subscriber::registry()
         .with(fmt::layer().with_writer(std::io::stderr).with_filter(logs))
         .with(
             tracing_opentelemetry::layer()
                 .with_tracer(provider.tracer("eventbus"))
-                .with_filter(LevelFilter::INFO),
+                .with_filter(spans),
         )
         .try_init()
         .map_err(|e| Error::Telemetry(format!("installing the tracing subscriber: {e}")))?;

@@ -208,7 +208,7 @@ impl Bus {
             [one] => Some(one.meta()),
             _ => None,
         };
-        tracing::info_span!(
+        tracing::debug_span!(
             "publish",
             otel.name = %format!("publish {exchange}"),
             otel.kind = "producer",

@@ -187,7 +187,7 @@ async fn traced<F: std::future::Future>(
     let queue = shared.config.group_queue_name(group);
     // A retry arrives with the queue's name as its key: name the original.
     let routing_key = retry::original_routing_key(properties, delivery.routing_key.as_str());
-    let span = tracing::info_span!(
+    let span = tracing::debug_span!(
         "consume",
         otel.name = %format!("process {queue}"),
         otel.kind = "consumer",

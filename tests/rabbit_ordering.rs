@@ -176,7 +176,7 @@ fn ledger_consumer(
         let line = stderr
             .recv_timeout(WAIT)
             .expect("the consumer reports it is running");
-        if line.contains("event bus running") {
+        if line.contains("eventbus running on") {
             break;
         }
     }

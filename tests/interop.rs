@@ -320,3 +320,87 @@ async fn python_and_rust_groups_each_receive_every_event_once() {
     // Nothing more arrived for the Rust group either.
     assert!(rx.try_recv().is_err());
 }
+
+/// One consumer group, two members: eventsource-py handling `OrderShipped`,
+/// and an eventbus member that knows the type but has no handler for it (an
+/// older version, or a service that only publishes it). The eventbus member
+/// leaves every such delivery to the group; the Python member handles all.
+#[tokio::test]
+async fn a_rust_member_without_the_handler_leaves_events_to_the_python_member() {
+    let scope = Scope::new("interop-mixed");
+    let group = scope.group("billing");
+    let rust = scope
+        .builder()
+        .configure({
+            let group = group.clone();
+            move |c| {
+                c.consumer_group = group;
+                c.unhandled_delay = Duration::from_millis(100);
+                c.max_unhandled_deferrals = 200;
+            }
+        })
+        .event::<OrderShipped>()
+        .handler::<OrderPlaced, _, _>("placed", |_e: std::sync::Arc<Envelope<OrderPlaced>>| {
+            std::future::ready(Ok::<_, HandlerError>(()))
+        })
+        .build()
+        .await
+        .expect("connects");
+    // The group's queue is bound for the key, as the Python member binds it.
+    rust.bind_event_type::<OrderShipped>().await.expect("binds");
+    rust.start_consuming().await.expect("consumes");
+    let events: Vec<AnyEnvelope> = (0..20)
+        .map(|i| {
+            Envelope::new(
+                Uuid::new_v4(),
+                OrderShipped {
+                    tracking_number: format!("TRACK-{i}"),
+                },
+            )
+            .into()
+        })
+        .collect();
+    let sent: BTreeSet<String> = events
+        .iter()
+        .map(|e| e.meta().event_id().to_string())
+        .collect();
+    rust.publish(events).await.expect("confirmed");
+    // First the eventbus member alone has every event, and hands each back.
+    common::eventually("the eventbus member deferred all 20", WAIT, || async {
+        rust.stats().events_deferred_unhandled >= 20
+    })
+    .await;
+    // Then the Python member joins and competes with it for each.
+    // (Events already wait: some may be handled before it says "ready".)
+    let mut child = peer(&scope, &["consume", "--group", &group, "--count", "20"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("python starts");
+    let out = common::lines(child.stdout.take().expect("piped"));
+    let mut python = ChildGuard(child);
+    // Waited for off the runtime: the eventbus member keeps competing meanwhile.
+    let (status, lines) = tokio::task::spawn_blocking(move || {
+        let status = python.0.wait().expect("python exits");
+        let lines: Vec<String> = out.iter().filter(|l| l != "ready").collect();
+        (status, lines)
+    })
+    .await
+    .expect("joins");
+    assert!(status.success(), "the Python member got: {lines:?}");
+    assert_eq!(lines.len(), 20, "each once: {lines:?}");
+    assert_eq!(by_id(lines).into_keys().collect::<BTreeSet<_>>(), sent);
+    let queue = scope.queue(&group);
+    common::eventually("nothing left waiting", WAIT, || async {
+        common::message_count(&queue).await == 0
+            && common::message_count(&format!("{queue}.unhandled")).await == 0
+    })
+    .await;
+    assert_eq!(rust.dlq(&group).count().await.expect("counts"), 0);
+    let stats = rust.stats();
+    assert_eq!(stats.handlers_invoked, 0);
+    assert_eq!(stats.messages_sent_to_dlq, 0);
+    rust.shutdown(Duration::from_secs(10))
+        .await
+        .expect("shuts down");
+}

@@ -248,11 +248,17 @@ async fn two_groups_holding_a_message(scope: &Scope) -> (Vec<String>, Vec<String
         })
         .await;
     }
-    let exchanges = vec![x.clone(), format!("{x}_dlq")];
+    let exchanges = vec![
+        x.clone(),
+        format!("{x}_dlq"),
+        format!("{x}.audit.redeliver"),
+        format!("{x}.default.redeliver"),
+    ];
     let mut queues = Vec::new();
     for group in ["audit", "default"] {
         queues.push(format!("{x}.{group}"));
-        queues.extend((1..=3).map(|n| format!("{x}.{group}.retry.{n}")));
+        queues.extend((1..=3).map(|n| format!("{x}.{group}.delay.{n}")));
+        queues.push(format!("{x}.{group}.unhandled"));
         queues.push(format!("{x}.{group}.dlq"));
     }
     (exchanges, queues)
@@ -421,7 +427,7 @@ async fn topology_through_the_management_api() {
         );
         let dlq = format!("{queue}.dlq");
         assert_eq!(row(&table, &dlq), [dlq.as_str(), group, "dlq", "0", "0"]);
-        let retry = format!("{queue}.retry.2");
+        let retry = format!("{queue}.delay.2");
         assert_eq!(
             row(&table, &retry),
             [retry.as_str(), group, "retry", "2", "0", "0"]
@@ -530,7 +536,7 @@ async fn topology_over_amqp_when_the_management_api_is_unreachable() {
     ));
     assert_eq!(
         names(&default_only["queues"]),
-        queues[5..],
+        queues[6..],
         "{default_only}"
     );
 

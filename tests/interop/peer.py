@@ -11,6 +11,8 @@ The event classes mirror the Rust ones in tests/interop.rs.
 import argparse
 import asyncio
 import json
+import logging
+import os
 import sys
 from datetime import UTC, datetime
 from uuid import UUID, uuid4
@@ -138,6 +140,8 @@ async def capture(args):
 
 
 def main():
+    # eventsource-py's warnings (retries, dead letters) on stderr, for the test log.
+    logging.basicConfig(level=os.environ.get("PEER_LOG_LEVEL", "WARNING"), stream=sys.stderr)
     p = argparse.ArgumentParser()
     p.add_argument("command", choices=["publish", "consume", "capture"])
     p.add_argument("--url", required=True)

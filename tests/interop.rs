@@ -12,7 +12,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use common::{ChildGuard, OrderPlaced, OrderShipped, Scope};
-use eventbus::{AnyEnvelope, Bus, Envelope, HandlerError};
+use eventbus::{AnyEnvelope, Bus, Envelope, HandlerError, ReplayFilter};
 use serde_json::Value;
 use tokio::sync::mpsc;
 use uuid::Uuid;
@@ -401,6 +401,171 @@ async fn a_rust_member_without_the_handler_leaves_events_to_the_python_member() 
     assert_eq!(stats.handlers_invoked, 0);
     assert_eq!(stats.messages_sent_to_dlq, 0);
     rust.shutdown(Duration::from_secs(10))
+        .await
+        .expect("shuts down");
+}
+
+/// Runs eventsource-py's `replay_dlq_message` for every message in `group`'s
+/// DLQ; returns how many it replayed.
+async fn python_replays(scope: &Scope, group: &str) -> usize {
+    let mut cmd = peer(
+        scope,
+        &["replay", "--group", group, "--bind", "Order.OrderPlaced"],
+    );
+    // Off the runtime: the eventbus consumer keeps running meanwhile.
+    let out = tokio::task::spawn_blocking(move || cmd.output().expect("python runs"))
+        .await
+        .expect("joins");
+    assert!(
+        out.status.success(),
+        "python replay failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).expect("JSON"))
+        .inspect(|v| assert_eq!(v["replayed"], true, "{v}"))
+        .count()
+}
+
+/// Every message in `group`'s DLQ (there are `n`) remembers `Order.OrderPlaced`.
+async fn dead_letters_keep_the_key(bus: &Bus, group: &str, n: usize, round: &str) {
+    let listed = bus.dlq(group).list(100).await.expect("lists");
+    assert_eq!(listed.len(), n, "{round}: {listed:#?}");
+    for m in listed {
+        assert_eq!(
+            m.original_routing_key.as_deref(),
+            Some("Order.OrderPlaced"),
+            "{round}: {m:#?}"
+        );
+    }
+}
+
+/// eventbus retries and dead-letters; eventsource-py's `replay_dlq_message`
+/// and eventbus's replay take turns: each replay arrives under the key it was
+/// published with, and each new dead letter remembers that key.
+#[tokio::test]
+async fn eventbus_dead_letters_keep_their_routing_key_through_both_replays() {
+    let scope = Scope::new("interop-replay-rs");
+    let group = scope.group("ledger");
+    let attempts = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let a = attempts.clone();
+    let bus = scope
+        .builder()
+        .configure({
+            let group = group.clone();
+            move |c| {
+                c.consumer_group = group;
+                c.max_retries = 1;
+                c.retry_base_delay = Duration::from_millis(50);
+            }
+        })
+        .handler::<OrderPlaced, _, _>(
+            "ledger",
+            move |_e: std::sync::Arc<Envelope<OrderPlaced>>| {
+                a.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                std::future::ready(Err::<(), _>(HandlerError::new("the ledger is down")))
+            },
+        )
+        .build()
+        .await
+        .expect("connects");
+    bus.start_consuming().await.expect("consumes");
+    let events = [common::placed("a"), common::placed("b")];
+    bus.publish(events).await.expect("confirmed");
+    let dlq = bus.dlq(&group);
+    // Each round: two events, each tried twice (once more after its retry).
+    let round = |n: usize| {
+        let (dlq, attempts) = (dlq.clone(), attempts.clone());
+        async move {
+            common::eventually("the round's dead letters", WAIT, || async {
+                attempts.load(std::sync::atomic::Ordering::SeqCst) == 4 * n
+                    && dlq.count().await.ok() == Some(2)
+            })
+            .await;
+        }
+    };
+    round(1).await;
+    dead_letters_keep_the_key(&bus, &group, 2, "made by eventbus").await;
+    assert_eq!(python_replays(&scope, &group).await, 2);
+    round(2).await;
+    dead_letters_keep_the_key(&bus, &group, 2, "after eventsource-py's replay").await;
+    let report = dlq.replay_all(&ReplayFilter::all()).await.expect("replays");
+    assert_eq!(report.replayed, 2);
+    round(3).await;
+    dead_letters_keep_the_key(&bus, &group, 2, "after eventbus's replay").await;
+    assert_eq!(python_replays(&scope, &group).await, 2);
+    round(4).await;
+    dead_letters_keep_the_key(&bus, &group, 2, "after both").await;
+    bus.shutdown(Duration::from_secs(10))
+        .await
+        .expect("shuts down");
+}
+
+/// eventsource-py retries and dead-letters; eventbus's replay and
+/// eventsource-py's take turns. eventsource-py writes the key a delivery
+/// came with into `x-original-routing-key` and republishes its retries under
+/// it, so an eventbus replay must arrive under the original key.
+#[tokio::test]
+async fn eventsource_dead_letters_keep_their_routing_key_through_both_replays() {
+    let scope = Scope::new("interop-replay-py");
+    let group = scope.group("pyledger");
+    // Four rounds of two dead letters.
+    let mut child = peer(
+        &scope,
+        &[
+            "fail",
+            "--group",
+            &group,
+            "--count",
+            "8",
+            "--max-retries",
+            "1",
+            "--bind",
+            "Order.OrderPlaced",
+        ],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::inherit())
+    .spawn()
+    .expect("python starts");
+    let out = common::lines(child.stdout.take().expect("piped"));
+    let mut python = ChildGuard(child);
+    assert_eq!(out.recv_timeout(WAIT).expect("ready"), "ready");
+    let bus = scope.builder().build().await.expect("connects");
+    bus.publish([common::placed("a"), common::placed("b")])
+        .await
+        .expect("confirmed");
+    let dlq = bus.dlq(&group);
+    let mut attempts = 0;
+    // Each round: two events, each tried twice by the Python member.
+    let mut round = async |n: usize| {
+        common::eventually("the round's dead letters", WAIT, || {
+            attempts += out.try_iter().count();
+            let dlq = dlq.clone();
+            let done = attempts == 4 * n;
+            async move { done && dlq.count().await.ok() == Some(2) }
+        })
+        .await;
+    };
+    round(1).await;
+    dead_letters_keep_the_key(&bus, &group, 2, "made by eventsource-py").await;
+    let report = dlq.replay_all(&ReplayFilter::all()).await.expect("replays");
+    assert_eq!(report.replayed, 2);
+    round(2).await;
+    dead_letters_keep_the_key(&bus, &group, 2, "after eventbus's replay").await;
+    assert_eq!(python_replays(&scope, &group).await, 2);
+    round(3).await;
+    dead_letters_keep_the_key(&bus, &group, 2, "after eventsource-py's replay").await;
+    let report = dlq.replay_all(&ReplayFilter::all()).await.expect("replays");
+    assert_eq!(report.replayed, 2);
+    round(4).await;
+    dead_letters_keep_the_key(&bus, &group, 2, "after both").await;
+    let status = tokio::task::spawn_blocking(move || python.0.wait().expect("exits"))
+        .await
+        .expect("joins");
+    assert!(status.success());
+    bus.shutdown(Duration::from_secs(10))
         .await
         .expect("shuts down");
 }

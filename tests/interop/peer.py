@@ -4,6 +4,11 @@
     peer.py consume --url U --exchange X --group G --count N [--timeout S]
                                                           # prints "ready", then each event received
     peer.py capture --url U --exchange X --out FILE       # one message as it travels (golden file)
+    peer.py fail --url U --exchange X --group G --count N [--max-retries R]
+                                                          # a member whose handlers always fail: prints
+                                                          # "ready", each attempt, exits after N dead letters
+    peer.py replay --url U --exchange X --group G         # replay_dlq_message for every DLQ message;
+                                                          # prints {"message_id", "replayed"} per message
 
 The event classes mirror the Rust ones in tests/interop.rs.
 """
@@ -39,12 +44,13 @@ registry.register(OrderPlaced)
 registry.register(OrderShipped)
 
 
-def bus(args, group="python"):
+def bus(args, group="python", **options):
     config = RabbitMQEventBusConfig(
         rabbitmq_url=args.url,
         exchange_name=args.exchange,
         consumer_group=group,
         enable_tracing=False,
+        **options,
     )
     return RabbitMQEventBus(config=config, event_registry=registry)
 
@@ -107,6 +113,61 @@ async def consume(args):
     return 0
 
 
+async def fail(args):
+    """A group member whose handlers always fail: eventsource-py retries and
+    dead-letters as it does (fast retries), until `count` dead letters."""
+    b = bus(
+        args,
+        group=args.group,
+        max_retries=args.max_retries,
+        retry_base_delay=0.05,
+        retry_max_delay=0.2,
+        routing_key_pattern=args.bind,
+    )
+
+    async def handler(event):
+        print(json.dumps({"attempt": str(event.event_id)}), flush=True)
+        raise RuntimeError("the Python handler fails")
+
+    b.subscribe(OrderPlaced, handler)
+    b.subscribe(OrderShipped, handler)
+    await b.connect()
+    task = b.start_consuming_in_background()
+    while not b.is_consuming:
+        await asyncio.sleep(0.02)
+    print("ready", flush=True)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + args.timeout
+    try:
+        while b.get_stats().messages_sent_to_dlq < args.count:
+            if loop.time() > deadline:
+                print(f"timeout: {b.get_stats().messages_sent_to_dlq} of {args.count} dead-lettered", file=sys.stderr, flush=True)
+                return 1
+            await asyncio.sleep(0.02)
+    finally:
+        await b.stop_consuming()
+        task.cancel()
+        await b.disconnect()
+    return 0
+
+
+async def replay(args):
+    """eventsource-py's own replay of each message in the group's DLQ."""
+    b = bus(args, group=args.group, routing_key_pattern=args.bind)
+    await b.connect()
+    try:
+        # get_dlq_messages returns a requeued message again at the head, and
+        # replay_dlq_message finds only the head: replay the head, as many
+        # times as there were messages (replays dead-lettered again queue behind).
+        for _ in range(await b.get_dlq_message_count()):
+            [m] = await b.get_dlq_messages(limit=1)
+            ok = await b.replay_dlq_message(m.message_id)
+            print(json.dumps({"message_id": m.message_id, "replayed": ok}), flush=True)
+    finally:
+        await b.disconnect()
+    return 0
+
+
 async def capture(args):
     import aio_pika
 
@@ -143,15 +204,18 @@ def main():
     # eventsource-py's warnings (retries, dead letters) on stderr, for the test log.
     logging.basicConfig(level=os.environ.get("PEER_LOG_LEVEL", "WARNING"), stream=sys.stderr)
     p = argparse.ArgumentParser()
-    p.add_argument("command", choices=["publish", "consume", "capture"])
+    p.add_argument("command", choices=["publish", "consume", "capture", "fail", "replay"])
     p.add_argument("--url", required=True)
     p.add_argument("--exchange", required=True)
     p.add_argument("--group", default="python")
     p.add_argument("--count", type=int, default=10)
     p.add_argument("--timeout", type=float, default=60)
     p.add_argument("--out")
+    p.add_argument("--max-retries", type=int, default=3)
+    # The binding eventsource-py adds for the group (default: its own, `#` on topic).
+    p.add_argument("--bind", default=None)
     args = p.parse_args()
-    handler = {"publish": publish, "consume": consume, "capture": capture}[args.command]
+    handler = {"publish": publish, "consume": consume, "capture": capture, "fail": fail, "replay": replay}[args.command]
     sys.exit(asyncio.run(handler(args)) or 0)
 
 

@@ -569,3 +569,178 @@ async fn eventsource_dead_letters_keep_their_routing_key_through_both_replays() 
         .await
         .expect("shuts down");
 }
+
+/// A declaration case: its name, the eventbus setting, eventsource-py's (peer.py flags).
+type DeclarationCase = (&'static str, fn(&mut eventbus::Config), Vec<&'static str>);
+
+/// Every declaration option that changes an object, as an eventbus setting
+/// and as eventsource-py's.
+fn declaration_cases() -> Vec<DeclarationCase> {
+    use eventbus::ExchangeType;
+    vec![
+        ("defaults", |_| {}, vec![]),
+        (
+            "auto_delete",
+            |c| c.auto_delete = true,
+            vec!["--auto-delete", "true"],
+        ),
+        (
+            "not durable",
+            |c| c.durable = false,
+            vec!["--durable", "false"],
+        ),
+        (
+            "no dlq",
+            |c| c.enable_dlq = false,
+            vec!["--enable-dlq", "false"],
+        ),
+        (
+            "dlq ttl and max length",
+            |c| {
+                c.dlq_message_ttl = Some(60_000);
+                c.dlq_max_length = Some(1000);
+            },
+            vec!["--dlq-ttl", "60000", "--dlq-max-length", "1000"],
+        ),
+        (
+            "direct",
+            |c| c.exchange_type = ExchangeType::Direct,
+            vec!["--exchange-type", "direct"],
+        ),
+        (
+            "fanout",
+            |c| c.exchange_type = ExchangeType::Fanout,
+            vec!["--exchange-type", "fanout"],
+        ),
+        (
+            "headers",
+            |c| c.exchange_type = ExchangeType::Headers,
+            vec!["--exchange-type", "headers"],
+        ),
+        (
+            "routing_key_pattern",
+            |c| c.routing_key_pattern = Some("Order.*".into()),
+            vec!["--bind", "Order.*"],
+        ),
+        (
+            "auto_delete, not durable, no dlq",
+            |c| {
+                c.auto_delete = true;
+                c.durable = false;
+                c.enable_dlq = false;
+            },
+            vec![
+                "--auto-delete",
+                "true",
+                "--durable",
+                "false",
+                "--enable-dlq",
+                "false",
+            ],
+        ),
+    ]
+}
+
+/// For each option, in both orders (eventsource-py declares first, then
+/// eventbus; and the reverse), the second declaration succeeds, and an event
+/// published by the second goes to a consumer of the first.
+#[tokio::test]
+async fn every_declaration_equals_eventsource_in_both_orders() {
+    for (case, configure, flags) in declaration_cases() {
+        // Group names as they come: a dot and a dash in one.
+        let group_name = if case == "defaults" {
+            "billing.v2-eu"
+        } else {
+            "billing"
+        };
+
+        // eventsource-py first: its consumer, then an eventbus member of the group.
+        let scope = Scope::new("interop-declare-py");
+        let group = scope.group(group_name);
+        let args = [&["consume", "--group", &group, "--count", "1"][..], &flags].concat();
+        let mut child = peer(&scope, &args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("python starts");
+        let out = common::lines(child.stdout.take().expect("piped"));
+        let python = ChildGuard(child);
+        assert_eq!(out.recv_timeout(WAIT).expect("ready"), "ready", "{case}");
+        let rust = scope
+            .builder()
+            .configure({
+                let group = group.clone();
+                move |c| {
+                    c.consumer_group = group;
+                    configure(c);
+                }
+            })
+            .handler::<OrderPlaced, _, _>("h", |_e: std::sync::Arc<Envelope<OrderPlaced>>| {
+                std::future::ready(Ok::<_, HandlerError>(()))
+            })
+            .build()
+            .await
+            .unwrap_or_else(|e| panic!("{case}: eventbus after eventsource-py: {e}"));
+        let event = common::placed("across");
+        let id = event.meta().event_id().to_string();
+        rust.publish([event]).await.expect("confirmed");
+        let (status, lines) = tokio::task::spawn_blocking(move || {
+            let mut python = python;
+            let status = python.0.wait().expect("exits");
+            (status, out.iter().collect::<Vec<_>>())
+        })
+        .await
+        .expect("joins");
+        assert!(status.success(), "{case}: python got {lines:?}");
+        assert_eq!(by_id(lines).into_keys().collect::<Vec<_>>(), [id], "{case}");
+        rust.shutdown(Duration::from_secs(10))
+            .await
+            .expect("shuts down");
+        drop(scope);
+
+        // eventbus first: its consumer, then eventsource-py's publisher in the group.
+        let scope = Scope::new("interop-declare-rs");
+        let group = scope.group(group_name);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let rust = scope
+            .builder()
+            .configure({
+                let group = group.clone();
+                move |c| {
+                    c.consumer_group = group;
+                    configure(c);
+                }
+            })
+            .handler::<OrderPlaced, _, _>("h", move |e: std::sync::Arc<Envelope<OrderPlaced>>| {
+                let _ = tx.send(e.meta().event_id().to_string());
+                std::future::ready(Ok::<_, HandlerError>(()))
+            })
+            .build()
+            .await
+            .unwrap_or_else(|e| panic!("{case}: eventbus first: {e}"));
+        rust.start_consuming().await.expect("consumes");
+        let args = [&["publish", "--group", &group, "--count", "1"][..], &flags].concat();
+        let mut cmd = peer(&scope, &args);
+        let out = tokio::task::spawn_blocking(move || cmd.output().expect("python runs"))
+            .await
+            .expect("joins");
+        assert!(
+            out.status.success(),
+            "{case}: eventsource-py after eventbus: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let sent = by_id(
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(str::to_owned),
+        );
+        let got = tokio::time::timeout(WAIT, rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("{case}: the event reached eventbus"))
+            .expect("open");
+        assert_eq!(sent.into_keys().collect::<Vec<_>>(), [got], "{case}");
+        rust.shutdown(Duration::from_secs(10))
+            .await
+            .expect("shuts down");
+    }
+}

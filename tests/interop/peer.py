@@ -9,6 +9,8 @@
                                                           # "ready", each attempt, exits after N dead letters
     peer.py replay --url U --exchange X --group G         # replay_dlq_message for every DLQ message;
                                                           # prints {"message_id", "replayed"} per message
+    Declaration options for every command: --exchange-type, --durable, --auto-delete,
+    --enable-dlq, --dlq-ttl, --dlq-max-length, --bind (routing_key_pattern).
 
 The event classes mirror the Rust ones in tests/interop.rs.
 """
@@ -44,13 +46,28 @@ registry.register(OrderPlaced)
 registry.register(OrderShipped)
 
 
+def flag(text):
+    return {"true": True, "false": False}[text]
+
+
 def bus(args, group="python", **options):
+    """eventsource-py's bus with the declaration options given on the command line."""
+    settings = dict(
+        exchange_type=args.exchange_type,
+        durable=args.durable,
+        auto_delete=args.auto_delete,
+        enable_dlq=args.enable_dlq,
+        dlq_message_ttl=args.dlq_ttl,
+        dlq_max_length=args.dlq_max_length,
+        routing_key_pattern=args.bind,
+    )
+    settings.update(options)
     config = RabbitMQEventBusConfig(
         rabbitmq_url=args.url,
         exchange_name=args.exchange,
         consumer_group=group,
         enable_tracing=False,
-        **options,
+        **settings,
     )
     return RabbitMQEventBus(config=config, event_registry=registry)
 
@@ -122,7 +139,6 @@ async def fail(args):
         max_retries=args.max_retries,
         retry_base_delay=0.05,
         retry_max_delay=0.2,
-        routing_key_pattern=args.bind,
     )
 
     async def handler(event):
@@ -153,7 +169,7 @@ async def fail(args):
 
 async def replay(args):
     """eventsource-py's own replay of each message in the group's DLQ."""
-    b = bus(args, group=args.group, routing_key_pattern=args.bind)
+    b = bus(args, group=args.group)
     await b.connect()
     try:
         # get_dlq_messages returns a requeued message again at the head, and
@@ -212,8 +228,16 @@ def main():
     p.add_argument("--timeout", type=float, default=60)
     p.add_argument("--out")
     p.add_argument("--max-retries", type=int, default=3)
-    # The binding eventsource-py adds for the group (default: its own, `#` on topic).
+    # The binding eventsource-py adds for the group (routing_key_pattern;
+    # default: its own, `#` on topic).
     p.add_argument("--bind", default=None)
+    # Declaration options (RabbitMQEventBusConfig), eventsource-py's defaults.
+    p.add_argument("--exchange-type", default="topic")
+    p.add_argument("--durable", type=flag, default=True)
+    p.add_argument("--auto-delete", type=flag, default=False)
+    p.add_argument("--enable-dlq", type=flag, default=True)
+    p.add_argument("--dlq-ttl", type=int, default=None)
+    p.add_argument("--dlq-max-length", type=int, default=None)
     args = p.parse_args()
     handler = {"publish": publish, "consume": consume, "capture": capture, "fail": fail, "replay": replay}[args.command]
     sys.exit(asyncio.run(handler(args)) or 0)

@@ -196,8 +196,11 @@ pub(crate) async fn declare_group(
             .exchange_declare(
                 dlx.as_str().into(),
                 ExchangeKind::Direct,
+                // As eventsource-py declares it: any difference is a 406
+                // for whichever side declares second.
                 ExchangeDeclareOptions {
                     durable: config.durable,
+                    auto_delete: config.auto_delete,
                     ..ExchangeDeclareOptions::default()
                 },
                 FieldTable::default(),
@@ -223,6 +226,7 @@ pub(crate) async fn declare_group(
                 dlq.as_str().into(),
                 QueueDeclareOptions {
                     durable: config.durable,
+                    auto_delete: config.auto_delete,
                     ..QueueDeclareOptions::default()
                 },
                 dlq_args,

@@ -3,7 +3,8 @@
     peer.py publish --url U --exchange X --count N        # prints each event published (JSON lines)
     peer.py consume --url U --exchange X --group G --count N [--timeout S]
                                                           # prints "ready", then each event received
-    peer.py capture --url U --exchange X --out FILE       # one message as it travels (golden file)
+    peer.py capture --url U --exchange X --out FILE [--variant V]
+                                                          # one message as it travels (golden file)
     peer.py fail --url U --exchange X --group G --count N [--max-retries R]
                                                           # a member whose handlers always fail: prints
                                                           # "ready", each attempt, exits after N dead letters
@@ -89,6 +90,41 @@ def sample(i: int) -> DomainEvent:
     if i % 2 == 0:
         return OrderPlaced(customer_id=f"Ünïcødé ✓ {i}", total_amount=i + 0.125, **common)
     return OrderShipped(tracking_number=f"TRACK-{i:04d}-日本", **common)
+
+
+def variant(name: str) -> DomainEvent:
+    """The envelope variants of the golden files: one field left out or changed each."""
+    common = dict(
+        aggregate_id=uuid4(),
+        aggregate_version=3,
+        tenant_id=UUID("11111111-2222-4333-8444-555555555555"),
+        actor_id="user:42",
+        correlation_id=uuid4(),
+        causation_id=uuid4(),
+        metadata={"source": "python"},
+        occurred_at=datetime.now(UTC),
+    )
+    if name == "no_tenant":
+        common["tenant_id"] = None
+    elif name == "no_causation":
+        common["causation_id"] = None
+    elif name == "event_version":
+        common["event_version"] = 7
+    elif name == "nested_metadata":
+        common["metadata"] = {
+            "trace": {"spans": [{"id": 1, "tags": {"db": "pg", "ok": True}}, {"id": 2, "tags": {}}]},
+            "empty": {"list": [], "map": {}, "none": None},
+            "numbers": [0, -1, 2**53, 1.5, -0.001, 1e-7],
+            "text": "Zoë \u2028 \"quoted\" \\ tab\t 日本",
+        }
+    elif name == "minimal":
+        for key in ("tenant_id", "causation_id", "actor_id"):
+            common[key] = None
+        common["metadata"] = {}
+        return OrderShipped(tracking_number="T-1", **common)
+    else:
+        raise SystemExit(f"unknown variant {name}")
+    return OrderPlaced(customer_id="c-1", total_amount=10.0, **common)
 
 
 async def publish(args):
@@ -192,13 +228,14 @@ async def capture(args):
     exchange = await channel.declare_exchange(args.exchange, aio_pika.ExchangeType.TOPIC, durable=True)
     queue = await channel.declare_queue("", exclusive=True)
     await queue.bind(exchange, "#")
-    event = sample(0)
+    event = sample(0) if args.variant is None else variant(args.variant)
     async with bus(args, group=args.group) as b:
         await b.publish([event])
     message = await queue.get(timeout=10)
     await message.ack()
     golden = {
         "captured_from": "eventsource-py 0.15.1 RabbitMQEventBus.publish",
+        **({"variant": args.variant} if args.variant else {}),
         "routing_key": message.routing_key,
         "properties": {
             "content_type": message.content_type,
@@ -213,6 +250,11 @@ async def capture(args):
     with open(args.out, "w", encoding="utf-8") as f:
         json.dump(golden, f, ensure_ascii=False, indent=2)
         f.write("\n")
+    # Leave nothing behind on the broker.
+    for name in (f"{args.exchange}.{args.group}", f"{args.exchange}.{args.group}.dlq"):
+        await channel.queue_delete(name)
+    for name in (args.exchange, f"{args.exchange}_dlq"):
+        await channel.exchange_delete(name)
     await connection.close()
 
 
@@ -227,6 +269,9 @@ def main():
     p.add_argument("--count", type=int, default=10)
     p.add_argument("--timeout", type=float, default=60)
     p.add_argument("--out")
+    # capture: an envelope variant (no_tenant, no_causation, event_version,
+    # nested_metadata, minimal) instead of the everything-set sample.
+    p.add_argument("--variant", default=None)
     p.add_argument("--max-retries", type=int, default=3)
     # The binding eventsource-py adds for the group (routing_key_pattern;
     # default: its own, `#` on topic).

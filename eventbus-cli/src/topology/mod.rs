@@ -1,5 +1,5 @@
-//! `eventbus topology show|delete`: what exists on the broker for an exchange,
-//! and its teardown.
+//! `eventbus topology show|delete|unbind`: what exists on the broker for an
+//! exchange, its teardown, and removing bindings no member handles any more.
 //!
 //! What exists is found through the management HTTP API when it answers: the
 //! exchange and its dead-letter exchange, every queue named `{exchange}.…`, and
@@ -12,6 +12,9 @@
 
 mod amqp;
 mod management;
+mod unbind;
+
+pub(crate) use unbind::unbind;
 
 use eventbus::Config;
 use serde::{Deserialize, Serialize};

@@ -157,3 +157,88 @@ async fn an_event_no_member_handles_is_dead_lettered_with_that_reason() {
             .expect("shuts down");
     }
 }
+
+/// A retry names the handlers that still have to run. A member of another
+/// version, without them, leaves the retry to the group instead of acking it.
+#[tokio::test]
+async fn a_retry_for_a_handler_only_another_member_has_is_left_to_that_member() {
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    let scope = Scope::new("mixed-retry");
+    let group = scope.group("billing");
+    let configure = {
+        let group = group.clone();
+        move |c: &mut eventbus::Config| {
+            c.consumer_group = group.clone();
+            c.retry_base_delay = Duration::from_millis(300);
+            c.retry_jitter = 0.0;
+            c.unhandled_delay = Duration::from_millis(50);
+            c.max_unhandled_deferrals = 1000;
+        }
+    };
+    let (ledger_calls, old_audit_calls) =
+        (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (l, a) = (ledger_calls.clone(), old_audit_calls.clone());
+    // The old version: `ledger` (fails its first call) and `audit`.
+    let old = scope
+        .builder()
+        .configure(configure.clone())
+        .handler::<OrderPlaced, _, _>("ledger", move |_e: Arc<Envelope<OrderPlaced>>| {
+            let first = l.fetch_add(1, SeqCst) == 0;
+            async move {
+                if first {
+                    Err(HandlerError::new("the ledger is busy"))
+                } else {
+                    Ok(())
+                }
+            }
+        })
+        .handler::<OrderPlaced, _, _>("audit", move |_e: Arc<Envelope<OrderPlaced>>| {
+            a.fetch_add(1, SeqCst);
+            async { Ok::<_, HandlerError>(()) }
+        })
+        .build()
+        .await
+        .expect("connects");
+    // The new version: `audit` only.
+    let new_audit_calls = Arc::new(AtomicUsize::new(0));
+    let n = new_audit_calls.clone();
+    let new = scope
+        .builder()
+        .configure(configure)
+        .handler::<OrderPlaced, _, _>("audit", move |_e: Arc<Envelope<OrderPlaced>>| {
+            n.fetch_add(1, SeqCst);
+            async { Ok::<_, HandlerError>(()) }
+        })
+        .build()
+        .await
+        .expect("connects");
+    old.start_consuming().await.expect("consumes");
+    old.publish([common::placed("p")]).await.expect("confirmed");
+    common::eventually("the first attempt failed", WAIT, || async {
+        ledger_calls.load(SeqCst) == 1 && old_audit_calls.load(SeqCst) == 1
+    })
+    .await;
+    // The old version goes away while the retry waits; the new one takes over.
+    old.stop_consuming().await.expect("stops");
+    new.start_consuming().await.expect("consumes");
+    common::eventually("the new member handed the retry on", WAIT, || async {
+        new.stats().events_deferred_unhandled >= 1
+    })
+    .await;
+    assert_eq!(new_audit_calls.load(SeqCst), 0, "audit already succeeded");
+    // The old version is back: its `ledger` gets the retry.
+    old.start_consuming().await.expect("consumes again");
+    common::eventually("ledger ran again", WAIT, || async {
+        ledger_calls.load(SeqCst) == 2
+    })
+    .await;
+    assert_eq!(old_audit_calls.load(SeqCst), 1);
+    assert_eq!(new_audit_calls.load(SeqCst), 0);
+    assert_eq!(old.dlq(&group).count().await.ok(), Some(0));
+    old.shutdown(Duration::from_secs(5))
+        .await
+        .expect("shuts down");
+    new.shutdown(Duration::from_secs(5))
+        .await
+        .expect("shuts down");
+}

@@ -156,9 +156,12 @@ enum Verdict {
         failed: Vec<String>,
         reason: String,
     },
-    /// No handler of this member takes it: leave it to another member.
+    /// No handler of this member takes it (or a retry names handlers this
+    /// member does not have): leave it to another member.
     Defer {
         event_type: String,
+        /// The handlers still to run, when a retry names some.
+        failed: Option<Vec<String>>,
     },
     DeadLetter {
         reason: String,
@@ -260,7 +263,10 @@ async fn handle(
         // group is meant to handle it, just not this one (an older or newer
         // version, or a service that only publishes the type).
         if unhandled < config.max_unhandled_deferrals {
-            Verdict::Defer { event_type }
+            Verdict::Defer {
+                event_type,
+                failed: None,
+            }
         } else {
             tracing::warn!(%group, %message_id, %event_type, routing_key = %original_key, deferrals = unhandled, "no member of the group handled the event");
             let unknown = if known {
@@ -289,18 +295,51 @@ async fn handle(
         match amqp::decode(&event_types, &delivery.properties, &delivery.data) {
             Ok(event) => {
                 let only = retry::failed_handlers(&delivery.properties);
+                // A retry may name handlers of another member (another version):
+                // they still have to run, somewhere else.
+                let missing: Vec<String> = only
+                    .iter()
+                    .flatten()
+                    .filter(|name| {
+                        !table.groups.get(group).is_some_and(|g| {
+                            g.handlers_for(event.meta().event_type())
+                                .any(|h| *h.name == ***name)
+                        })
+                    })
+                    .cloned()
+                    .collect();
                 let outcome = shared
                     .dispatcher
                     .dispatch_only(&table, group, &event, stats, only.as_deref())
                     .await;
-                if outcome.failures.is_empty() {
+                if outcome.failures.is_empty() && missing.is_empty() {
                     Verdict::Ack
+                } else if outcome.failures.is_empty() {
+                    let event_type = event.meta().event_type().to_owned();
+                    if unhandled < config.max_unhandled_deferrals {
+                        Verdict::Defer {
+                            event_type,
+                            failed: Some(missing),
+                        }
+                    } else {
+                        tracing::warn!(%group, %message_id, %event_type, routing_key = %original_key, handlers = ?missing, deferrals = unhandled, "no member of the group has the handlers this retry names");
+                        Verdict::DeadLetter {
+                            reason: format!(
+                                "no member of group {group} handles {original_key} with {}",
+                                missing.join(", ")
+                            ),
+                            error_type: "UnhandledEvent".to_owned(),
+                            handler: missing.first().cloned(),
+                            failed: missing,
+                        }
+                    }
                 } else {
-                    let failed: Vec<String> = outcome
+                    let mut failed: Vec<String> = outcome
                         .failures
                         .iter()
                         .map(|(n, _)| n.to_string())
                         .collect();
+                    failed.extend(missing);
                     let reason = outcome.describe_failures();
                     let permanent = outcome.failures.iter().find(|(_, e)| e.is_permanent());
                     let (last_name, last_error) = permanent.unwrap_or(&outcome.failures[0]);
@@ -350,7 +389,7 @@ async fn handle(
                 message_id: message_id.clone(),
             })
         }
-        Verdict::Defer { event_type } => {
+        Verdict::Defer { event_type, failed } => {
             let delay = retry::unhandled_delay(config);
             tracing::debug!(
                 %group, %message_id, %event_type, routing_key = %original_key,
@@ -368,6 +407,7 @@ async fn handle(
                     &original_key,
                     delay,
                     &config.group_unhandled_queue_name(group),
+                    failed.as_deref(),
                 ),
                 message_id: message_id.clone(),
             })

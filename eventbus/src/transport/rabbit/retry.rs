@@ -192,17 +192,22 @@ pub(crate) fn retry_properties(
 
 /// Properties for a delivery left to another member: `x-unhandled-count` + 1,
 /// the original key, TTL, and `BCC` to `unhandled_queue` (publish it through
-/// the default exchange under the original key). Nothing else changes: the
-/// handler retry count and failed handlers stay as they were.
+/// the default exchange under the original key). The handler retry count
+/// stays; so do the failed handlers, unless `failed` names those still to run
+/// (this member ran the others).
 pub(crate) fn defer_properties(
     properties: &BasicProperties,
     unhandled_count: u32,
     original_routing_key: &str,
     delay: Duration,
     unhandled_queue: &str,
+    failed: Option<&[String]>,
 ) -> BasicProperties {
     let mut headers = headers_of(properties);
     bcc(&mut headers, unhandled_queue);
+    if let Some(failed) = failed {
+        headers.insert(HEADER_FAILED_HANDLERS.into(), failed_array(failed));
+    }
     headers.insert(
         HEADER_UNHANDLED_COUNT.into(),
         AMQPValue::LongLongInt(i64::from(unhandled_count) + 1),
@@ -437,6 +442,7 @@ mod tests {
             "Order.OrderShipped",
             Duration::from_millis(250),
             "shop.billing.unhandled",
+            None,
         );
         assert_eq!(unhandled_count(&p), 5);
         assert_eq!(retry_count(&p), 2);

@@ -150,6 +150,11 @@ async fn an_event_no_member_handles_is_dead_lettered_with_that_reason() {
         }
         let stats = bus.stats();
         assert_eq!(stats.events_deferred_unhandled, 6, "{kind}");
+        let metrics = bus.metrics_text();
+        assert!(
+            metrics.contains("eventbus_deferred_unhandled_total 6"),
+            "{metrics}"
+        );
         assert_eq!(stats.messages_sent_to_dlq, 3, "{kind}");
         assert_eq!(stats.handlers_invoked, 0, "{kind}");
         bus.shutdown(Duration::from_secs(5))

@@ -448,6 +448,11 @@ async fn undecodable_and_failing_messages_are_dead_lettered_not_dropped() {
     let f = failures.clone();
     let bus = scope
         .builder()
+        // The unknown type is first left to other members of the group, once.
+        .configure(|c| {
+            c.max_unhandled_deferrals = 1;
+            c.unhandled_delay = Duration::from_millis(50);
+        })
         .handler::<OrderPlaced, _, _>("picky", move |e: Arc<Envelope<OrderPlaced>>| {
             let f = f.clone();
             async move {
@@ -537,7 +542,7 @@ async fn undecodable_and_failing_messages_are_dead_lettered_not_dropped() {
         .collect();
     for expected in [
         "not valid JSON",
-        "unknown event type `Nope`",
+        "no member of group default handles Order.OrderPlaced (unknown event type `Nope` here)",
         "missing field `customer_id`",
         "customer `bad` is not allowed",
         "no `event_type` header",
@@ -553,6 +558,7 @@ async fn undecodable_and_failing_messages_are_dead_lettered_not_dropped() {
     assert_eq!(stats.messages_sent_to_dlq, 6);
     assert_eq!(stats.events_processed_failed, 6);
     assert_eq!(stats.events_processed_success, 1);
+    assert_eq!(stats.events_deferred_unhandled, 1);
     let _ = conn.close(200, "done".into()).await;
     bus.shutdown(Duration::from_secs(5))
         .await

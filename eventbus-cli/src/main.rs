@@ -2,7 +2,7 @@
 //!
 //! Configured by the same `EVENTBUS_*` variables as `Bus::from_env()`, with
 //! flags taking precedence. Declares nothing on the broker (`topology delete`
-//! deletes). Exit status: 0 on success, 1 on an error, 2 on a usage error, 3
+//! deletes, `topology unbind` unbinds). Exit status: 0 on success, 1 on an error, 2 on a usage error, 3
 //! when a message id is not found, 4 when a destructive command was not
 //! confirmed.
 
@@ -135,6 +135,21 @@ enum TopologyCommand {
         /// Also delete queues that hold messages or have consumers; their messages are lost.
         #[arg(long)]
         force: bool,
+        #[command(flatten)]
+        confirm: Confirm,
+    },
+    /// Bindings of a group's queue (`--group`, default the configured group)
+    /// to the exchange whose key no member of the group handles any more: lists
+    /// each as unbind or keep, asks, then removes the stale ones. Needs the
+    /// management API. Never automatic.
+    Unbind {
+        #[command(flatten)]
+        target: TopologyTarget,
+        /// A routing key some member of the group (eventbus or eventsource-py)
+        /// still handles, e.g. `Order.OrderPlaced` (`#` for a wildcard, `` for
+        /// fanout); repeatable. Every other binding of the group's queue goes.
+        #[arg(long, value_name = "KEY", required = true)]
+        keep: Vec<String>,
         #[command(flatten)]
         confirm: Confirm,
     },
@@ -332,6 +347,11 @@ async fn command(cli: &Cli, bus: &Bus, group_of: &dyn Fn(&Group) -> String) -> R
             force,
             confirm,
         }) => topology::delete(bus.config(), target, *force, confirm.yes, cli.json).await,
+        Command::Topology(TopologyCommand::Unbind {
+            target,
+            keep,
+            confirm,
+        }) => topology::unbind(bus.config(), target, keep, confirm.yes, cli.json).await,
     }
 }
 

@@ -248,11 +248,17 @@ async fn two_groups_holding_a_message(scope: &Scope) -> (Vec<String>, Vec<String
         })
         .await;
     }
-    let exchanges = vec![x.clone(), format!("{x}_dlq")];
+    let exchanges = vec![
+        x.clone(),
+        format!("{x}_dlq"),
+        format!("{x}.audit.redeliver"),
+        format!("{x}.default.redeliver"),
+    ];
     let mut queues = Vec::new();
     for group in ["audit", "default"] {
         queues.push(format!("{x}.{group}"));
-        queues.extend((1..=3).map(|n| format!("{x}.{group}.retry.{n}")));
+        queues.extend((1..=3).map(|n| format!("{x}.{group}.delay.{n}")));
+        queues.push(format!("{x}.{group}.unhandled"));
         queues.push(format!("{x}.{group}.dlq"));
     }
     (exchanges, queues)
@@ -421,7 +427,7 @@ async fn topology_through_the_management_api() {
         );
         let dlq = format!("{queue}.dlq");
         assert_eq!(row(&table, &dlq), [dlq.as_str(), group, "dlq", "0", "0"]);
-        let retry = format!("{queue}.retry.2");
+        let retry = format!("{queue}.delay.2");
         assert_eq!(
             row(&table, &retry),
             [retry.as_str(), group, "retry", "2", "0", "0"]
@@ -530,9 +536,144 @@ async fn topology_over_amqp_when_the_management_api_is_unreachable() {
     ));
     assert_eq!(
         names(&default_only["queues"]),
-        queues[5..],
+        queues[6..],
         "{default_only}"
     );
 
     refuses_then_deletes_everything(&scope, &vars, &groups, &exchanges, &queues).await;
+}
+
+/// A deploy removed the `OrderShipped` handler: `topology unbind` shows the
+/// binding no member handles any more, asks, and removes only that one.
+#[tokio::test]
+async fn unbind_removes_only_bindings_no_member_handles_after_asking() {
+    let scope = Scope::new("cli-unbind");
+    let group = scope.group("billing");
+    // The old version handled both.
+    let old = scope
+        .builder()
+        .configure({
+            let group = group.clone();
+            move |c| c.consumer_group = group
+        })
+        .handler::<OrderPlaced, _, _>("placed", |_e: Arc<Envelope<OrderPlaced>>| {
+            std::future::ready(Ok::<(), HandlerError>(()))
+        })
+        .handler::<OrderShipped, _, _>("shipped", |_e: Arc<Envelope<OrderShipped>>| {
+            std::future::ready(Ok::<(), HandlerError>(()))
+        })
+        .build()
+        .await
+        .expect("connects");
+    old.shutdown(Duration::from_secs(5))
+        .await
+        .expect("shuts down");
+    let x = &scope.exchange;
+    let queue = scope.queue(&group);
+    let both = vec![
+        (queue.clone(), "Order.OrderPlaced".to_owned()),
+        (queue.clone(), "Order.OrderShipped".to_owned()),
+    ];
+    assert_eq!(common::bindings_of(x), both);
+    let args = [
+        "topology",
+        "unbind",
+        "--group",
+        "billing",
+        "--keep",
+        "Order.OrderPlaced",
+    ];
+
+    // Not confirmed (no terminal, no --yes): the plan, exit 4, nothing unbound.
+    let unconfirmed = eventbus(&scope, &args);
+    assert_eq!(
+        unconfirmed.status.code(),
+        Some(4),
+        "{}",
+        stderr(&unconfirmed)
+    );
+    let plan = stdout(&unconfirmed);
+    assert_eq!(
+        row(&plan, "unbind"),
+        ["unbind", queue.as_str(), "Order.OrderShipped"]
+    );
+    assert_eq!(
+        row(&plan, "keep"),
+        ["keep", queue.as_str(), "Order.OrderPlaced"]
+    );
+    assert!(stderr(&unconfirmed).contains("--yes"));
+    assert_eq!(common::bindings_of(x), both, "nothing unbound");
+
+    // Confirmed: only the stale binding goes.
+    let done = json(eventbus(
+        &scope,
+        &[&["--json"][..], &args, &["--yes"]].concat(),
+    ));
+    assert_eq!(
+        done["unbound"][0]["routing_key"], "Order.OrderShipped",
+        "{done}"
+    );
+    assert_eq!(done["unbound"].as_array().map(Vec::len), Some(1));
+    assert_eq!(done["kept"][0]["routing_key"], "Order.OrderPlaced");
+    assert_eq!(
+        common::bindings_of(x),
+        [(queue.clone(), "Order.OrderPlaced".to_owned())]
+    );
+    // The DLQ exchange's binding is not the main exchange's: untouched.
+    assert!(exists(&format!("{queue}.dlq"), false).await);
+
+    // Again: nothing to unbind, nothing asked.
+    let again = ok(eventbus(&scope, &args));
+    assert!(again.contains("nothing to unbind"), "{again}");
+
+    // Without the management API it says what it needs.
+    let vars = [("EVENTBUS_MANAGEMENT_URL", "http://127.0.0.1:1")];
+    let blind = eventbus_with(&scope, &vars, &[&args[..], &["--yes"]].concat());
+    assert_eq!(blind.status.code(), Some(1));
+    assert!(
+        stderr(&blind).contains("needs the management API"),
+        "{}",
+        stderr(&blind)
+    );
+}
+
+/// On a headers exchange a binding is known by the headers it matches.
+#[tokio::test]
+async fn unbind_finds_headers_bindings_by_the_event_they_match() {
+    let scope = Scope::new("cli-unbind-headers");
+    let bus = scope
+        .builder()
+        .configure(|c| c.exchange_type = eventbus::ExchangeType::Headers)
+        .handler::<OrderPlaced, _, _>("placed", |_e: Arc<Envelope<OrderPlaced>>| {
+            std::future::ready(Ok::<(), HandlerError>(()))
+        })
+        .handler::<OrderShipped, _, _>("shipped", |_e: Arc<Envelope<OrderShipped>>| {
+            std::future::ready(Ok::<(), HandlerError>(()))
+        })
+        .build()
+        .await
+        .expect("connects");
+    bus.shutdown(Duration::from_secs(5))
+        .await
+        .expect("shuts down");
+    let x = &scope.exchange;
+    assert_eq!(common::bindings_of(x).len(), 2);
+    let done = json(eventbus(
+        &scope,
+        &[
+            "--json",
+            "topology",
+            "unbind",
+            "--keep",
+            "Order.OrderPlaced",
+            "--yes",
+        ],
+    ));
+    assert_eq!(
+        done["unbound"][0]["arguments"]["event_type"], "OrderShipped",
+        "{done}"
+    );
+    // The broker removed exactly that binding (arguments and all).
+    assert_eq!(common::bindings_of(x).len(), 1);
+    assert_eq!(done["kept"][0]["arguments"]["event_type"], "OrderPlaced");
 }

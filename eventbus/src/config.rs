@@ -301,6 +301,16 @@ pub struct Config {
     pub retry_max_delay: Duration,
     /// `EVENTBUS_RETRY_JITTER`: fraction, 0.0..=1.0. Default: 0.1.
     pub retry_jitter: f64,
+    /// `EVENTBUS_UNHANDLED_DELAY` in seconds: how long a delivery this member
+    /// cannot handle waits in its group's `{exchange}.{group}.unhandled` queue
+    /// before the group's queue offers it again (± `retry_jitter`); must be
+    /// more than 0. Default: 5.0.
+    pub unhandled_delay: Duration,
+    /// `EVENTBUS_MAX_UNHANDLED_DEFERRALS`: how often a delivery is left to
+    /// another member of the group (direct and topic exchanges) before it is
+    /// dead-lettered as handled by no member. Default: 60 (with the default
+    /// delay, about five minutes).
+    pub max_unhandled_deferrals: u32,
     /// `EVENTBUS_SHUTDOWN_TIMEOUT` in seconds. Default: 30.0.
     pub shutdown_timeout: Duration,
     /// `EVENTBUS_ROUTING_KEY_PATTERN`: bind this instead of the handled keys. Default: none.
@@ -355,6 +365,8 @@ impl Default for Config {
             retry_base_delay: Duration::from_secs(1),
             retry_max_delay: Duration::from_secs(60),
             retry_jitter: 0.1,
+            unhandled_delay: Duration::from_secs(5),
+            max_unhandled_deferrals: 60,
             shutdown_timeout: Duration::from_secs(30),
             routing_key_pattern: None,
             publish_chunk_size: 100,
@@ -449,6 +461,12 @@ impl Config {
             &mut c.retry_jitter,
             "a fraction between 0.0 and 1.0",
         )?;
+        env.seconds("UNHANDLED_DELAY", &mut c.unhandled_delay)?;
+        env.parse(
+            "MAX_UNHANDLED_DEFERRALS",
+            &mut c.max_unhandled_deferrals,
+            "a non-negative integer",
+        )?;
         env.seconds("SHUTDOWN_TIMEOUT", &mut c.shutdown_timeout)?;
         if let Some(pattern) = env.get("ROUTING_KEY_PATTERN") {
             c.routing_key_pattern = Some(pattern);
@@ -489,6 +507,14 @@ impl Config {
                 "RETRY_JITTER",
                 self.retry_jitter.to_string(),
                 "a fraction between 0.0 and 1.0",
+            ));
+        }
+        if self.unhandled_delay.is_zero() {
+            // Zero would hand a delivery back and forth between members at full speed.
+            return Err(invalid(
+                "UNHANDLED_DELAY",
+                "0".into(),
+                "seconds, more than 0",
             ));
         }
         for (name, value) in [
@@ -563,7 +589,29 @@ impl Config {
     }
 
     /// The delay queue of `group` for retry number `attempt` (1-based):
-    /// `{exchange_name}.{group}.retry.{attempt}`.
+    /// `{exchange_name}.{group}.delay.{attempt}`. When its TTL expires a
+    /// message goes back through [`Config::group_redeliver_exchange_name`].
+    pub fn group_delay_queue_name(&self, group: &str, attempt: u32) -> String {
+        format!("{}.delay.{attempt}", self.group_queue_name(group))
+    }
+
+    /// Where deliveries no handler of this member takes wait before the
+    /// group's queue offers them again: `{exchange_name}.{group}.unhandled`.
+    pub fn group_unhandled_queue_name(&self, group: &str) -> String {
+        format!("{}.unhandled", self.group_queue_name(group))
+    }
+
+    /// The fanout exchange bound to `group`'s queue alone, through which the
+    /// delay queues return a message with its original routing key:
+    /// `{exchange_name}.{group}.redeliver`.
+    pub fn group_redeliver_exchange_name(&self, group: &str) -> String {
+        format!("{}.redeliver", self.group_queue_name(group))
+    }
+
+    /// The delay queue of retry number `attempt` as earlier eventbus versions
+    /// declared it, `{exchange_name}.{group}.retry.{attempt}` (it returned a
+    /// message under the group queue's name, not its routing key). Only
+    /// `eventbus topology` looks for these, to show and remove them.
     pub fn group_retry_queue_name(&self, group: &str, attempt: u32) -> String {
         format!("{}.retry.{attempt}", self.group_queue_name(group))
     }
@@ -763,6 +811,37 @@ mod tests {
         assert_eq!(
             c.queue_arguments.get("x-max-length"),
             Some(&QueueArgument::Int(10))
+        );
+    }
+
+    #[test]
+    fn deferrals_of_unhandled_deliveries_are_configurable_but_never_instant() {
+        let c = Config::default();
+        assert_eq!(c.unhandled_delay, Duration::from_secs(5));
+        assert_eq!(c.max_unhandled_deferrals, 60);
+        let c = from(&[
+            ("EVENTBUS_UNHANDLED_DELAY", "0.25"),
+            ("EVENTBUS_MAX_UNHANDLED_DEFERRALS", "3"),
+        ])
+        .expect("valid");
+        assert_eq!(c.unhandled_delay, Duration::from_millis(250));
+        assert_eq!(c.max_unhandled_deferrals, 3);
+        let err = from(&[("EVENTBUS_UNHANDLED_DELAY", "0")]).expect_err("a hot loop");
+        assert!(
+            err.to_string().contains("EVENTBUS_UNHANDLED_DELAY"),
+            "{err}"
+        );
+        assert_eq!(
+            c.group_delay_queue_name("billing", 2),
+            "events.billing.delay.2"
+        );
+        assert_eq!(
+            c.group_unhandled_queue_name("billing"),
+            "events.billing.unhandled"
+        );
+        assert_eq!(
+            c.group_redeliver_exchange_name("billing"),
+            "events.billing.redeliver"
         );
     }
 

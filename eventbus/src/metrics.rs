@@ -142,7 +142,7 @@ struct StatsCollector(Arc<Stats>);
 impl Collector for StatsCollector {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         let stats = &self.0;
-        let counters: [(&str, &str, &AtomicU64); 8] = [
+        let counters: [(&str, &str, &AtomicU64); 9] = [
             (
                 "eventbus_published",
                 "Events the broker confirmed (in memory: delivered).",
@@ -167,6 +167,11 @@ impl Collector for StatsCollector {
                 "eventbus_dead_lettered",
                 "Messages sent to a dead-letter queue.",
                 &stats.messages_sent_to_dlq,
+            ),
+            (
+                "eventbus_deferred_unhandled",
+                "Deliveries this member left to another member of its group: no handler of its takes them.",
+                &stats.events_deferred_unhandled,
             ),
             (
                 "eventbus_handler_calls",

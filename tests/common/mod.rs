@@ -111,10 +111,14 @@ impl Drop for Scope {
                 };
                 // A delete of a missing queue closes its channel: one channel per delete.
                 let mut queues = Vec::new();
+                let mut exchanges = vec![exchange.clone(), format!("{exchange}_dlq")];
                 for g in groups {
                     queues.push(format!("{exchange}.{g}"));
                     queues.push(format!("{exchange}.{g}.dlq"));
+                    queues.push(format!("{exchange}.{g}.unhandled"));
+                    queues.extend((1..=10).map(|n| format!("{exchange}.{g}.delay.{n}")));
                     queues.extend((1..=10).map(|n| format!("{exchange}.{g}.retry.{n}")));
+                    exchanges.push(format!("{exchange}.{g}.redeliver"));
                 }
                 for q in queues {
                     if let Ok(ch) = conn.create_channel().await {
@@ -124,7 +128,7 @@ impl Drop for Scope {
                         let _ = ch.close(200, "done".into()).await;
                     }
                 }
-                for x in [exchange.clone(), format!("{exchange}_dlq")] {
+                for x in exchanges {
                     if let Ok(ch) = conn.create_channel().await {
                         let _ = ch
                             .exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default())

@@ -195,6 +195,25 @@ impl Broker {
         }
     }
 
+    /// Removes the binding of `queue` to `exchange` with `routing_key` and `arguments`.
+    pub(crate) async fn unbind(
+        &mut self,
+        queue: &str,
+        exchange: &str,
+        routing_key: &str,
+        arguments: FieldTable,
+    ) -> Result<(), Failure> {
+        let channel = self.channel().await?;
+        channel
+            .queue_unbind(queue.into(), exchange.into(), routing_key.into(), arguments)
+            .await
+            .map_err(|e| {
+                Failure::Error(format!(
+                    "cannot unbind queue {queue} from {exchange} ({routing_key:?}): {e}"
+                ))
+            })
+    }
+
     pub(crate) async fn close(self) {
         let _ = tokio::time::timeout(
             std::time::Duration::from_secs(5),

@@ -1,5 +1,5 @@
-//! `eventbus topology show|delete`: what exists on the broker for an exchange,
-//! and its teardown.
+//! `eventbus topology show|delete|unbind`: what exists on the broker for an
+//! exchange, its teardown, and removing bindings no member handles any more.
 //!
 //! What exists is found through the management HTTP API when it answers: the
 //! exchange and its dead-letter exchange, every queue named `{exchange}.…`, and
@@ -12,6 +12,9 @@
 
 mod amqp;
 mod management;
+mod unbind;
+
+pub(crate) use unbind::unbind;
 
 use eventbus::Config;
 use serde::{Deserialize, Serialize};
@@ -62,6 +65,8 @@ struct Exchange {
 enum ExchangeRole {
     Main,
     DeadLetter,
+    /// `{exchange}.{group}.redeliver`: the way back from a group's delay queues.
+    Redeliver,
 }
 
 #[derive(Serialize)]
@@ -81,6 +86,12 @@ struct Queue {
 enum QueueRole {
     Group,
     /// The delay queue of retry number `n`.
+    #[serde(rename = "retry")]
+    Delay(u32),
+    /// Where deliveries a member cannot handle wait for another member.
+    Unhandled,
+    /// A delay queue of an earlier eventbus version (`.retry.{n}`).
+    #[serde(rename = "legacy_retry")]
     Retry(u32),
     Dlq,
 }
@@ -198,7 +209,7 @@ async fn delete_with(
     // Delay queues feed the group queues, which feed the DLQs: delete in that order.
     let mut queues: Vec<&Queue> = topology.queues.iter().collect();
     queues.sort_by_key(|q| match q.role {
-        QueueRole::Retry(_) => 0,
+        QueueRole::Retry(_) | QueueRole::Delay(_) | QueueRole::Unhandled => 0,
         QueueRole::Group => 1,
         QueueRole::Dlq => 2,
     });
@@ -389,6 +400,17 @@ async fn discover(
                         name,
                         kind: Some(kind),
                     })
+                    .chain(
+                        found
+                            .nested_exchanges
+                            .iter()
+                            .filter(|name| redeliver_group(config, name).is_some())
+                            .map(|name| Exchange {
+                                name: name.clone(),
+                                role: ExchangeRole::Redeliver,
+                                kind: Some("fanout".into()),
+                            }),
+                    )
                     .collect(),
                 queues,
                 bindings: Some(bindings),
@@ -410,6 +432,18 @@ async fn discover(
                     exchanges.push(Exchange {
                         name,
                         role,
+                        kind: None,
+                    });
+                }
+            }
+            let mut sorted = groups.clone();
+            sorted.sort();
+            for group in &sorted {
+                let name = config.group_redeliver_exchange_name(group);
+                if broker.exchange_exists(&name).await? {
+                    exchanges.push(Exchange {
+                        name,
+                        role: ExchangeRole::Redeliver,
                         kind: None,
                     });
                 }
@@ -444,12 +478,24 @@ async fn queues_by_name(
     for group in groups {
         let mut candidates = vec![
             (config.group_queue_name(group), QueueRole::Group),
+            (
+                config.group_unhandled_queue_name(group),
+                QueueRole::Unhandled,
+            ),
             (config.group_dlq_queue_name(group), QueueRole::Dlq),
         ];
         // The configured delay queues, and any left by a larger EVENTBUS_MAX_RETRIES.
         for attempt in 1.. {
-            let name = config.group_retry_queue_name(group, attempt);
+            let name = config.group_delay_queue_name(group, attempt);
             if attempt > config.max_retries && broker.queue(&name).await?.is_none() {
+                break;
+            }
+            candidates.push((name, QueueRole::Delay(attempt)));
+        }
+        // Those of earlier versions, while they exist.
+        for attempt in 1.. {
+            let name = config.group_retry_queue_name(group, attempt);
+            if broker.queue(&name).await?.is_none() {
                 break;
             }
             candidates.push((name, QueueRole::Retry(attempt)));
@@ -490,6 +536,20 @@ fn classify(config: &Config, name: &str) -> Option<(String, QueueRole)> {
     {
         return Some((group.to_owned(), QueueRole::Dlq));
     }
+    if let Some(group) = rest.strip_suffix(".unhandled")
+        && !group.is_empty()
+        && config.group_unhandled_queue_name(group) == name
+    {
+        return Some((group.to_owned(), QueueRole::Unhandled));
+    }
+    if let Some((group, attempt)) = rest.rsplit_once(".delay.")
+        && let Ok(attempt) = attempt.parse::<u32>()
+        && attempt >= 1
+        && !group.is_empty()
+        && config.group_delay_queue_name(group, attempt) == name
+    {
+        return Some((group.to_owned(), QueueRole::Delay(attempt)));
+    }
     if let Some((group, attempt)) = rest.rsplit_once(".retry.")
         && let Ok(attempt) = attempt.parse::<u32>()
         && attempt >= 1
@@ -500,6 +560,15 @@ fn classify(config: &Config, name: &str) -> Option<(String, QueueRole)> {
     }
     (!rest.is_empty() && config.group_queue_name(rest) == name)
         .then(|| (rest.to_owned(), QueueRole::Group))
+}
+
+/// The group whose redeliver exchange `name` is, by the naming rules.
+fn redeliver_group<'a>(config: &Config, name: &'a str) -> Option<&'a str> {
+    let group = name
+        .strip_prefix(config.exchange_name.as_str())?
+        .strip_prefix('.')?
+        .strip_suffix(".redeliver")?;
+    (!group.is_empty() && config.group_redeliver_exchange_name(group) == name).then_some(group)
 }
 
 fn mode_line(found_by: &FoundBy) -> String {
@@ -522,13 +591,16 @@ fn exchange_role(role: ExchangeRole) -> &'static str {
     match role {
         ExchangeRole::Main => "main",
         ExchangeRole::DeadLetter => "dead-letter",
+        ExchangeRole::Redeliver => "redeliver",
     }
 }
 
 fn queue_role(role: QueueRole) -> String {
     match role {
         QueueRole::Group => "group".into(),
-        QueueRole::Retry(n) => format!("retry {n}"),
+        QueueRole::Delay(n) => format!("retry {n}"),
+        QueueRole::Unhandled => "unhandled".into(),
+        QueueRole::Retry(n) => format!("legacy-retry {n}"),
         QueueRole::Dlq => "dlq".into(),
     }
 }
@@ -599,6 +671,17 @@ mod tests {
             Some(("billing".into(), QueueRole::Retry(2)))
         );
         assert_eq!(
+            role("shop.billing.delay.2"),
+            Some(("billing".into(), QueueRole::Delay(2)))
+        );
+        assert_eq!(
+            role("shop.billing.unhandled"),
+            Some(("billing".into(), QueueRole::Unhandled))
+        );
+        assert_eq!(redeliver_group(&c, "shop.a.b.redeliver"), Some("a.b"));
+        assert_eq!(redeliver_group(&c, "shop.redeliver"), None);
+        assert_eq!(redeliver_group(&c, "shop_dlq"), None);
+        assert_eq!(
             role("shop.a.b.retry.x"),
             Some(("a.b.retry.x".into(), QueueRole::Group))
         );
@@ -608,17 +691,19 @@ mod tests {
         // Within a group: the queue, its delay queues in order, its DLQ.
         let mut roles = vec![
             QueueRole::Dlq,
-            QueueRole::Retry(2),
+            QueueRole::Unhandled,
+            QueueRole::Delay(2),
             QueueRole::Group,
-            QueueRole::Retry(1),
+            QueueRole::Delay(1),
         ];
         roles.sort();
         assert_eq!(
             roles,
             [
                 QueueRole::Group,
-                QueueRole::Retry(1),
-                QueueRole::Retry(2),
+                QueueRole::Delay(1),
+                QueueRole::Delay(2),
+                QueueRole::Unhandled,
                 QueueRole::Dlq
             ]
         );

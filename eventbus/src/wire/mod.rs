@@ -43,6 +43,12 @@ pub(crate) const HEADER_LAST_RETRY_AT: &str = "x-last-retry-at";
 pub(crate) const HEADER_ORIGINAL_ROUTING_KEY: &str = "x-original-routing-key";
 /// Header: the handlers that still have to succeed (eventbus only).
 pub(crate) const HEADER_FAILED_HANDLERS: &str = "x-failed-handlers";
+/// Header: how often a member of the group that could not handle the event
+/// left it to another member (eventbus only; separate from `x-retry-count`).
+pub(crate) const HEADER_UNHANDLED_COUNT: &str = "x-unhandled-count";
+/// RabbitMQ's sender-selected distribution: extra queues (by name, through
+/// the default exchange) a message goes to; the broker removes it on delivery.
+pub(crate) const HEADER_BCC: &str = "BCC";
 /// Header: why the message was dead-lettered (at most [`MAX_REASON`] bytes).
 pub(crate) const HEADER_DLQ_REASON: &str = "x-dlq-reason";
 /// Header: the error's type.

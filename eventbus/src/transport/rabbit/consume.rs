@@ -4,10 +4,13 @@
 //! sequencer: by default deliveries of one aggregate (the `aggregate_id`
 //! header) run one after another in delivery order (see
 //! [`DeliveryOrder`](crate::DeliveryOrder)). A delivery is settled
-//! only after every handler of the group succeeded (or when the group has no
-//! handler for that known event type: a fanout exchange delivers everything),
-//! or after the broker confirmed its retry or dead-letter copy (see
-//! [`super::retry`]). Nothing is dropped silently.
+//! only after every handler of the group succeeded (or, on a fanout or
+//! headers exchange, which delivers everything to every group, when the group
+//! has no handler for that known event type), or after the broker confirmed
+//! its retry, deferral or dead-letter copy (see [`super::retry`]). On a direct
+//! or topic exchange a delivery this member cannot handle (no handler for it,
+//! or an event type it does not know) is left to the other members of its
+//! group, never acked away. Nothing is dropped silently.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -19,6 +22,7 @@ use lapin::types::FieldTable;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::config::ExchangeType;
 use crate::runtime::{self, BusContext};
 use crate::stats::add;
 use crate::wire::HEADER_AGGREGATE_ID;
@@ -152,6 +156,13 @@ enum Verdict {
         failed: Vec<String>,
         reason: String,
     },
+    /// No handler of this member takes it (or a retry names handlers this
+    /// member does not have): leave it to another member.
+    Defer {
+        event_type: String,
+        /// The handlers still to run, when a retry names some.
+        failed: Option<Vec<String>>,
+    },
     DeadLetter {
         reason: String,
         error_type: String,
@@ -185,8 +196,10 @@ async fn traced<F: std::future::Future>(
     let header = |name: &str| amqp::string_header(properties, name);
     let cx = crate::wire::trace::extract(header);
     let queue = shared.config.group_queue_name(group);
-    // A retry arrives with the queue's name as its key: name the original.
-    let routing_key = retry::original_routing_key(properties, delivery.routing_key.as_str());
+    // A retry of an earlier version arrives with the queue's name as its key:
+    // name the original.
+    let routing_key =
+        retry::original_routing_key(properties, delivery.routing_key.as_str(), &queue);
     let span = tracing::debug_span!(
         "consume",
         otel.name = %format!("process {queue}"),
@@ -227,35 +240,106 @@ async fn handle(
         .map_or_else(|| "(none)".to_owned(), |id| id.as_str().to_owned());
     let table = shared.dispatcher.snapshot();
     let retry_count = retry::retry_count(&delivery.properties);
-    let verdict = if let Some(event_type) =
-        amqp::string_header(&delivery.properties, crate::wire::HEADER_EVENT_TYPE)
-        && event_types.get(&event_type).is_some()
-        && !table
-            .groups
-            .get(group)
-            .is_some_and(|g| g.takes(&event_type))
+    let queue = config.group_queue_name(group);
+    let original_key =
+        retry::original_routing_key(&delivery.properties, delivery.routing_key.as_str(), &queue);
+    let event_type = amqp::string_header(&delivery.properties, crate::wire::HEADER_EVENT_TYPE);
+    let known = event_type
+        .as_deref()
+        .is_some_and(|t| event_types.get(t).is_some());
+    let taken = event_type
+        .as_deref()
+        .is_some_and(|t| table.groups.get(group).is_some_and(|g| g.takes(t)));
+    let routed_by_key = matches!(
+        config.exchange_type,
+        ExchangeType::Direct | ExchangeType::Topic
+    );
+    let unhandled = retry::unhandled_count(&delivery.properties);
+    let verdict = if let Some(event_type) = event_type.clone()
+        && routed_by_key
+        && !(known && taken)
     {
-        // A known event type delivered by a fanout exchange or a custom binding,
-        // and nothing in this group handles it: not ours. (An unknown type is
-        // dead-lettered below: it may be a message nobody can read.)
+        // The group's queue is bound for this key, so some member of the
+        // group is meant to handle it, just not this one (an older or newer
+        // version, or a service that only publishes the type).
+        if unhandled < config.max_unhandled_deferrals {
+            Verdict::Defer {
+                event_type,
+                failed: None,
+            }
+        } else {
+            tracing::warn!(%group, %message_id, %event_type, routing_key = %original_key, deferrals = unhandled, "no member of the group handled the event");
+            let unknown = if known {
+                String::new()
+            } else {
+                format!(" (unknown event type `{event_type}` here)")
+            };
+            Verdict::DeadLetter {
+                reason: format!("no member of group {group} handles {original_key}{unknown}"),
+                error_type: "UnhandledEvent".to_owned(),
+                handler: None,
+                failed: Vec::new(),
+            }
+        }
+    } else if let Some(event_type) = event_type
+        && known
+        && !taken
+    {
+        // A known event type delivered by a fanout or headers exchange, which
+        // deliver everything to every group, and nothing in this group
+        // handles it: not ours. (An unknown type is dead-lettered below: it
+        // may be a message nobody can read.)
         tracing::debug!(%group, %message_id, %event_type, "no handler in this group; acked");
         Verdict::Ack
     } else {
         match amqp::decode(&event_types, &delivery.properties, &delivery.data) {
             Ok(event) => {
                 let only = retry::failed_handlers(&delivery.properties);
+                // A retry may name handlers of another member (another version):
+                // they still have to run, somewhere else.
+                let missing: Vec<String> = only
+                    .iter()
+                    .flatten()
+                    .filter(|name| {
+                        !table.groups.get(group).is_some_and(|g| {
+                            g.handlers_for(event.meta().event_type())
+                                .any(|h| *h.name == ***name)
+                        })
+                    })
+                    .cloned()
+                    .collect();
                 let outcome = shared
                     .dispatcher
                     .dispatch_only(&table, group, &event, stats, only.as_deref())
                     .await;
-                if outcome.failures.is_empty() {
+                if outcome.failures.is_empty() && missing.is_empty() {
                     Verdict::Ack
+                } else if outcome.failures.is_empty() {
+                    let event_type = event.meta().event_type().to_owned();
+                    if unhandled < config.max_unhandled_deferrals {
+                        Verdict::Defer {
+                            event_type,
+                            failed: Some(missing),
+                        }
+                    } else {
+                        tracing::warn!(%group, %message_id, %event_type, routing_key = %original_key, handlers = ?missing, deferrals = unhandled, "no member of the group has the handlers this retry names");
+                        Verdict::DeadLetter {
+                            reason: format!(
+                                "no member of group {group} handles {original_key} with {}",
+                                missing.join(", ")
+                            ),
+                            error_type: "UnhandledEvent".to_owned(),
+                            handler: missing.first().cloned(),
+                            failed: missing,
+                        }
+                    }
                 } else {
-                    let failed: Vec<String> = outcome
+                    let mut failed: Vec<String> = outcome
                         .failures
                         .iter()
                         .map(|(n, _)| n.to_string())
                         .collect();
+                    failed.extend(missing);
                     let reason = outcome.describe_failures();
                     let permanent = outcome.failures.iter().find(|(_, e)| e.is_permanent());
                     let (last_name, last_error) = permanent.unwrap_or(&outcome.failures[0]);
@@ -281,9 +365,6 @@ async fn handle(
         }
     };
 
-    let queue = config.group_queue_name(group);
-    let original_key =
-        retry::original_routing_key(&delivery.properties, delivery.routing_key.as_str());
     let copy = match &verdict {
         Verdict::Ack => None,
         Verdict::Retry { failed, reason } => {
@@ -295,7 +376,7 @@ async fn handle(
             );
             Some(Outgoing {
                 exchange: String::new(),
-                routing_key: config.group_retry_queue_name(group, retry_count + 1),
+                routing_key: original_key.clone(),
                 body: delivery.data.clone(),
                 properties: retry::retry_properties(
                     &delivery.properties,
@@ -303,6 +384,30 @@ async fn handle(
                     &original_key,
                     failed,
                     delay,
+                    &config.group_delay_queue_name(group, retry_count + 1),
+                ),
+                message_id: message_id.clone(),
+            })
+        }
+        Verdict::Defer { event_type, failed } => {
+            let delay = retry::unhandled_delay(config);
+            tracing::debug!(
+                %group, %message_id, %event_type, routing_key = %original_key,
+                deferral = unhandled + 1, max = config.max_unhandled_deferrals,
+                delay_ms = delay.as_millis() as u64,
+                "no handler of this member takes the event; left to another member of the group"
+            );
+            Some(Outgoing {
+                exchange: String::new(),
+                routing_key: original_key.clone(),
+                body: delivery.data.clone(),
+                properties: retry::defer_properties(
+                    &delivery.properties,
+                    unhandled,
+                    &original_key,
+                    delay,
+                    &config.group_unhandled_queue_name(group),
+                    failed.as_deref(),
                 ),
                 message_id: message_id.clone(),
             })
@@ -352,6 +457,7 @@ async fn handle(
         Verdict::Retry { .. } => {
             stats.metrics.retries.inc();
         }
+        Verdict::Defer { .. } => add(&stats.events_deferred_unhandled, 1),
         Verdict::DeadLetter { .. } => {
             add(&stats.events_processed_failed, 1);
             if config.enable_dlq {

@@ -201,11 +201,16 @@ impl RabbitTransport {
                     report.kept += 1;
                     continue;
                 }
+                // Under its original key, to the group's queue alone.
                 let copy = Outgoing {
                     exchange: String::new(),
-                    routing_key: target.to_owned(),
+                    routing_key: retry::original_routing_key(
+                        &delivery.properties,
+                        delivery.routing_key.as_str(),
+                        target,
+                    ),
                     body: delivery.data.clone(),
-                    properties: retry::replay_properties(&delivery.properties),
+                    properties: retry::replay_properties(&delivery.properties, target),
                     message_id: delivery
                         .properties
                         .message_id()

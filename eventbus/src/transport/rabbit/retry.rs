@@ -2,12 +2,27 @@
 //! the failure policy.
 //!
 //! A failed delivery is republished to a delay queue of its own group,
-//! `{exchange}.{group}.retry.{n}` (one per attempt, so a message never waits
+//! `{exchange}.{group}.delay.{n}` (one per attempt, so a message never waits
 //! behind a longer delay), with a per-message TTL. When the TTL expires the
-//! broker dead-letters it through the default exchange straight back to the
-//! group's queue: other groups never see a retry, no consumer sleeps while
-//! holding a delivery, and a waiting retry survives a consumer crash.
-//! Only the handlers that failed run again (`x-failed-handlers`).
+//! broker dead-letters it through the group's fanout exchange
+//! `{exchange}.{group}.redeliver` straight back to the group's queue: other
+//! groups never see a retry, no consumer sleeps while holding a delivery, and
+//! a waiting retry survives a consumer crash. Only the handlers that failed
+//! run again (`x-failed-handlers`).
+//!
+//! The copy is published through the default exchange under its original
+//! routing key, with the delay queue in RabbitMQ's `BCC` header: the key
+//! travels with the message, so whichever member (eventbus or eventsource-py)
+//! takes it next sees the key it was published with, retries it under that
+//! key and dead-letters it with that key in `x-original-routing-key`.
+//!
+//! A delivery that no handler of this member takes, on a direct or topic
+//! exchange (which routes by key, so some member of the group is meant to
+//! handle it), is left to the other members the same way, through the
+//! group's `{exchange}.{group}.unhandled` queue, counted in
+//! `x-unhandled-count` (never in `x-retry-count`), and dead-lettered after
+//! `max_unhandled_deferrals` deferrals with the reason
+//! `no member of group {group} handles {routing key}`.
 //!
 //! After `max_retries` (or at once for a permanent error or an undecodable
 //! message) the message is published to the dead-letter exchange with the
@@ -22,9 +37,10 @@ use lapin::types::{AMQPValue, FieldArray, FieldTable, ShortString};
 
 use crate::config::Config;
 use crate::wire::{
-    self, HEADER_DLQ_ERROR_TYPE, HEADER_DLQ_HANDLER, HEADER_DLQ_REASON, HEADER_DLQ_RETRY_COUNT,
-    HEADER_DLQ_TIMESTAMP, HEADER_FAILED_HANDLERS, HEADER_LAST_RETRY_AT,
-    HEADER_ORIGINAL_ROUTING_KEY, HEADER_REPLAYED_FROM_DLQ, HEADER_RETRY_COUNT,
+    self, HEADER_AGGREGATE_TYPE, HEADER_BCC, HEADER_DLQ_ERROR_TYPE, HEADER_DLQ_HANDLER,
+    HEADER_DLQ_REASON, HEADER_DLQ_RETRY_COUNT, HEADER_DLQ_TIMESTAMP, HEADER_EVENT_TYPE,
+    HEADER_FAILED_HANDLERS, HEADER_LAST_RETRY_AT, HEADER_ORIGINAL_ROUTING_KEY,
+    HEADER_REPLAYED_FROM_DLQ, HEADER_RETRY_COUNT, HEADER_UNHANDLED_COUNT,
 };
 
 use super::amqp::{self, long_string as string};
@@ -37,6 +53,14 @@ pub(crate) fn retry_delay(config: &Config, retry_count: u32) -> Duration {
         .min(config.retry_max_delay.as_secs_f64());
     let jitter = config.retry_jitter * (2.0 * unit_random() - 1.0);
     Duration::from_secs_f64((nominal * (1.0 + jitter)).max(0.0))
+}
+
+/// The wait before a delivery no handler of this member takes is offered
+/// to the group again: `unhandled_delay` ± `retry_jitter`.
+pub(crate) fn unhandled_delay(config: &Config) -> Duration {
+    let jitter = config.retry_jitter * (2.0 * unit_random() - 1.0);
+    let nominal = config.unhandled_delay.as_secs_f64();
+    Duration::from_secs_f64((nominal * (1.0 + jitter)).max(0.001))
 }
 
 /// A uniform number in [0, 1), from the OS's randomness via a v4 UUID.
@@ -57,10 +81,54 @@ fn with_headers(properties: &BasicProperties, headers: FieldTable) -> BasicPrope
     properties.clone().with_headers(headers)
 }
 
-/// The routing key the message was first published with.
-pub(crate) fn original_routing_key(properties: &BasicProperties, delivered_with: &str) -> String {
-    amqp::string_header(properties, HEADER_ORIGINAL_ROUTING_KEY)
-        .unwrap_or_else(|| delivered_with.to_owned())
+/// The routing key the message was first published with: its
+/// `x-original-routing-key`, else the key it was delivered with, skipping
+/// either when it names one of the group's own queues (`group_queue` or
+/// `{group_queue}.*`: what an earlier version's delay queue or replay, or a
+/// dead letter made from such a delivery, left there); failing both,
+/// `{aggregate_type}.{event_type}` from the headers, the key every publisher
+/// of eventsource-py and eventbus uses.
+pub(crate) fn original_routing_key(
+    properties: &BasicProperties,
+    delivered_with: &str,
+    group_queue: &str,
+) -> String {
+    let ours = |key: &str| {
+        key == group_queue
+            || key
+                .strip_prefix(group_queue)
+                .is_some_and(|rest| rest.starts_with('.'))
+    };
+    let header = amqp::string_header(properties, HEADER_ORIGINAL_ROUTING_KEY);
+    if let Some(key) = header.as_deref().filter(|k| !k.is_empty() && !ours(k)) {
+        return key.to_owned();
+    }
+    if !delivered_with.is_empty() && !ours(delivered_with) {
+        return delivered_with.to_owned();
+    }
+    match (
+        amqp::string_header(properties, HEADER_AGGREGATE_TYPE),
+        amqp::string_header(properties, HEADER_EVENT_TYPE),
+    ) {
+        (Some(aggregate), Some(event)) => format!("{aggregate}.{event}"),
+        _ => header.unwrap_or_else(|| delivered_with.to_owned()),
+    }
+}
+
+/// `x-unhandled-count` of a delivery.
+pub(crate) fn unhandled_count(properties: &BasicProperties) -> u32 {
+    amqp::int_header(properties, HEADER_UNHANDLED_COUNT)
+        .and_then(|n| u32::try_from(n).ok())
+        .unwrap_or(0)
+}
+
+/// Sends a copy published through the default exchange under its routing
+/// key to queue `queue` alone (RabbitMQ's `BCC`, removed on delivery).
+fn bcc(headers: &mut FieldTable, queue: &str) {
+    headers.insert(
+        HEADER_BCC.into(),
+        AMQPValue::FieldArray(FieldArray::from(vec![string(queue)])),
+    );
 }
 
 /// `x-retry-count` of a delivery (any integer width, or a string).
@@ -95,15 +163,19 @@ fn failed_array(handlers: &[String]) -> AMQPValue {
     ))
 }
 
-/// Properties for the retry copy: count + 1, time, original key, what failed, TTL.
+/// Properties for the retry copy: count + 1, time, original key, what
+/// failed, TTL, and `BCC` to `delay_queue` (publish it through the default
+/// exchange under the original key).
 pub(crate) fn retry_properties(
     properties: &BasicProperties,
     retry_count: u32,
     original_routing_key: &str,
     failed: &[String],
     delay: Duration,
+    delay_queue: &str,
 ) -> BasicProperties {
     let mut headers = headers_of(properties);
+    bcc(&mut headers, delay_queue);
     headers.insert(
         HEADER_RETRY_COUNT.into(),
         AMQPValue::LongLongInt(i64::from(retry_count) + 1),
@@ -116,6 +188,36 @@ pub(crate) fn retry_properties(
     headers.insert(HEADER_FAILED_HANDLERS.into(), failed_array(failed));
     with_headers(properties, headers)
         .with_expiration(ShortString::from(delay.as_millis().to_string()))
+}
+
+/// Properties for a delivery left to another member: `x-unhandled-count` + 1,
+/// the original key, TTL, and `BCC` to `unhandled_queue` (publish it through
+/// the default exchange under the original key). The handler retry count
+/// stays; so do the failed handlers, unless `failed` names those still to run
+/// (this member ran the others).
+pub(crate) fn defer_properties(
+    properties: &BasicProperties,
+    unhandled_count: u32,
+    original_routing_key: &str,
+    delay: Duration,
+    unhandled_queue: &str,
+    failed: Option<&[String]>,
+) -> BasicProperties {
+    let mut headers = headers_of(properties);
+    bcc(&mut headers, unhandled_queue);
+    if let Some(failed) = failed {
+        headers.insert(HEADER_FAILED_HANDLERS.into(), failed_array(failed));
+    }
+    headers.insert(
+        HEADER_UNHANDLED_COUNT.into(),
+        AMQPValue::LongLongInt(i64::from(unhandled_count) + 1),
+    );
+    headers.insert(
+        HEADER_ORIGINAL_ROUTING_KEY.into(),
+        string(original_routing_key),
+    );
+    with_headers(properties, headers)
+        .with_expiration(ShortString::from(delay.as_millis().max(1).to_string()))
 }
 
 /// Why a message is dead-lettered.
@@ -173,9 +275,15 @@ pub(crate) fn dead_letter_properties(
 }
 
 /// Properties for a replay from the DLQ: DLQ headers and `x-death` removed,
-/// `x-retry-count` 0, `x-replayed-from-dlq` set. `x-failed-handlers` stays,
-/// so handlers that had already succeeded do not run twice.
-pub(crate) fn replay_properties(properties: &BasicProperties) -> BasicProperties {
+/// `x-retry-count` and `x-unhandled-count` 0, `x-replayed-from-dlq` set, and
+/// `BCC` to `group_queue` (publish it through the default exchange under the
+/// original key, so the group's queue alone gets it, under that key, as from
+/// eventsource-py's replay). `x-failed-handlers` stays, so handlers that had
+/// already succeeded do not run twice.
+pub(crate) fn replay_properties(
+    properties: &BasicProperties,
+    group_queue: &str,
+) -> BasicProperties {
     let mut headers = FieldTable::default();
     for (key, value) in headers_of(properties).inner() {
         let k = key.as_str();
@@ -188,13 +296,16 @@ pub(crate) fn replay_properties(properties: &BasicProperties) -> BasicProperties
             || k == "x-last-death-queue"
             || k == "x-last-death-reason"
             || k == HEADER_ORIGINAL_ROUTING_KEY
-            || k == HEADER_LAST_RETRY_AT;
+            || k == HEADER_LAST_RETRY_AT
+            || k == HEADER_UNHANDLED_COUNT
+            || k == HEADER_BCC;
         if !strip {
             headers.insert(key.clone(), value.clone());
         }
     }
     headers.insert(HEADER_RETRY_COUNT.into(), AMQPValue::LongLongInt(0));
     headers.insert(HEADER_REPLAYED_FROM_DLQ.into(), string(&now()));
+    bcc(&mut headers, group_queue);
     with_headers(properties, headers)
 }
 
@@ -247,12 +358,18 @@ mod tests {
             HEADER_FAILED_HANDLERS.into(),
             failed_array(&["a::b".to_owned()]),
         );
-        let p = replay_properties(&BasicProperties::default().with_headers(h));
+        h.insert(HEADER_UNHANDLED_COUNT.into(), AMQPValue::LongLongInt(7));
+        h.insert(
+            HEADER_ORIGINAL_ROUTING_KEY.into(),
+            string("Order.OrderPlaced"),
+        );
+        let p = replay_properties(&BasicProperties::default().with_headers(h), "x.g");
         let headers = p.headers().clone().unwrap_or_default();
         let keys: Vec<&str> = headers.inner().keys().map(|k| k.as_str()).collect();
         assert_eq!(
             keys,
             [
+                HEADER_BCC,
                 "event_type",
                 HEADER_FAILED_HANDLERS,
                 HEADER_REPLAYED_FROM_DLQ,
@@ -260,6 +377,84 @@ mod tests {
             ]
         );
         assert_eq!(retry_count(&p), 0);
+        assert_eq!(unhandled_count(&p), 0);
         assert_eq!(failed_handlers(&p), Some(vec!["a::b".to_owned()]));
+    }
+
+    fn with(headers: &[(&str, &str)]) -> BasicProperties {
+        let mut h = FieldTable::default();
+        for (k, v) in headers {
+            h.insert((*k).into(), string(v));
+        }
+        BasicProperties::default().with_headers(h)
+    }
+
+    #[test]
+    fn the_original_routing_key_is_never_one_of_the_groups_queues() {
+        let q = "shop.billing";
+        let header = |k: &str| {
+            with(&[
+                (HEADER_ORIGINAL_ROUTING_KEY, k),
+                (HEADER_AGGREGATE_TYPE, "Order"),
+                (HEADER_EVENT_TYPE, "OrderShipped"),
+            ])
+        };
+        // The header wins over the key it was delivered with.
+        assert_eq!(
+            original_routing_key(&header("Order.X"), "shop.billing", q),
+            "Order.X"
+        );
+        // No header: the delivered key.
+        assert_eq!(
+            original_routing_key(&with(&[]), "Order.OrderPlaced", q),
+            "Order.OrderPlaced"
+        );
+        // A queue name in the header (an older replay, or eventsource-py's dead
+        // letter of a delivery that came back under the queue's name): the
+        // delivered key, else the key the headers give.
+        assert_eq!(
+            original_routing_key(&header("shop.billing"), "Order.OrderShipped", q),
+            "Order.OrderShipped"
+        );
+        assert_eq!(
+            original_routing_key(&header("shop.billing"), "shop.billing", q),
+            "Order.OrderShipped"
+        );
+        assert_eq!(
+            original_routing_key(&header("shop.billing.retry.2"), "shop.billing", q),
+            "Order.OrderShipped"
+        );
+        // Another name that merely starts like the queue is a key.
+        assert_eq!(
+            original_routing_key(&header("shop.billingX"), "shop.billing", q),
+            "shop.billingX"
+        );
+    }
+
+    #[test]
+    fn a_deferral_counts_apart_from_retries_and_travels_by_bcc() {
+        let mut h = FieldTable::default();
+        h.insert(HEADER_RETRY_COUNT.into(), AMQPValue::LongLongInt(2));
+        let original = BasicProperties::default().with_headers(h);
+        let p = defer_properties(
+            &original,
+            4,
+            "Order.OrderShipped",
+            Duration::from_millis(250),
+            "shop.billing.unhandled",
+            None,
+        );
+        assert_eq!(unhandled_count(&p), 5);
+        assert_eq!(retry_count(&p), 2);
+        assert_eq!(p.expiration().as_ref().map(|e| e.as_str()), Some("250"));
+        assert_eq!(
+            amqp::string_header(&p, HEADER_ORIGINAL_ROUTING_KEY).as_deref(),
+            Some("Order.OrderShipped")
+        );
+        let headers = p.headers().clone().unwrap_or_default();
+        let Some(AMQPValue::FieldArray(bcc)) = headers.inner().get(HEADER_BCC) else {
+            panic!("no BCC: {headers:?}");
+        };
+        assert_eq!(bcc.as_slice(), [string("shop.billing.unhandled")]);
     }
 }

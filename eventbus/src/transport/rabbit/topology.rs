@@ -4,6 +4,9 @@
 //! DLQ exchange `{exchange}_dlq` (direct), DLQ queue `{exchange}.{group}.dlq`
 //! bound with key `{exchange}.{group}`. Each group's queue is bound to exactly the
 //! routing keys its handlers take (a wildcard handler binds everything).
+//! eventbus adds, per group, the delay queues `{exchange}.{group}.delay.{n}`
+//! and `{exchange}.{group}.unhandled`, returning through the fanout exchange
+//! `{exchange}.{group}.redeliver`; eventsource-py ignores them.
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
@@ -193,8 +196,11 @@ pub(crate) async fn declare_group(
             .exchange_declare(
                 dlx.as_str().into(),
                 ExchangeKind::Direct,
+                // As eventsource-py declares it: any difference is a 406
+                // for whichever side declares second.
                 ExchangeDeclareOptions {
                     durable: config.durable,
+                    auto_delete: config.auto_delete,
                     ..ExchangeDeclareOptions::default()
                 },
                 FieldTable::default(),
@@ -220,6 +226,7 @@ pub(crate) async fn declare_group(
                 dlq.as_str().into(),
                 QueueDeclareOptions {
                     durable: config.durable,
+                    auto_delete: config.auto_delete,
                     ..QueueDeclareOptions::default()
                 },
                 dlq_args,
@@ -249,12 +256,54 @@ pub(crate) async fn declare_group(
         )
         .await
         .map_err(|e| declare_failure(&e, "queue", &queue))?;
-    // One delay queue per attempt; an expired message goes back to this group's queue only.
-    for attempt in 1..=config.max_retries {
-        let delay_queue = config.group_retry_queue_name(group, attempt);
+    declare_delays(channel, config, group, &queue).await?;
+    for binding in bindings {
+        bind(channel, config, &queue, binding).await?;
+    }
+    Ok(())
+}
+
+/// The group's way back for messages that wait on the broker: a fanout
+/// exchange bound to the group's queue alone, one delay queue per retry and
+/// one for deliveries left to another member, each dead-lettering through
+/// that exchange without a new routing key, so a message comes back under the
+/// key it was published with (see [`super::retry`]).
+async fn declare_delays(
+    channel: &Channel,
+    config: &Config,
+    group: &str,
+    queue: &str,
+) -> Result<(), Failure> {
+    let redeliver = config.group_redeliver_exchange_name(group);
+    channel
+        .exchange_declare(
+            redeliver.as_str().into(),
+            ExchangeKind::Fanout,
+            ExchangeDeclareOptions {
+                durable: config.durable,
+                auto_delete: config.auto_delete,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| declare_failure(&e, "exchange", &redeliver))?;
+    channel
+        .queue_bind(
+            queue.into(),
+            redeliver.as_str().into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| declare_failure(&e, "binding of queue", queue))?;
+    let delay_queues = (1..=config.max_retries)
+        .map(|attempt| config.group_delay_queue_name(group, attempt))
+        .chain(std::iter::once(config.group_unhandled_queue_name(group)));
+    for delay_queue in delay_queues {
         let mut args = FieldTable::default();
-        args.insert("x-dead-letter-exchange".into(), string(""));
-        args.insert("x-dead-letter-routing-key".into(), string(&queue));
+        args.insert("x-dead-letter-exchange".into(), string(&redeliver));
         channel
             .queue_declare(
                 delay_queue.as_str().into(),
@@ -266,9 +315,6 @@ pub(crate) async fn declare_group(
             )
             .await
             .map_err(|e| declare_failure(&e, "queue", &delay_queue))?;
-    }
-    for binding in bindings {
-        bind(channel, config, &queue, binding).await?;
     }
     Ok(())
 }

@@ -287,11 +287,13 @@ pub(crate) fn cleanup_blocking(url: &str, exchange: &str) {
             let Ok(conn) = Connection::connect(&url, ConnectionProperties::default()).await else {
                 return;
             };
-            let mut queues: Vec<String> = ["default", "python", "default.dlq", "python.dlq"]
-                .iter()
-                .map(|g| format!("{exchange}.{g}"))
-                .collect();
-            queues.extend((1..=3).map(|n| format!("{exchange}.default.retry.{n}")));
+            let mut queues: Vec<String> = Vec::new();
+            for group in ["default", "python"] {
+                for suffix in ["", ".dlq", ".unhandled"] {
+                    queues.push(format!("{exchange}.{group}{suffix}"));
+                }
+                queues.extend((1..=3).map(|n| format!("{exchange}.{group}.delay.{n}")));
+            }
             for q in queues {
                 if let Ok(ch) = conn.create_channel().await {
                     let _ = ch
@@ -299,7 +301,12 @@ pub(crate) fn cleanup_blocking(url: &str, exchange: &str) {
                         .await;
                 }
             }
-            for x in [exchange.clone(), format!("{exchange}_dlq")] {
+            for x in [
+                exchange.clone(),
+                format!("{exchange}_dlq"),
+                format!("{exchange}.default.redeliver"),
+                format!("{exchange}.python.redeliver"),
+            ] {
                 if let Ok(ch) = conn.create_channel().await {
                     let _ = ch
                         .exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default())

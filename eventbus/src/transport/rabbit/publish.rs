@@ -8,11 +8,15 @@
 
 use std::sync::Arc;
 
+use std::future::Future;
+use std::pin::Pin;
+
 use futures_util::StreamExt;
+use futures_util::future::OptionFuture;
 use futures_util::stream::FuturesUnordered;
 use lapin::options::BasicPublishOptions;
-use lapin::{BasicProperties, Confirmation};
-use tokio::sync::Semaphore;
+use lapin::{BasicProperties, Confirmation, PublisherConfirm};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::envelope::AnyEnvelope;
@@ -85,7 +89,16 @@ impl Publisher {
         result
     }
 
-    /// Publishes prepared messages, all confirmed or an error.
+    /// Publishes prepared messages, all confirmed or an error, within the
+    /// confirm timeout whatever the broker does.
+    ///
+    /// Messages are written one after the other (in order) while up to the
+    /// window's confirms are in flight. Nothing here awaits the broker outside
+    /// the `select!` that also watches the deadline: lapin stops writing
+    /// while the broker blocks the connection (a resource alarm), so a write
+    /// can wait for as long as the alarm lasts. While blocked, no further
+    /// message is written; at the deadline the call fails with
+    /// [`Error::Blocked`] naming the broker's reason.
     pub(crate) async fn send(
         &self,
         shared: &BusContext,
@@ -101,15 +114,22 @@ impl Publisher {
                 .link
                 .wait_up(deadline.saturating_duration_since(Instant::now()))
                 .await?;
+            let mut blocked = session.blocked.subscribe();
             let mut lost = Vec::new();
             let mut first_error: Option<Error> = None;
             let mut inflight = FuturesUnordered::new();
-            let mut next = pending.iter().copied();
-            let mut sending = true;
+            let mut next = pending.iter().copied().peekable();
+            // The message being written, with its window permit.
+            let mut writing: Option<Writing<'_>> = None;
             // One timer for the whole batch, not one per message.
             let expired = tokio::time::sleep_until(deadline);
             tokio::pin!(expired);
             loop {
+                let is_blocked = blocked.borrow_and_update().is_some();
+                let more = next.peek().is_some();
+                if inflight.is_empty() && writing.is_none() && !more {
+                    break;
+                }
                 tokio::select! {
                     biased;
                     Some((index, outcome)) = inflight.next(), if !inflight.is_empty() => {
@@ -125,31 +145,10 @@ impl Publisher {
                             }
                         }
                     },
-                    () = &mut expired, if !inflight.is_empty() => {
-                        let first = settled.iter().position(|s| !s).unwrap_or(0);
-                        first_error.get_or_insert(Error::ConfirmTimeout {
-                            event_id: outgoing[first].message_id.clone(),
-                            timeout,
-                        });
-                        break;
-                    },
-                    permit = self.window.clone().acquire_owned(), if sending => {
-                        let Ok(permit) = permit else { break };
-                        let Some(index) = next.next() else {
-                            sending = false;
+                    Some(sent) = OptionFuture::from(writing.as_mut().map(|w| &mut w.sent)), if writing.is_some() => {
+                        let Some(Writing { index, permit, .. }) = writing.take() else {
                             continue;
                         };
-                        let message = &outgoing[index];
-                        let sent = session
-                            .channel
-                            .basic_publish(
-                                message.exchange.as_str().into(),
-                                message.routing_key.as_str().into(),
-                                BasicPublishOptions { mandatory: true, immediate: false },
-                                &message.body,
-                                message.properties.clone(),
-                            )
-                            .await;
                         match sent {
                             Ok(confirm) => inflight.push(async move {
                                 let result = confirm.await;
@@ -160,11 +159,39 @@ impl Publisher {
                                 session.fail(&scrub(&e.to_string()));
                                 lost.push(index);
                                 lost.extend(next.by_ref());
-                                sending = false;
                             }
                         }
                     },
-                    else => break,
+                    () = &mut expired => {
+                        let first = settled.iter().position(|s| !s).unwrap_or(0);
+                        let event_id = outgoing[first].message_id.clone();
+                        first_error.get_or_insert(match session.blocked_reason() {
+                            Some(reason) => Error::Blocked {
+                                operation: format!("publishing event {event_id}"),
+                                reason,
+                                timeout,
+                            },
+                            None => Error::ConfirmTimeout { event_id, timeout },
+                        });
+                        break;
+                    },
+                    Ok(()) = blocked.changed(), if is_blocked => {},
+                    permit = self.window.clone().acquire_owned(), if more && writing.is_none() && !is_blocked => {
+                        let Ok(permit) = permit else { break };
+                        let Some(index) = next.next() else { continue };
+                        let message = &outgoing[index];
+                        writing = Some(Writing {
+                            index,
+                            permit,
+                            sent: Box::pin(session.channel.basic_publish(
+                                message.exchange.as_str().into(),
+                                message.routing_key.as_str().into(),
+                                BasicPublishOptions { mandatory: true, immediate: false },
+                                &message.body,
+                                message.properties.clone(),
+                            )),
+                        });
+                    },
                 }
             }
             if let Some(error) = first_error {
@@ -180,6 +207,13 @@ impl Publisher {
         }
         Ok(confirmed)
     }
+}
+
+/// A message lapin is writing to the socket, and its place in the window.
+struct Writing<'a> {
+    index: usize,
+    permit: OwnedSemaphorePermit,
+    sent: Pin<Box<dyn Future<Output = lapin::Result<PublisherConfirm>> + Send + 'a>>,
 }
 
 fn confirm_outcome(result: lapin::Result<Confirmation>, message: &Outgoing) -> ConfirmOutcome {

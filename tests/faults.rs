@@ -1,0 +1,420 @@
+//! Faults: a suite that cuts, stalls and kills, and checks that nothing
+//! reported as confirmed is lost (issue 12; see RELIABILITY.md).
+//!
+//! Broker crashes and alarms use a RabbitMQ node each test starts itself
+//! ([`node::Node`], its own ports and data under `target/tmp`); network faults
+//! go through a small proxy in front of the shared broker ([`proxy::Proxy`]).
+//! Every published event has a unique id; [`ledger::Ledger`] checks
+//! confirmed - delivered - dead-lettered is empty and counts duplicates.
+#![allow(dead_code, unreachable_pub)]
+
+#[path = "common/mod.rs"]
+mod common;
+#[path = "faults/ledger.rs"]
+mod ledger;
+#[path = "faults/node.rs"]
+mod node;
+#[path = "faults/proxy.rs"]
+mod proxy;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use eventbus::{Bus, BusBuilder, DomainEvent, Envelope, Error, HandlerError};
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use ledger::Ledger;
+use node::Node;
+
+/// One event of a fault run; `seq` counts from 0 per test.
+#[derive(Debug, Clone, Serialize, Deserialize, DomainEvent)]
+#[event(aggregate = "Fault")]
+struct Tick {
+    seq: u64,
+}
+
+/// Slack on top of a configured timeout for a call to return (scheduling on
+/// a loaded 2-core machine, closing a connection).
+const SLACK: Duration = Duration::from_millis(2500);
+
+fn ticks(from: u64, n: u64) -> Vec<Envelope<Tick>> {
+    (from..from + n)
+        .map(|seq| Envelope::new(Uuid::new_v4(), Tick { seq }))
+        .collect()
+}
+
+fn ids(events: &[Envelope<Tick>]) -> Vec<Uuid> {
+    events.iter().map(|e| e.meta().event_id()).collect()
+}
+
+fn unique(test: &str) -> String {
+    let id = Uuid::new_v4().simple().to_string();
+    format!("faults.{test}.{}", &id[..8])
+}
+
+/// A bus on `url` and `exchange`: quick reconnects, short timeouts.
+fn builder(url: &str, exchange: &str, confirm_timeout: Duration) -> BusBuilder {
+    let exchange = exchange.to_owned();
+    Bus::builder()
+        .url(url)
+        .without_discovery()
+        .event::<Tick>()
+        .configure(move |c| {
+            c.exchange_name = exchange;
+            c.reconnect_delay = Duration::from_millis(100);
+            c.max_reconnect_delay = Duration::from_millis(500);
+            c.connect_timeout = Duration::from_secs(10);
+            c.confirm_timeout = confirm_timeout;
+            c.shutdown_timeout = Duration::from_secs(5);
+        })
+}
+
+/// Adds a handler that records every delivery in `ledger`.
+fn recording(builder: BusBuilder, ledger: &Ledger) -> BusBuilder {
+    let ledger = ledger.clone();
+    builder.handler::<Tick, _, _>("record", move |e: Arc<Envelope<Tick>>| {
+        ledger.delivered(e.meta().event_id());
+        std::future::ready(Ok::<_, HandlerError>(()))
+    })
+}
+
+async fn start_node(tag: &'static str) -> Node {
+    tokio::task::spawn_blocking(move || Node::start(tag))
+        .await
+        .expect("node thread")
+}
+
+/// Publishes `events` in one call, recording the outcome; the call must end
+/// within `bound`.
+async fn publish_timed(
+    bus: &Bus,
+    ledger: &Ledger,
+    events: Vec<Envelope<Tick>>,
+    bound: Duration,
+) -> Result<(), Error> {
+    let batch = ids(&events);
+    let started = Instant::now();
+    let result = bus.publish(events).await;
+    let took = started.elapsed();
+    assert!(
+        took <= bound,
+        "publish took {took:?}, past its bound {bound:?} ({result:?})"
+    );
+    match result {
+        Ok(report) => {
+            assert_eq!(report.published, batch.len());
+            ledger.confirmed(batch);
+            Ok(())
+        }
+        Err(e) => {
+            ledger.unsure(batch);
+            Err(e)
+        }
+    }
+}
+
+/// Polls `check` every 50 ms until true; fails after `timeout`.
+async fn eventually(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Case 12: memory alarm.
+// ---------------------------------------------------------------------------
+
+/// Memory alarm on the test's own node: fresh publishers each get
+/// `Error::Blocked` (with the broker's reason) within the confirm timeout,
+/// as does shutdown; the consumer connection keeps acking; after the alarm,
+/// publishing resumes on the connection that was blocked, nothing lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn case12_memory_alarm_fails_publishes_in_time_and_consumers_keep_acking() {
+    let node = start_node("alarm").await;
+    let exchange = unique("alarm");
+    let confirm = Duration::from_secs(3);
+    let ledger = Ledger::default();
+    // Handlers wait on the gate: deliveries stay unacked until it opens.
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let (l, g) = (ledger.clone(), gate.clone());
+    let consumer = builder(&node.url(), &exchange, confirm)
+        .configure(|c| c.prefetch_count = 100)
+        .handler::<Tick, _, _>("record", move |e: Arc<Envelope<Tick>>| {
+            let (l, g) = (l.clone(), g.clone());
+            async move {
+                g.acquire().await.map_err(HandlerError::new)?.forget();
+                l.delivered(e.meta().event_id());
+                Ok::<_, HandlerError>(())
+            }
+        })
+        .build()
+        .await
+        .expect("connects");
+    consumer.start_consuming().await.expect("consumes");
+    let queue = format!("{exchange}.default");
+    publish_timed(&consumer, &ledger, ticks(0, 200), confirm + SLACK)
+        .await
+        .expect("confirmed before the alarm");
+    let n = &node;
+    let q = queue.clone();
+    eventually("100 in flight, 100 ready", Duration::from_secs(30), || {
+        n.queue_counts(&q) == Some((100, 100))
+    })
+    .await;
+
+    node.memory_alarm(true);
+    // As measured on main: fresh processes in a row, each publishing 3 events.
+    for round in 0..4u64 {
+        let started = Instant::now();
+        let bus = builder(&node.url(), &exchange, confirm)
+            .build()
+            .await
+            .expect("connecting and declaring work during an alarm");
+        assert!(started.elapsed() <= Duration::from_secs(10) + SLACK);
+        let error = publish_timed(&bus, &ledger, ticks(1000 + round * 3, 3), confirm + SLACK)
+            .await
+            .expect_err("a blocked publish is not confirmed");
+        match &error {
+            Error::Blocked { reason, .. } => {
+                assert!(reason.contains("memory"), "the broker's reason: {reason}");
+            }
+            other => panic!("round {round}: expected Error::Blocked, got {other:?}"),
+        }
+        let started = Instant::now();
+        let _ = bus.shutdown(Duration::from_secs(2)).await;
+        assert!(
+            started.elapsed() <= Duration::from_secs(2) + 2 * SLACK,
+            "shutdown of a blocked bus took {:?}",
+            started.elapsed()
+        );
+    }
+    // The consuming bus's own publisher is blocked too once it publishes.
+    let error = publish_timed(&consumer, &ledger, ticks(2000, 5), confirm + SLACK)
+        .await
+        .expect_err("blocked");
+    assert!(matches!(error, Error::Blocked { .. }), "{error:?}");
+    // A second call while blocked writes nothing and fails in time as well.
+    let error = publish_timed(&consumer, &ledger, ticks(2100, 5), confirm + SLACK)
+        .await
+        .expect_err("still blocked");
+    assert!(matches!(error, Error::Blocked { .. }), "{error:?}");
+
+    // Acks are not blocked: the consumer drains the queue during the alarm.
+    gate.add_permits(1_000_000);
+    let q = queue.clone();
+    eventually(
+        "the 200 handled and acked during the alarm",
+        Duration::from_secs(30),
+        || ledger.distinct_delivered() >= 200 && n.queue_counts(&q) == Some((0, 0)),
+    )
+    .await;
+
+    node.memory_alarm(false);
+    // Publishing resumes on the connection that was blocked.
+    let resumed = Instant::now();
+    let mut seq = 3000;
+    loop {
+        match publish_timed(&consumer, &ledger, ticks(seq, 100), confirm + SLACK).await {
+            Ok(()) => break,
+            Err(e) => assert!(
+                resumed.elapsed() < Duration::from_secs(15),
+                "publishing did not resume within 15 s of the alarm: {e}"
+            ),
+        }
+        seq += 100;
+    }
+    eventually(
+        "every confirmed event delivered",
+        Duration::from_secs(30),
+        || ledger.missing() == 0,
+    )
+    .await;
+    ledger
+        .tally(&BTreeSet::new())
+        .assert_nothing_lost("case 12");
+    consumer
+        .shutdown(Duration::from_secs(5))
+        .await
+        .expect("shuts down");
+}
+
+// ---------------------------------------------------------------------------
+// Cases 1 and 2: broker restart and crash while publishing.
+// ---------------------------------------------------------------------------
+
+/// Publishes chunks of `chunk` in a loop from `seq` until `stop` fires,
+/// recording every outcome; each call must end within `bound`. Returns the
+/// number of failed calls and the first error seen.
+fn publish_loop(
+    bus: Bus,
+    ledger: Ledger,
+    chunk: u64,
+    bound: Duration,
+    stop: Stop,
+    first_seq: u64,
+) -> tokio::task::JoinHandle<(u64, Vec<String>)> {
+    tokio::spawn(async move {
+        let mut seq = first_seq;
+        let mut errors = Vec::new();
+        while !stop.fired() {
+            if let Err(e) = publish_timed(&bus, &ledger, ticks(seq, chunk), bound).await {
+                errors.push(e.to_string());
+            }
+            seq += chunk;
+        }
+        (seq, errors)
+    })
+}
+
+/// A flag one task sets and others poll.
+#[derive(Clone, Default)]
+struct Stop(Arc<std::sync::atomic::AtomicBool>);
+
+impl Stop {
+    fn fire(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+    fn fired(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// What a broker outage does in [`outage_during_publish`].
+#[derive(Clone, Copy, Debug)]
+enum Outage {
+    /// `rabbitmqctl stop_app`, then `start_app`.
+    Restart,
+    /// `kill -9` of the node's VM, then a fresh boot on the same data.
+    Kill9,
+}
+
+/// Publishes (two publishers, chunks of 100) while consuming; once
+/// `before` events are confirmed the node goes down and comes back.
+/// Every call returns Ok or an error within its bound, publishing succeeds
+/// again within 15 s of the node being back, and once `total` events are
+/// confirmed, every confirmed event is delivered.
+async fn outage_during_publish(tag: &'static str, outage: Outage, quorum: bool, total: usize) {
+    let mut node = start_node(tag).await;
+    let exchange = unique(tag);
+    let confirm = Duration::from_secs(5);
+    let bound = confirm + SLACK;
+    let ledger = Ledger::default();
+    let quorum_args = move |c: &mut eventbus::Config| {
+        if quorum {
+            c.queue_arguments.insert(
+                "x-queue-type".into(),
+                eventbus::QueueArgument::Str("quorum".into()),
+            );
+        }
+    };
+    let consumer = recording(builder(&node.url(), &exchange, confirm), &ledger)
+        .configure(quorum_args)
+        .configure(|c| c.prefetch_count = 200)
+        .build()
+        .await
+        .expect("connects");
+    consumer.start_consuming().await.expect("consumes");
+    let stop = Stop::default();
+    let mut publishers = Vec::new();
+    for p in 0..2u64 {
+        let bus = builder(&node.url(), &exchange, confirm)
+            .configure(quorum_args)
+            .build()
+            .await
+            .expect("connects");
+        publishers.push((
+            bus.clone(),
+            publish_loop(
+                bus,
+                ledger.clone(),
+                100,
+                bound,
+                stop.clone(),
+                p * 10_000_000,
+            ),
+        ));
+    }
+    eventually("publishing under way", Duration::from_secs(60), || {
+        ledger.confirmed_count() >= total / 5
+    })
+    .await;
+    let confirmed_before = ledger.confirmed_count();
+    node = tokio::task::spawn_blocking(move || {
+        match outage {
+            Outage::Restart => {
+                node.ctl(&["stop_app"]);
+                node.ctl(&["start_app"]);
+            }
+            Outage::Kill9 => {
+                node.kill9();
+                node.boot();
+            }
+        }
+        node
+    })
+    .await
+    .expect("outage thread");
+    let back = Instant::now();
+    let after = ledger.confirmed_count();
+    eventually(
+        "publishing confirmed again after the outage",
+        Duration::from_secs(15),
+        || ledger.confirmed_count() > after,
+    )
+    .await;
+    let resumed = back.elapsed();
+    eventually("the total confirmed", Duration::from_secs(120), || {
+        ledger.confirmed_count() >= total
+    })
+    .await;
+    stop.fire();
+    let mut failed_calls = Vec::new();
+    for (bus, task) in publishers {
+        let (_, errors) = task.await.expect("publisher task");
+        failed_calls.extend(errors);
+        bus.shutdown(Duration::from_secs(5))
+            .await
+            .expect("publisher shuts down");
+    }
+    eventually(
+        "every confirmed event delivered",
+        Duration::from_secs(120),
+        || ledger.missing() == 0,
+    )
+    .await;
+    let tally = ledger.tally(&BTreeSet::new());
+    eprintln!(
+        "{tag}: {confirmed_before} confirmed before the outage, publishing again {resumed:?} after it, {} failed call(s): {:?}",
+        failed_calls.len(),
+        failed_calls.iter().take(3).collect::<Vec<_>>()
+    );
+    tally.assert_nothing_lost(tag);
+    consumer
+        .shutdown(Duration::from_secs(5))
+        .await
+        .expect("consumer shuts down");
+    drop(node);
+}
+
+/// Case 1, classic queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn case01_restart_during_confirmed_publish_classic() {
+    outage_during_publish("restart-classic", Outage::Restart, false, 10_000).await;
+}
+
+/// Case 1, quorum queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn case01_restart_during_confirmed_publish_quorum() {
+    outage_during_publish("restart-quorum", Outage::Restart, true, 10_000).await;
+}
+
+/// Case 2: `kill -9` of the node mid-publish; nothing reported confirmed is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn case02_kill9_mid_publish() {
+    outage_during_publish("kill9", Outage::Kill9, false, 5_000).await;
+}

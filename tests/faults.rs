@@ -418,3 +418,218 @@ async fn case01_restart_during_confirmed_publish_quorum() {
 async fn case02_kill9_mid_publish() {
     outage_during_publish("kill9", Outage::Kill9, false, 5_000).await;
 }
+
+// ---------------------------------------------------------------------------
+// Case 3: a consumer process killed mid-handler.
+// ---------------------------------------------------------------------------
+
+/// The event of `src/bin/ledger_consumer.rs` (group `ledger`).
+#[derive(Debug, Clone, Serialize, Deserialize, DomainEvent)]
+#[event(aggregate = "Ledger")]
+struct Step {
+    seq: u32,
+}
+
+/// One `Step` per fresh aggregate: the aggregate id identifies the event.
+fn steps(n: usize, seq: u32) -> Vec<Envelope<Step>> {
+    (0..n)
+        .map(|_| Envelope::new(Uuid::new_v4(), Step { seq }))
+        .collect()
+}
+
+/// A `ledger_consumer` process; its stdout lines (`hang|done {aggregate} {seq}`).
+fn ledger_consumer(
+    exchange: &str,
+    hang_seq: u32,
+) -> (common::ChildGuard, std::sync::mpsc::Receiver<String>) {
+    use std::process::{Command, Stdio};
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ledger_consumer"));
+    command
+        .env("EVENTBUS_URL", common::url())
+        .env("EVENTBUS_EXCHANGE_NAME", exchange)
+        .env("EVENTBUS_PREFETCH_COUNT", "20")
+        .env("EVENTBUS_ORDERING", "none")
+        .env("LEDGER_HANG_SEQ", hang_seq.to_string())
+        .env("RUST_LOG", "eventbus=info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = common::ChildGuard(command.spawn().expect("ledger_consumer starts"));
+    let stdout = common::lines(child.0.stdout.take().expect("stdout piped"));
+    let stderr = common::lines(child.0.stderr.take().expect("stderr piped"));
+    loop {
+        let line = stderr
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the consumer reports it is running");
+        if line.contains("event bus running") {
+            break;
+        }
+    }
+    std::thread::spawn(move || while stderr.recv().is_ok() {});
+    (child, stdout)
+}
+
+/// Case 3: SIGKILL of a consumer process with 10 handlers in flight: all 10
+/// are redelivered to the other member of the group, which keeps handling
+/// its own deliveries meanwhile; nothing confirmed is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn case03_consumer_killed_mid_handler_is_redelivered_to_the_other_member() {
+    let scope = common::Scope::new("faults-kill-consumer");
+    let group = scope.group("ledger");
+    let ledger = Ledger::default();
+    // Member A: another process whose handlers hang on seq 7.
+    let (mut a, a_lines) = ledger_consumer(&scope.exchange, 7);
+    let publisher = scope
+        .builder()
+        .event::<Step>()
+        .build()
+        .await
+        .expect("connects");
+    let hanging = steps(10, 7);
+    let hanging_ids: BTreeSet<Uuid> = hanging.iter().map(|e| e.meta().aggregate_id()).collect();
+    publisher.publish(hanging).await.expect("confirmed");
+    ledger.confirmed(hanging_ids.iter().copied());
+    let mut in_flight = 0;
+    while in_flight < 10 {
+        let line = a_lines
+            .recv_timeout(Duration::from_secs(30))
+            .expect("member A starts its handlers");
+        if line.starts_with("hang ") {
+            in_flight += 1;
+        }
+    }
+    // Member B: in this process, same group.
+    let l = ledger.clone();
+    let b_seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = b_seen.clone();
+    let b = scope
+        .builder()
+        .configure(move |c| {
+            c.consumer_group = group;
+            c.prefetch_count = 20;
+        })
+        .handler::<Step, _, _>("apply", move |e: Arc<Envelope<Step>>| {
+            l.delivered(e.meta().aggregate_id());
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            std::future::ready(Ok::<_, HandlerError>(()))
+        })
+        .build()
+        .await
+        .expect("connects");
+    b.start_consuming().await.expect("consumes");
+    // Healthy traffic shared by A and B.
+    let healthy = steps(200, 1);
+    ledger.confirmed(healthy.iter().map(|e| e.meta().aggregate_id()));
+    publisher.publish(healthy).await.expect("confirmed");
+    eventually("B handles its share", Duration::from_secs(30), || {
+        b_seen.load(std::sync::atomic::Ordering::SeqCst) > 0
+    })
+    .await;
+
+    a.0.kill().expect("kill -9 member A");
+    a.0.wait().expect("reaped");
+    // What A finished before dying counts as delivered (it may come again).
+    while let Ok(line) = a_lines.recv_timeout(Duration::from_secs(10)) {
+        let mut parts = line.split_whitespace();
+        if parts.next() == Some("done")
+            && let Some(id) = parts.next().and_then(|id| id.parse::<Uuid>().ok())
+        {
+            ledger.delivered(id);
+        }
+    }
+    eventually(
+        "the 10 in-flight events redelivered to B",
+        Duration::from_secs(30),
+        || ledger.missing() == 0,
+    )
+    .await;
+    ledger.tally(&BTreeSet::new()).assert_nothing_lost("case 3");
+    b.shutdown(Duration::from_secs(5)).await.expect("B shuts down");
+    publisher
+        .shutdown(Duration::from_secs(5))
+        .await
+        .expect("publisher shuts down");
+}
+
+// ---------------------------------------------------------------------------
+// Case 5: blackhole.
+// ---------------------------------------------------------------------------
+
+/// Case 5: the proxy forwards nothing for 30 s (sockets stay open) with a
+/// 5 s heartbeat: the dead link is noticed within about two heartbeats,
+/// every publish meanwhile fails within its timeout, and after the heal
+/// publishing and consuming recover with nothing lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn case05_blackhole_is_noticed_by_heartbeats_and_recovered() {
+    let scope = common::Scope::new("faults-blackhole");
+    let upstream = common::url()
+        .parse::<lapin::uri::AMQPUri>()
+        .map(|u| (u.authority.host, u.authority.port))
+        .expect("test URL parses");
+    let upstream: std::net::SocketAddr = format!("{}:{}", upstream.0, upstream.1)
+        .parse()
+        .expect("a numeric test broker address");
+    let proxy = proxy::Proxy::start(upstream).await;
+    let confirm = Duration::from_secs(5);
+    let ledger = Ledger::default();
+    let bus = recording(
+        scope.builder().url(&proxy.url()).event::<Tick>(),
+        &ledger,
+    )
+    .configure(move |c| {
+        c.heartbeat = 5;
+        c.confirm_timeout = confirm;
+        c.connect_timeout = Duration::from_secs(10);
+    })
+    .build()
+    .await
+    .expect("connects through the proxy");
+    bus.start_consuming().await.expect("consumes");
+    publish_timed(&bus, &ledger, ticks(0, 100), confirm + SLACK)
+        .await
+        .expect("confirmed before the fault");
+
+    proxy.set(proxy::Mode::Blackhole);
+    let started = Instant::now();
+    let watcher = {
+        let bus = bus.clone();
+        tokio::spawn(async move {
+            while bus.health_check().await.healthy {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            started.elapsed()
+        })
+    };
+    let mut seq = 1000;
+    while started.elapsed() < Duration::from_secs(30) {
+        let _ = publish_timed(&bus, &ledger, ticks(seq, 10), confirm + SLACK).await;
+        seq += 10;
+    }
+    assert!(watcher.is_finished(), "the dead link is noticed during the blackhole");
+    let noticed = watcher.await.expect("health watcher");
+    assert!(
+        noticed <= Duration::from_secs(16),
+        "noticed after {noticed:?}, more than about two 5 s heartbeats"
+    );
+    proxy.set(proxy::Mode::Pass);
+    let healed = Instant::now();
+    loop {
+        match publish_timed(&bus, &ledger, ticks(seq, 10), confirm + SLACK).await {
+            Ok(()) => break,
+            Err(e) => assert!(
+                healed.elapsed() < Duration::from_secs(20),
+                "no recovery 20 s after the heal: {e}"
+            ),
+        }
+        seq += 10;
+    }
+    eprintln!(
+        "case 5: dead link noticed after {noticed:?}, publishing again {:?} after the heal",
+        healed.elapsed()
+    );
+    eventually("every confirmed event delivered", Duration::from_secs(30), || {
+        ledger.missing() == 0
+    })
+    .await;
+    ledger.tally(&BTreeSet::new()).assert_nothing_lost("case 5");
+    bus.shutdown(Duration::from_secs(5)).await.expect("shuts down");
+}

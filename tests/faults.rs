@@ -57,6 +57,11 @@ fn unique(test: &str) -> String {
 
 /// A bus on `url` and `exchange`: quick reconnects, short timeouts.
 fn builder(url: &str, exchange: &str, confirm_timeout: Duration) -> BusBuilder {
+    // RUST_LOG=eventbus=debug shows what the bus did.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let exchange = exchange.to_owned();
     Bus::builder()
         .url(url)
@@ -543,7 +548,9 @@ async fn case03_consumer_killed_mid_handler_is_redelivered_to_the_other_member()
     )
     .await;
     ledger.tally(&BTreeSet::new()).assert_nothing_lost("case 3");
-    b.shutdown(Duration::from_secs(5)).await.expect("B shuts down");
+    b.shutdown(Duration::from_secs(5))
+        .await
+        .expect("B shuts down");
     publisher
         .shutdown(Duration::from_secs(5))
         .await
@@ -571,18 +578,15 @@ async fn case05_blackhole_is_noticed_by_heartbeats_and_recovered() {
     let proxy = proxy::Proxy::start(upstream).await;
     let confirm = Duration::from_secs(5);
     let ledger = Ledger::default();
-    let bus = recording(
-        scope.builder().url(&proxy.url()).event::<Tick>(),
-        &ledger,
-    )
-    .configure(move |c| {
-        c.heartbeat = 5;
-        c.confirm_timeout = confirm;
-        c.connect_timeout = Duration::from_secs(10);
-    })
-    .build()
-    .await
-    .expect("connects through the proxy");
+    let bus = recording(scope.builder().url(&proxy.url()).event::<Tick>(), &ledger)
+        .configure(move |c| {
+            c.heartbeat = 5;
+            c.confirm_timeout = confirm;
+            c.connect_timeout = Duration::from_secs(10);
+        })
+        .build()
+        .await
+        .expect("connects through the proxy");
     bus.start_consuming().await.expect("consumes");
     publish_timed(&bus, &ledger, ticks(0, 100), confirm + SLACK)
         .await
@@ -604,7 +608,10 @@ async fn case05_blackhole_is_noticed_by_heartbeats_and_recovered() {
         let _ = publish_timed(&bus, &ledger, ticks(seq, 10), confirm + SLACK).await;
         seq += 10;
     }
-    assert!(watcher.is_finished(), "the dead link is noticed during the blackhole");
+    assert!(
+        watcher.is_finished(),
+        "the dead link is noticed during the blackhole"
+    );
     let noticed = watcher.await.expect("health watcher");
     assert!(
         noticed <= Duration::from_secs(16),
@@ -626,10 +633,212 @@ async fn case05_blackhole_is_noticed_by_heartbeats_and_recovered() {
         "case 5: dead link noticed after {noticed:?}, publishing again {:?} after the heal",
         healed.elapsed()
     );
-    eventually("every confirmed event delivered", Duration::from_secs(30), || {
-        ledger.missing() == 0
-    })
+    eventually(
+        "every confirmed event delivered",
+        Duration::from_secs(30),
+        || ledger.missing() == 0,
+    )
     .await;
     ledger.tally(&BTreeSet::new()).assert_nothing_lost("case 5");
-    bus.shutdown(Duration::from_secs(5)).await.expect("shuts down");
+    bus.shutdown(Duration::from_secs(5))
+        .await
+        .expect("shuts down");
+}
+
+// ---------------------------------------------------------------------------
+// Cases 9 and 13: oversized events, channel-level errors.
+// ---------------------------------------------------------------------------
+
+/// An event whose size the test chooses.
+#[derive(Debug, Clone, Serialize, Deserialize, DomainEvent)]
+#[event(aggregate = "Fault")]
+struct Blob {
+    data: String,
+}
+
+/// Cases 9 and 13: on a node whose `max_message_size` is 64 KiB, an
+/// oversized event fails with `Error::TooLarge` (the first one when the
+/// broker closes the publishing channel for it, later ones before they are
+/// sent); that channel alone is reopened: the connection stays (no
+/// reconnection), small publishes in flight at the same time are all
+/// confirmed and consumed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn case09_case13_oversized_event_resets_only_the_publishing_channel() {
+    let node = tokio::task::spawn_blocking(|| {
+        Node::start_with("maxsize", "max_message_size = 65536", "[]")
+    })
+    .await
+    .expect("node thread");
+    let exchange = unique("maxsize");
+    let confirm = Duration::from_secs(5);
+    let ledger = Ledger::default();
+    let bus = recording(builder(&node.url(), &exchange, confirm), &ledger)
+        .event::<Blob>()
+        .build()
+        .await
+        .expect("connects");
+    bus.start_consuming().await.expect("consumes");
+    let stop = Stop::default();
+    let small = publish_loop(
+        bus.clone(),
+        ledger.clone(),
+        50,
+        confirm + SLACK,
+        stop.clone(),
+        0,
+    );
+    eventually("small publishes under way", Duration::from_secs(30), || {
+        ledger.confirmed_count() >= 500
+    })
+    .await;
+    let big = || {
+        Envelope::new(
+            Uuid::new_v4(),
+            Blob {
+                data: "x".repeat(100_000),
+            },
+        )
+    };
+    let error = bus
+        .publish([big()])
+        .await
+        .expect_err("over the broker's limit");
+    assert!(
+        matches!(error, Error::TooLarge { max: 65_536, .. }),
+        "first oversized event: {error:?}"
+    );
+    let started = Instant::now();
+    let error = bus
+        .publish([big()])
+        .await
+        .expect_err("over the broker's limit");
+    assert!(matches!(error, Error::TooLarge { .. }), "{error:?}");
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "the second oversized event fails before sending"
+    );
+    let after = ledger.confirmed_count();
+    eventually("small publishes continue", Duration::from_secs(30), || {
+        ledger.confirmed_count() >= after + 500
+    })
+    .await;
+    stop.fire();
+    let (_, errors) = small.await.expect("publisher task");
+    assert!(errors.is_empty(), "small publishes failed: {errors:?}");
+    assert_eq!(
+        bus.stats().reconnections,
+        0,
+        "a channel-level error must not reset the connection"
+    );
+    eventually(
+        "every confirmed event delivered",
+        Duration::from_secs(30),
+        || ledger.missing() == 0,
+    )
+    .await;
+    ledger
+        .tally(&BTreeSet::new())
+        .assert_nothing_lost("case 9/13");
+    bus.shutdown(Duration::from_secs(5))
+        .await
+        .expect("shuts down");
+}
+
+/// Case 13, consumer side: the broker closes one group's channel (its
+/// consumer timeout expires on a stuck handler). Only that channel is
+/// reopened: no reconnection, the other group on the same connection keeps
+/// consuming, the stuck delivery is redelivered on the new channel, and the
+/// stale ack of the stuck handler, once it finishes, does no harm.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn case13_consumer_channel_closed_by_the_broker_is_reopened_alone() {
+    let node = tokio::task::spawn_blocking(|| {
+        Node::start_with(
+            "ctimeout",
+            "consumer_timeout = 3000",
+            "[{rabbit, [{channel_tick_interval, 500}]}]",
+        )
+    })
+    .await
+    .expect("node thread");
+    let exchange = unique("ctimeout");
+    let confirm = Duration::from_secs(5);
+    let fast = Ledger::default();
+    let slow = Ledger::default();
+    let release = Arc::new(tokio::sync::Semaphore::new(0));
+    let hung = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (s, r, h) = (slow.clone(), release.clone(), hung.clone());
+    let bus = recording(builder(&node.url(), &exchange, confirm), &fast)
+        .configure(|c| c.prefetch_count = 10)
+        .wildcard_handler("slow", Some("slow"), move |e: eventbus::AnyEnvelope| {
+            let (s, r, h) = (s.clone(), r.clone(), h.clone());
+            async move {
+                // The first delivery is stuck past the consumer timeout.
+                if !h.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                    r.acquire().await.map_err(HandlerError::new)?.forget();
+                }
+                s.delivered(e.meta().event_id());
+                Ok::<_, HandlerError>(())
+            }
+        })
+        .build()
+        .await
+        .expect("connects");
+    bus.start_consuming().await.expect("consumes");
+    let mut seq = 0;
+    let started = Instant::now();
+    // Steady traffic across the consumer timeout (3 s, checked every 0.5 s).
+    while started.elapsed() < Duration::from_secs(8) {
+        let events = ticks(seq, 20);
+        let batch = ids(&events);
+        publish_timed(&bus, &fast, events, confirm + SLACK)
+            .await
+            .expect("confirmed");
+        slow.confirmed(batch);
+        seq += 20;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eventually(
+        "the fast group got everything",
+        Duration::from_secs(10),
+        || fast.missing() == 0,
+    )
+    .await;
+    eventually(
+        "the slow group got everything on its reopened channel",
+        Duration::from_secs(20),
+        || slow.missing() == 0,
+    )
+    .await;
+    // The stuck handler finishes now: its ack belongs to the closed channel.
+    release.add_permits(1);
+    let events = ticks(seq, 20);
+    let batch = ids(&events);
+    publish_timed(&bus, &fast, events, confirm + SLACK)
+        .await
+        .expect("confirmed");
+    slow.confirmed(batch);
+    eventually(
+        "both groups keep consuming",
+        Duration::from_secs(10),
+        || fast.missing() == 0 && slow.missing() == 0,
+    )
+    .await;
+    let n = &node;
+    let queues = [format!("{exchange}.default"), format!("{exchange}.slow")];
+    eventually("both queues settled", Duration::from_secs(10), || {
+        queues.iter().all(|q| n.queue_counts(q) == Some((0, 0)))
+    })
+    .await;
+    assert_eq!(
+        bus.stats().reconnections,
+        0,
+        "a closed consumer channel must not reset the connection"
+    );
+    fast.tally(&BTreeSet::new())
+        .assert_nothing_lost("case 13 fast group");
+    slow.tally(&BTreeSet::new())
+        .assert_nothing_lost("case 13 slow group");
+    bus.shutdown(Duration::from_secs(5))
+        .await
+        .expect("shuts down");
 }

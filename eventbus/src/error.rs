@@ -68,6 +68,17 @@ pub enum Error {
         /// How long we waited.
         timeout: Duration,
     },
+    /// An event is larger than the broker's `max_message_size`: the broker
+    /// would close the channel for it, so it is not sent.
+    #[error("event {event_id} is {size} bytes, over the broker's max_message_size of {max} bytes")]
+    TooLarge {
+        /// The event id.
+        event_id: String,
+        /// The size of its body.
+        size: usize,
+        /// The broker's limit.
+        max: usize,
+    },
     /// The broker blocked the connection (a memory or disk alarm: RabbitMQ
     /// stops reading from publishing connections) and did not unblock it in
     /// time. Nothing was confirmed for `operation`; a message already handed

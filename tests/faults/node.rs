@@ -51,6 +51,12 @@ impl Node {
     /// Starts a fresh node named after `tag` and waits until it accepts AMQP
     /// connections.
     pub fn start(tag: &str) -> Self {
+        Self::start_with(tag, "", "[]")
+    }
+
+    /// Like [`Node::start`], with extra `rabbitmq.conf` lines and an
+    /// `advanced.config` term.
+    pub fn start_with(tag: &str, extra_config: &str, advanced: &str) -> Self {
         let id = uuid::Uuid::new_v4().simple().to_string();
         let name = format!("evfault-{tag}-{}@localhost", &id[..6]);
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("node-{tag}-{}", &id[..6]));
@@ -66,10 +72,13 @@ impl Node {
                  loopback_users = none\n\
                  management.tcp.port = 0\n\
                  log.file.level = info\n\
-                 log.console = false\n"
+                 log.console = false\n\
+                 {extra_config}\n"
             ),
         )
         .expect("node config");
+        std::fs::write(dir.join("advanced.config"), format!("{advanced}.\n"))
+            .expect("advanced config");
         // No plugins: no management or other listeners on shared ports.
         std::fs::write(dir.join("enabled_plugins"), "[].\n").expect("plugins file");
         // An empty env file, so /etc/rabbitmq/rabbitmq-env.conf (the shared
@@ -97,6 +106,7 @@ impl Node {
             .env("RABBITMQ_DIST_PORT", self.dist_port.to_string())
             .env("ERL_EPMD_ADDRESS", "127.0.0.1")
             .env("RABBITMQ_CONFIG_FILE", dir.join("rabbitmq.conf"))
+            .env("RABBITMQ_ADVANCED_CONFIG_FILE", dir.join("advanced.config"))
             .env("RABBITMQ_ENABLED_PLUGINS_FILE", dir.join("enabled_plugins"))
             .env("RABBITMQ_MNESIA_BASE", dir.join("mnesia"))
             .env("RABBITMQ_LOG_BASE", dir.join("log"))

@@ -21,7 +21,7 @@ use crate::error::Error;
 use crate::runtime::BusContext;
 use crate::stats::add;
 
-use super::errors::{Failure, scrub};
+use super::errors::{Failure, is_channel_error, scrub};
 
 /// A live connection and its main channel. `broken` fires when anything on it fails.
 pub(crate) struct Session {
@@ -301,6 +301,17 @@ async fn supervise(link: Arc<Link>, shared: Arc<BusContext>, setup: Setup) {
                         tokio::select! {
                             event = events.next() => match event {
                                 Some(lapin::Event::Error(e)) => {
+                                    // A channel the broker closed (lapin reports it once
+                                    // the channel is closed) is its owner's to reopen; the
+                                    // connection and its other channels go on. Losing the
+                                    // main channel (declares) still rebuilds the session.
+                                    if is_channel_error(&e)
+                                        && watcher.connection.status().connected()
+                                        && watcher.channel.status().connected()
+                                    {
+                                        tracing::debug!(role = watcher_role, error = %scrub(&e.to_string()), "channel-level error");
+                                        continue;
+                                    }
                                     watcher.fail(&scrub(&e.to_string()));
                                     break;
                                 }

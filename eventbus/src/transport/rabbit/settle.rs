@@ -22,7 +22,7 @@ use tokio::time::Instant;
 
 use crate::runtime::AckTracker;
 
-use super::errors::scrub;
+use super::errors::{is_channel_error, scrub};
 use super::link::Session;
 
 /// How a delivery ended.
@@ -143,6 +143,14 @@ fn report(session: &Session, what: &str, result: lapin::Result<bool>) {
             what,
             "the channel was replaced before the ack; the broker redelivers these messages"
         ),
+        // A channel the broker closed: it requeued these; the consumer reopens it.
+        Err(e) if is_channel_error(&e) && session.connection.status().connected() => {
+            tracing::warn!(
+                what,
+                error = %scrub(&e.to_string()),
+                "the channel closed before the ack; the broker redelivers these messages"
+            );
+        }
         Err(e) => session.fail(&format!("ack failed: {}", scrub(&e.to_string()))),
     }
 }

@@ -842,3 +842,495 @@ async fn case13_consumer_channel_closed_by_the_broker_is_reopened_alone() {
         .await
         .expect("shuts down");
 }
+
+// ---------------------------------------------------------------------------
+// Proxy cases on the shared broker: 4 (cuts under load), 6 (latency).
+// ---------------------------------------------------------------------------
+
+/// The shared test broker's address, for the proxy.
+fn shared_broker_addr() -> std::net::SocketAddr {
+    let uri = common::url()
+        .parse::<lapin::uri::AMQPUri>()
+        .expect("test URL parses");
+    format!("{}:{}", uri.authority.host, uri.authority.port)
+        .parse()
+        .expect("a numeric test broker address")
+}
+
+/// `messages_unacknowledged` of `queue` on the shared broker (read-only).
+fn shared_unacked(queue: &str) -> Option<u64> {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args([
+            "list_queues",
+            "-q",
+            "--no-table-headers",
+            "name",
+            "messages_unacknowledged",
+        ])
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
+        let (name, n) = l.split_once('\t')?;
+        (name == queue).then(|| n.trim().parse().ok())?
+    })
+}
+
+/// Case 4: every connection cut (RST) twice during steady load: both links
+/// come back each time with their topology, consumers and prefetch (the
+/// broker never shows more unacked deliveries than the prefetch), nothing
+/// confirmed is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn case04_connections_cut_twice_under_load_recover_fully() {
+    let scope = common::Scope::new("faults-cut");
+    let proxy = proxy::Proxy::start(shared_broker_addr()).await;
+    let confirm = Duration::from_secs(5);
+    let ledger = Ledger::default();
+    let prefetch = 20u16;
+    let l = ledger.clone();
+    let bus = scope
+        .builder()
+        .url(&proxy.url())
+        .event::<Tick>()
+        .configure(move |c| {
+            c.prefetch_count = prefetch;
+            c.confirm_timeout = confirm;
+        })
+        .handler::<Tick, _, _>("record", move |e: Arc<Envelope<Tick>>| {
+            let l = l.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                l.delivered(e.meta().event_id());
+                Ok::<_, HandlerError>(())
+            }
+        })
+        .build()
+        .await
+        .expect("connects through the proxy");
+    bus.start_consuming().await.expect("consumes");
+    let queue = scope.queue("default");
+    let started = Instant::now();
+    let mut seq = 0;
+    let mut cuts = 0;
+    let mut unacked_max = 0;
+    // About 500 events a second for 15 s; cuts at 5 s and 10 s.
+    while started.elapsed() < Duration::from_secs(15) {
+        let _ = publish_timed(&bus, &ledger, ticks(seq, 50), confirm + SLACK).await;
+        seq += 50;
+        if (cuts == 0 && started.elapsed() >= Duration::from_secs(5))
+            || (cuts == 1 && started.elapsed() >= Duration::from_secs(10))
+        {
+            proxy.cut_all();
+            cuts += 1;
+        }
+        if cuts > 0 && seq % 500 == 0 {
+            let q = queue.clone();
+            let unacked = tokio::task::spawn_blocking(move || shared_unacked(&q))
+                .await
+                .expect("rabbitmqctl thread")
+                .unwrap_or(0);
+            unacked_max = unacked_max.max(unacked);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eventually(
+        "every confirmed event delivered",
+        Duration::from_secs(60),
+        || ledger.missing() == 0,
+    )
+    .await;
+    let health = bus.health_check().await;
+    assert!(health.healthy && health.consuming, "{health:?}");
+    let reconnections = bus.stats().reconnections;
+    assert!(
+        reconnections >= 4,
+        "both connections came back after each of the two cuts: {reconnections}"
+    );
+    assert!(
+        unacked_max <= u64::from(prefetch),
+        "prefetch restored: {unacked_max} unacked seen, prefetch {prefetch}"
+    );
+    eprintln!(
+        "case 4: {reconnections} reconnections, at most {unacked_max} unacked after the cuts"
+    );
+    ledger.tally(&BTreeSet::new()).assert_nothing_lost("case 4");
+    bus.shutdown(Duration::from_secs(5))
+        .await
+        .expect("shuts down");
+}
+
+/// Case 6: 200 ms +- 50 ms latency each way with a 2 s heartbeat: no false
+/// heartbeat timeouts, no reconnections, every confirm matched to its event
+/// (each event delivered once, nothing lost).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn case06_latency_with_jitter_causes_no_reconnects() {
+    let scope = common::Scope::new("faults-latency");
+    let proxy = proxy::Proxy::start(shared_broker_addr()).await;
+    let confirm = Duration::from_secs(10);
+    let ledger = Ledger::default();
+    let bus = recording(scope.builder().url(&proxy.url()).event::<Tick>(), &ledger)
+        .configure(move |c| {
+            c.heartbeat = 2;
+            c.prefetch_count = 200;
+            c.confirm_timeout = confirm;
+        })
+        .build()
+        .await
+        .expect("connects through the proxy");
+    bus.start_consuming().await.expect("consumes");
+    proxy.set(proxy::Mode::Latency {
+        base: Duration::from_millis(200),
+        jitter: Duration::from_millis(50),
+    });
+    let started = Instant::now();
+    let mut seq = 0;
+    // Publishing and consuming for longer than a few heartbeat timeouts.
+    while started.elapsed() < Duration::from_secs(12) {
+        publish_timed(&bus, &ledger, ticks(seq, 100), confirm + SLACK)
+            .await
+            .expect("confirmed despite the latency");
+        seq += 100;
+    }
+    eventually(
+        "every confirmed event delivered",
+        Duration::from_secs(30),
+        || ledger.missing() == 0,
+    )
+    .await;
+    assert_eq!(
+        bus.stats().reconnections,
+        0,
+        "no reconnection under latency"
+    );
+    assert_eq!(
+        proxy.accepted(),
+        2,
+        "the publisher and consumer connections only"
+    );
+    let tally = ledger.tally(&BTreeSet::new());
+    assert_eq!(tally.duplicates, 0, "each confirmed event delivered once");
+    tally.assert_nothing_lost("case 6");
+    proxy.set(proxy::Mode::Pass);
+    bus.shutdown(Duration::from_secs(5))
+        .await
+        .expect("shuts down");
+}
+
+// ---------------------------------------------------------------------------
+// Case 11: queue full. Case 16: shutdown under load.
+// ---------------------------------------------------------------------------
+
+/// Case 11: a group queue with `x-max-length` 100 and `reject-publish`, no
+/// consumer: of 200 publishes, 100 are nacked with a typed error (never
+/// reported as success) and the 100 accepted are delivered later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn case11_full_queue_nacks_are_typed_errors() {
+    let scope = common::Scope::new("faults-full");
+    let ledger = Ledger::default();
+    let bus = recording(scope.builder().event::<Tick>(), &ledger)
+        .configure(|c| {
+            c.queue_arguments
+                .insert("x-max-length".into(), eventbus::QueueArgument::Int(100));
+            c.queue_arguments.insert(
+                "x-overflow".into(),
+                eventbus::QueueArgument::Str("reject-publish".into()),
+            );
+        })
+        .build()
+        .await
+        .expect("connects");
+    let mut nacked = 0;
+    for seq in 0..200 {
+        match publish_timed(
+            &bus,
+            &ledger,
+            ticks(seq, 1),
+            Duration::from_secs(20) + SLACK,
+        )
+        .await
+        {
+            Ok(()) => {}
+            Err(Error::Nacked { .. }) => nacked += 1,
+            Err(other) => panic!("expected a nack, got {other:?}"),
+        }
+    }
+    assert_eq!(nacked, 100);
+    assert_eq!(ledger.confirmed_count(), 100);
+    bus.start_consuming().await.expect("consumes");
+    eventually(
+        "the 100 accepted delivered",
+        Duration::from_secs(30),
+        || ledger.distinct_delivered() == 100,
+    )
+    .await;
+    let tally = ledger.tally(&BTreeSet::new());
+    tally.assert_nothing_lost("case 11");
+    bus.shutdown(Duration::from_secs(5))
+        .await
+        .expect("shuts down");
+}
+
+/// Case 16: shutdown with 500 handlers in flight and 300 publishes
+/// unconfirmed: the handlers finish and ack within the drain timeout,
+/// every publish resolves (confirmed or an error), and what was confirmed
+/// but not consumed is still in the queue for the next consumer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn case16_shutdown_drains_handlers_and_resolves_publishes() {
+    let scope = common::Scope::new("faults-shutdown");
+    let ledger = Ledger::default();
+    let started_handlers = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (l, st) = (ledger.clone(), started_handlers.clone());
+    let bus = scope
+        .builder()
+        .event::<Tick>()
+        .configure(|c| {
+            c.prefetch_count = 500;
+            c.ordering = eventbus::DeliveryOrder::Unordered;
+        })
+        .handler::<Tick, _, _>("slow", move |e: Arc<Envelope<Tick>>| {
+            let (l, st) = (l.clone(), st.clone());
+            async move {
+                st.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                l.delivered(e.meta().event_id());
+                Ok::<_, HandlerError>(())
+            }
+        })
+        .build()
+        .await
+        .expect("connects");
+    publish_timed(
+        &bus,
+        &ledger,
+        ticks(0, 500),
+        Duration::from_secs(20) + SLACK,
+    )
+    .await
+    .expect("confirmed");
+    bus.start_consuming().await.expect("consumes");
+    eventually("500 handlers in flight", Duration::from_secs(30), || {
+        started_handlers.load(std::sync::atomic::Ordering::SeqCst) >= 500
+    })
+    .await;
+    let publishes: Vec<_> = (0..300)
+        .map(|i| {
+            let (bus, ledger) = (bus.clone(), ledger.clone());
+            tokio::spawn(async move {
+                publish_timed(
+                    &bus,
+                    &ledger,
+                    ticks(1000 + i, 1),
+                    Duration::from_secs(20) + SLACK,
+                )
+                .await
+            })
+        })
+        .collect();
+    let drain = Duration::from_secs(10);
+    let started = Instant::now();
+    bus.shutdown(drain)
+        .await
+        .expect("shuts down within the drain timeout");
+    assert!(
+        started.elapsed() <= drain + SLACK,
+        "shutdown took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        ledger.distinct_delivered(),
+        500,
+        "every in-flight handler finished"
+    );
+    let mut resolved = 0;
+    for publish in publishes {
+        let _ = tokio::time::timeout(Duration::from_secs(30), publish)
+            .await
+            .expect("every publish resolves")
+            .expect("publish task");
+        resolved += 1;
+    }
+    assert_eq!(resolved, 300);
+    // The next consumer gets what was confirmed and not yet consumed.
+    let next = recording(scope.builder().event::<Tick>(), &ledger)
+        .build()
+        .await
+        .expect("connects");
+    next.start_consuming().await.expect("consumes");
+    eventually(
+        "every confirmed event delivered",
+        Duration::from_secs(30),
+        || ledger.missing() == 0,
+    )
+    .await;
+    let tally = ledger.tally(&BTreeSet::new());
+    assert_eq!(
+        tally.duplicates, 0,
+        "the 500 were acked before the connection closed"
+    );
+    tally.assert_nothing_lost("case 16");
+    next.shutdown(Duration::from_secs(5))
+        .await
+        .expect("shuts down");
+}
+
+// ---------------------------------------------------------------------------
+// Case 14: secret hygiene.
+// ---------------------------------------------------------------------------
+
+/// Log output captured by a thread-local subscriber (the test runs on a
+/// current-thread runtime, so every task of the bus logs through it).
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(
+            &self
+                .0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+        .into_owned()
+    }
+}
+
+/// A user with a sentinel password on the shared broker, deleted when dropped.
+struct SentinelUser {
+    name: String,
+}
+
+impl SentinelUser {
+    fn create(name: &str, password: &str) -> Self {
+        let ctl = |args: &[&str]| {
+            let out = std::process::Command::new("rabbitmqctl")
+                .args(args)
+                .output()
+                .expect("rabbitmqctl runs");
+            assert!(
+                out.status.success(),
+                "rabbitmqctl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        ctl(&["add_user", name, password]);
+        let user = Self {
+            name: name.to_owned(),
+        };
+        ctl(&["set_permissions", "-p", "/", name, ".*", ".*", ".*"]);
+        user
+    }
+}
+
+impl Drop for SentinelUser {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("rabbitmqctl")
+            .args(["delete_user", &self.name])
+            .output();
+    }
+}
+
+/// Case 14: a sentinel password through every error path (an invalid URL,
+/// a wrong password, a TLS failure, reconnections after cuts): it never
+/// appears in the logs (every level) or in `Debug` / `Display` output.
+#[tokio::test]
+async fn case14_the_password_never_appears_in_errors_or_logs() {
+    let sentinel = format!("S3ntinel{}", &Uuid::new_v4().simple().to_string()[..10]);
+    let logs = Captured::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let scope = common::Scope::new("faults-secret");
+    let mut outputs = Vec::new();
+    let quick = |b: BusBuilder| {
+        b.configure(|c| {
+            c.connect_timeout = Duration::from_secs(3);
+            c.confirm_timeout = Duration::from_secs(3);
+        })
+    };
+
+    // An invalid URL (a port that is not a number).
+    let bad = format!("amqp://guest:{sentinel}@127.0.0.1:notaport/%2f");
+    let error = quick(scope.builder().url(&bad))
+        .build()
+        .await
+        .expect_err("invalid URL");
+    outputs.push(format!("{error} {error:?}"));
+    // A wrong password.
+    let wrong = format!("amqp://guest:{sentinel}@{}/%2f", shared_broker_addr());
+    let error = quick(scope.builder().url(&wrong))
+        .build()
+        .await
+        .expect_err("refused");
+    outputs.push(format!("{error} {error:?}"));
+    // TLS against the plain port.
+    let tls = format!("amqps://guest:{sentinel}@{}/%2f", shared_broker_addr());
+    let error = quick(scope.builder().url(&tls))
+        .build()
+        .await
+        .expect_err("no TLS there");
+    outputs.push(format!("{error} {error:?}"));
+    // Reconnections of a working bus, with its password the sentinel.
+    let user = format!("faults-{}", &Uuid::new_v4().simple().to_string()[..8]);
+    let _user = SentinelUser::create(&user, &sentinel);
+    let proxy = proxy::Proxy::start(shared_broker_addr()).await;
+    let url = format!("amqp://{user}:{sentinel}@{}/%2f", proxy.addr);
+    let ledger = Ledger::default();
+    let bus = recording(quick(scope.builder().url(&url)).event::<Tick>(), &ledger)
+        .build()
+        .await
+        .expect("the sentinel user connects");
+    bus.start_consuming().await.expect("consumes");
+    for round in 0..2u64 {
+        proxy.cut_all();
+        proxy.set(proxy::Mode::Refuse);
+        let error = bus
+            .publish(ticks(round * 10, 1))
+            .await
+            .expect_err("refused meanwhile");
+        outputs.push(format!("{error} {error:?}"));
+        outputs.push(format!("{:?}", bus.health_check().await));
+        proxy.set(proxy::Mode::Pass);
+        let healed = Instant::now();
+        while bus.publish(ticks(round * 10 + 1, 1)).await.is_err() {
+            assert!(
+                healed.elapsed() < Duration::from_secs(20),
+                "no reconnection"
+            );
+        }
+    }
+    outputs.push(format!("{bus:?}"));
+    outputs.push(format!("{:?}", bus.config()));
+    outputs.push(format!("{}", bus.config().url));
+    bus.shutdown(Duration::from_secs(5))
+        .await
+        .expect("shuts down");
+    drop(_guard);
+
+    let logs = logs.text();
+    assert!(
+        logs.contains("reconnected to RabbitMQ") && logs.contains("cannot connect"),
+        "the error paths were logged: {logs}"
+    );
+    for output in &outputs {
+        assert!(!output.contains(&sentinel), "the password leaked: {output}");
+    }
+    if let Some(line) = logs.lines().find(|l| l.contains(&sentinel)) {
+        panic!("the password leaked into the logs: {line}");
+    }
+}

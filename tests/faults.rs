@@ -1346,7 +1346,11 @@ async fn case04b_cuts_mid_frame_lose_nothing() {
     let confirm = Duration::from_secs(5);
     let ledger = Ledger::default();
     let bus = recording(
-        scope.builder().url(&proxy.url()).event::<Blob>().event::<Tick>(),
+        scope
+            .builder()
+            .url(&proxy.url())
+            .event::<Blob>()
+            .event::<Tick>(),
         &ledger,
     )
     .configure(move |c| c.confirm_timeout = confirm)
@@ -1388,12 +1392,21 @@ async fn case04b_cuts_mid_frame_lose_nothing() {
         assert!(started.elapsed() <= confirm + SLACK);
         calls += 1;
     }
-    eventually("every confirmed event delivered", Duration::from_secs(60), || {
-        ledger.missing() == 0
-    })
+    eventually(
+        "every confirmed event delivered",
+        Duration::from_secs(60),
+        || ledger.missing() == 0,
+    )
     .await;
     let reconnections = bus.stats().reconnections;
-    assert!(reconnections >= 3, "three mid-frame cuts, {reconnections} reconnections");
-    ledger.tally(&BTreeSet::new()).assert_nothing_lost("case 4b");
-    bus.shutdown(Duration::from_secs(5)).await.expect("shuts down");
+    assert!(
+        reconnections >= 3,
+        "three mid-frame cuts, {reconnections} reconnections"
+    );
+    ledger
+        .tally(&BTreeSet::new())
+        .assert_nothing_lost("case 4b");
+    bus.shutdown(Duration::from_secs(5))
+        .await
+        .expect("shuts down");
 }

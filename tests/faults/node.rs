@@ -59,7 +59,11 @@ impl Node {
     pub fn start_with(tag: &str, extra_config: &str, advanced: &str) -> Self {
         let id = uuid::Uuid::new_v4().simple().to_string();
         let name = format!("evfault-{tag}-{}@localhost", &id[..6]);
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("node-{tag}-{}", &id[..6]));
+        // target/tmp for the tests; the bench's soak (which includes this
+        // file) runs outside cargo's test environment.
+        let base =
+            option_env!("CARGO_TARGET_TMPDIR").map_or_else(std::env::temp_dir, PathBuf::from);
+        let dir = base.join(format!("node-{tag}-{}", &id[..6]));
         for sub in ["mnesia", "log", "home"] {
             std::fs::create_dir_all(dir.join(sub)).expect("node directories");
         }

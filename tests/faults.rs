@@ -1410,3 +1410,190 @@ async fn case04b_cuts_mid_frame_lose_nothing() {
         .await
         .expect("shuts down");
 }
+
+// ---------------------------------------------------------------------------
+// Case 8: malformed input. Case 12b: disk alarm.
+// ---------------------------------------------------------------------------
+
+/// Case 8: malformed messages (invalid JSON, a body that does not match the
+/// type, a wrong content type, invalid UTF-8 in the `event_type` header, an
+/// unknown event type) go straight to the DLQ with a reason, without
+/// retries; the consumer keeps running and handles the next good event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn case08_malformed_input_goes_straight_to_the_dlq() {
+    use lapin::options::BasicPublishOptions;
+    use lapin::types::{AMQPValue, ByteArray, FieldTable, LongString};
+
+    let scope = common::Scope::new("faults-malformed");
+    let ledger = Ledger::default();
+    let bus = recording(scope.builder().event::<Tick>(), &ledger)
+        .configure(|c| {
+            c.max_retries = 3;
+            c.retry_base_delay = Duration::from_millis(50);
+        })
+        .build()
+        .await
+        .expect("connects");
+    bus.start_consuming().await.expect("consumes");
+    let conn = common::raw().await;
+    let channel = conn.create_channel().await.expect("channel");
+    let string = |s: &str| AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()));
+    let cases: Vec<(&str, Vec<u8>, Option<&str>, AMQPValue)> = vec![
+        (
+            "invalid-json",
+            b"{not json".to_vec(),
+            Some("application/json"),
+            string(Tick::EVENT_TYPE),
+        ),
+        (
+            "schema",
+            br#"{"unexpected": true}"#.to_vec(),
+            Some("application/json"),
+            string(Tick::EVENT_TYPE),
+        ),
+        (
+            "content-type",
+            br#"{"seq": 1}"#.to_vec(),
+            Some("text/plain"),
+            string(Tick::EVENT_TYPE),
+        ),
+        (
+            "utf8-header",
+            br#"{"seq": 1}"#.to_vec(),
+            Some("application/json"),
+            AMQPValue::ByteArray(ByteArray::from(vec![0xff, 0xfe, 0xfd])),
+        ),
+        (
+            "unknown-type",
+            br#"{"seq": 1}"#.to_vec(),
+            Some("application/json"),
+            string("Nobody.Knows"),
+        ),
+    ];
+    for (id, body, content_type, event_type) in &cases {
+        let mut headers = FieldTable::default();
+        headers.insert("event_type".into(), event_type.clone());
+        let mut properties = lapin::BasicProperties::default()
+            .with_message_id((*id).into())
+            .with_delivery_mode(2)
+            .with_headers(headers);
+        if let Some(ct) = content_type {
+            properties = properties.with_content_type((*ct).into());
+        }
+        channel
+            .basic_publish(
+                scope.exchange.as_str().into(),
+                Tick::ROUTING_KEY.into(),
+                BasicPublishOptions::default(),
+                body,
+                properties,
+            )
+            .await
+            .expect("published")
+            .await
+            .expect("written");
+    }
+    let _ = conn.close(200, "done".into()).await;
+    let dlq = bus.dlq("default");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let parked = loop {
+        let parked = dlq.list(100).await.expect("lists the DLQ");
+        if parked.len() >= cases.len() {
+            break parked;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {} malformed messages in the DLQ: {parked:?}",
+            parked.len(),
+            cases.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(parked.len(), cases.len(), "each parked once: {parked:?}");
+    for (id, ..) in &cases {
+        let message = parked
+            .iter()
+            .find(|m| m.message_id.as_deref() == Some(id))
+            .unwrap_or_else(|| panic!("{id} is in the DLQ: {parked:?}"));
+        assert!(
+            message.reason.as_deref().is_some_and(|r| !r.is_empty()),
+            "{id} has a reason"
+        );
+        assert_eq!(message.retry_count.unwrap_or(0), 0, "{id} was not retried");
+    }
+    assert_eq!(
+        ledger.distinct_delivered(),
+        0,
+        "no handler saw a malformed message"
+    );
+    publish_timed(&bus, &ledger, ticks(0, 10), Duration::from_secs(20) + SLACK)
+        .await
+        .expect("confirmed");
+    eventually(
+        "the consumer keeps running",
+        Duration::from_secs(10),
+        || ledger.missing() == 0,
+    )
+    .await;
+    let _ = dlq.purge().await;
+    bus.shutdown(Duration::from_secs(5))
+        .await
+        .expect("shuts down");
+}
+
+/// Case 12b: a disk alarm blocks like a memory alarm: `Error::Blocked`
+/// naming the disk within the confirm timeout; publishing resumes after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn case12b_disk_alarm_fails_publishes_in_time() {
+    let node = start_node("disk").await;
+    let exchange = unique("disk");
+    let confirm = Duration::from_secs(3);
+    let ledger = Ledger::default();
+    let bus = recording(builder(&node.url(), &exchange, confirm), &ledger)
+        .build()
+        .await
+        .expect("connects");
+    bus.start_consuming().await.expect("consumes");
+    publish_timed(&bus, &ledger, ticks(0, 10), confirm + SLACK)
+        .await
+        .expect("confirmed before the alarm");
+    node.ctl(&["set_disk_free_limit", "100000GB"]);
+    let n = &node;
+    eventually("the disk alarm is on", Duration::from_secs(30), || {
+        n.ctl(&["status"]).contains("Free disk space alarm")
+            || n.ctl(&["status"]).contains("disk alarm")
+    })
+    .await;
+    let error = publish_timed(&bus, &ledger, ticks(100, 3), confirm + SLACK)
+        .await
+        .expect_err("blocked");
+    match &error {
+        Error::Blocked { reason, .. } => assert!(reason.contains("disk"), "{reason}"),
+        other => panic!("expected Error::Blocked, got {other:?}"),
+    }
+    node.ctl(&["set_disk_free_limit", "1MB"]);
+    let resumed = Instant::now();
+    let mut seq = 200;
+    while publish_timed(&bus, &ledger, ticks(seq, 10), confirm + SLACK)
+        .await
+        .is_err()
+    {
+        assert!(
+            resumed.elapsed() < Duration::from_secs(30),
+            "publishing did not resume"
+        );
+        seq += 10;
+    }
+    eventually(
+        "every confirmed event delivered",
+        Duration::from_secs(30),
+        || ledger.missing() == 0,
+    )
+    .await;
+    ledger
+        .tally(&BTreeSet::new())
+        .assert_nothing_lost("case 12b");
+    bus.shutdown(Duration::from_secs(5))
+        .await
+        .expect("shuts down");
+}

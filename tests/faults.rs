@@ -887,6 +887,8 @@ async fn case04_connections_cut_twice_under_load_recover_fully() {
     let ledger = Ledger::default();
     let prefetch = 20u16;
     let l = ledger.clone();
+    // While paused, handlers wait: deliveries pile up unacked to the prefetch.
+    let (pause, paused) = tokio::sync::watch::channel(false);
     let bus = scope
         .builder()
         .url(&proxy.url())
@@ -896,8 +898,13 @@ async fn case04_connections_cut_twice_under_load_recover_fully() {
             c.confirm_timeout = confirm;
         })
         .handler::<Tick, _, _>("record", move |e: Arc<Envelope<Tick>>| {
-            let l = l.clone();
+            let (l, mut paused) = (l.clone(), paused.clone());
             async move {
+                while *paused.borrow_and_update() {
+                    if paused.changed().await.is_err() {
+                        break;
+                    }
+                }
                 tokio::time::sleep(Duration::from_millis(2)).await;
                 l.delivered(e.meta().event_id());
                 Ok::<_, HandlerError>(())
@@ -911,7 +918,6 @@ async fn case04_connections_cut_twice_under_load_recover_fully() {
     let started = Instant::now();
     let mut seq = 0;
     let mut cuts = 0;
-    let mut unacked_max = 0;
     // About 500 events a second for 15 s; cuts at 5 s and 10 s.
     while started.elapsed() < Duration::from_secs(15) {
         let _ = publish_timed(&bus, &ledger, ticks(seq, 50), confirm + SLACK).await;
@@ -922,16 +928,27 @@ async fn case04_connections_cut_twice_under_load_recover_fully() {
             proxy.cut_all();
             cuts += 1;
         }
-        if cuts > 0 && seq % 500 == 0 {
-            let q = queue.clone();
-            let unacked = tokio::task::spawn_blocking(move || shared_unacked(&q))
-                .await
-                .expect("rabbitmqctl thread")
-                .unwrap_or(0);
-            unacked_max = unacked_max.max(unacked);
-        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // After the cuts, with handlers paused: exactly the prefetch is unacked
+    // (the consumer is back, with its prefetch), the rest waits ready.
+    pause.send_replace(true);
+    publish_timed(&bus, &ledger, ticks(seq, 200), confirm + SLACK)
+        .await
+        .expect("confirmed after the cuts");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let unacked = loop {
+        let q = queue.clone();
+        let unacked = tokio::task::spawn_blocking(move || shared_unacked(&q))
+            .await
+            .expect("rabbitmqctl thread")
+            .unwrap_or(0);
+        if unacked >= u64::from(prefetch) || Instant::now() >= deadline {
+            break unacked;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    pause.send_replace(false);
     eventually(
         "every confirmed event delivered",
         Duration::from_secs(60),
@@ -945,12 +962,13 @@ async fn case04_connections_cut_twice_under_load_recover_fully() {
         reconnections >= 4,
         "both connections came back after each of the two cuts: {reconnections}"
     );
-    assert!(
-        unacked_max <= u64::from(prefetch),
-        "prefetch restored: {unacked_max} unacked seen, prefetch {prefetch}"
+    assert_eq!(
+        unacked,
+        u64::from(prefetch),
+        "consumer and prefetch restored: {unacked} unacked with handlers paused"
     );
     eprintln!(
-        "case 4: {reconnections} reconnections, at most {unacked_max} unacked after the cuts"
+        "case 4: {reconnections} reconnections, {unacked} unacked (the prefetch) with handlers paused after the cuts"
     );
     ledger.tally(&BTreeSet::new()).assert_nothing_lost("case 4");
     bus.shutdown(Duration::from_secs(5))

@@ -84,7 +84,12 @@ impl Publisher {
     /// The publishing channel of `session`, opened (in confirm mode) on first
     /// use and again after the broker closed it.
     async fn channel_for(&self, session: &Session, deadline: Instant) -> Result<Channel, Error> {
-        let mut slot = self.channel.lock().await;
+        let timeout = deadline.saturating_duration_since(Instant::now());
+        // Another caller may be opening it on a connection that stopped
+        // answering: wait no longer than this call may.
+        let Ok(mut slot) = tokio::time::timeout_at(deadline, self.channel.lock()).await else {
+            return Err(session.timed_out("opening the publishing channel", timeout));
+        };
         if let Some((generation, channel)) = &*slot
             && *generation == session.generation
             && channel.status().connected()

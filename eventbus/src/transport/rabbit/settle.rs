@@ -22,7 +22,7 @@ use tokio::time::Instant;
 
 use crate::runtime::AckTracker;
 
-use super::errors::{is_channel_error, scrub};
+use super::errors::scrub;
 use super::link::Session;
 
 /// How a delivery ended.
@@ -143,8 +143,9 @@ fn report(session: &Session, what: &str, result: lapin::Result<bool>) {
             what,
             "the channel was replaced before the ack; the broker redelivers these messages"
         ),
-        // A channel the broker closed: it requeued these; the consumer reopens it.
-        Err(e) if is_channel_error(&e) && session.connection.status().connected() => {
+        // The channel closed (the broker closed it, or it is being replaced) while
+        // the connection lives: the broker requeued these; the consumer reopens it.
+        Err(e) if session.connection.status().connected() => {
             tracing::warn!(
                 what,
                 error = %scrub(&e.to_string()),

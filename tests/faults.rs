@@ -465,7 +465,7 @@ fn ledger_consumer(
         let line = stderr
             .recv_timeout(Duration::from_secs(60))
             .expect("the consumer reports it is running");
-        if line.contains("event bus running") {
+        if line.contains("eventbus running") || line.contains("event bus running") {
             break;
         }
     }

@@ -296,10 +296,14 @@ async fn supervise(link: Arc<Link>, shared: Arc<BusContext>, setup: Setup) {
                 let mut events = session.connection.events_listener();
                 let watcher = session.clone();
                 let watcher_role = link.role;
+                let closing = link.cancel.clone();
                 tokio::spawn(async move {
                     loop {
                         tokio::select! {
                             event = events.next() => match event {
+                                // Closing on purpose: channels and the connection
+                                // report errors as they go; nothing has failed.
+                                Some(lapin::Event::Error(_)) if closing.is_cancelled() => break,
                                 Some(lapin::Event::Error(e)) => {
                                     // A channel the broker closed (lapin reports it once
                                     // the channel is closed) is its owner's to reopen; the

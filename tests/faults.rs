@@ -1448,6 +1448,10 @@ async fn case08_malformed_input_goes_straight_to_the_dlq() {
         .configure(|c| {
             c.max_retries = 3;
             c.retry_base_delay = Duration::from_millis(50);
+            // An unknown type routed to the group is first left to other
+            // members (a mixed fleet) that many times; this bus is the whole
+            // group, so it goes to the DLQ at once.
+            c.max_unhandled_deferrals = 0;
         })
         .build()
         .await

@@ -68,6 +68,32 @@ pub enum Error {
         /// How long we waited.
         timeout: Duration,
     },
+    /// An event is larger than the broker's `max_message_size`: the broker
+    /// would close the channel for it, so it is not sent.
+    #[error("event {event_id} is {size} bytes, over the broker's max_message_size of {max} bytes")]
+    TooLarge {
+        /// The event id.
+        event_id: String,
+        /// The size of its body.
+        size: usize,
+        /// The broker's limit.
+        max: usize,
+    },
+    /// The broker blocked the connection (a memory or disk alarm: RabbitMQ
+    /// stops reading from publishing connections) and did not unblock it in
+    /// time. Nothing was confirmed for `operation`; a message already handed
+    /// to the socket may still reach the broker once the alarm clears.
+    #[error(
+        "RabbitMQ blocked the connection ({reason}): {operation} did not complete within {timeout:?}"
+    )]
+    Blocked {
+        /// What was waiting (`publishing event <id>`, `declaring ...`).
+        operation: String,
+        /// The broker's reason (`low on memory`, `low on disk`).
+        reason: String,
+        /// How long we waited.
+        timeout: Duration,
+    },
     /// Connecting to the broker failed.
     #[error("cannot connect to {url}: {reason}")]
     Connect {

@@ -49,7 +49,8 @@ pub(crate) struct GroupKey {
     pub(crate) group: String,
 }
 
-/// What failed in a publish: `unroutable`, `nacked`, `confirm_timeout`, `other`.
+/// What failed in a publish: `unroutable`, `nacked`, `confirm_timeout`,
+/// `blocked`, `too_large`, `other`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct PublishErrorKind {
     pub(crate) kind: &'static str,
@@ -222,7 +223,7 @@ pub(crate) fn registry(stats: &Arc<Stats>) -> Registry {
     );
     r.register(
         "eventbus_publish_errors",
-        "Failed publish calls by kind (unroutable, nacked, confirm_timeout, other).",
+        "Failed publish calls by kind (unroutable, nacked, confirm_timeout, blocked, too_large, other).",
         m.publish_errors.clone(),
     );
     r.register(

@@ -188,6 +188,8 @@ impl Bus {
                     Error::Unroutable { .. } => "unroutable",
                     Error::Nacked { .. } => "nacked",
                     Error::ConfirmTimeout { .. } => "confirm_timeout",
+                    Error::Blocked { .. } => "blocked",
+                    Error::TooLarge { .. } => "too_large",
                     _ => "other",
                 };
                 metrics

@@ -13,6 +13,7 @@
 //! group, never acked away. Nothing is dropped silently.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 
 use futures_util::StreamExt;
@@ -28,7 +29,7 @@ use crate::stats::add;
 use crate::wire::HEADER_AGGREGATE_ID;
 
 use super::amqp;
-use super::errors::{Failure, broker, scrub};
+use super::errors::{Failure, broker, is_channel_error, scrub};
 use super::link::Session;
 use super::publish::{Outgoing, Publisher};
 use super::retry::{self, DeadLetter};
@@ -132,7 +133,21 @@ pub(crate) async fn start_group(
                         });
                     }
                     Some(Err(e)) => {
-                        session.fail(&format!("consumer on {queue}: {}", scrub(&e.to_string())));
+                        let reason = scrub(&e.to_string());
+                        if is_channel_error(&e)
+                            && session.connection.status().connected()
+                            && !session.broken.is_cancelled()
+                        {
+                            // The broker closed this group's channel only (a
+                            // consumer timeout, say): reopen it, the connection
+                            // and the other groups go on. Its unacked deliveries
+                            // are already back in the queue; acks still pending
+                            // for them are dropped by the poisoned ackers.
+                            tracing::warn!(%queue, %reason, "the broker closed the consumer channel; reopening it");
+                            restart_group(session.clone(), ctx.clone(), group.clone(), tag.clone());
+                        } else {
+                            session.fail(&format!("consumer on {queue}: {reason}"));
+                        }
                         break;
                     }
                     None => {
@@ -147,6 +162,26 @@ pub(crate) async fn start_group(
         set_state(&ctx.states, &queue, false);
     });
     Ok(())
+}
+
+/// Starts `group`'s consumer again on a fresh channel of the same session,
+/// after the reconnect delay; a failure to do so rebuilds the session.
+fn restart_group(session: Arc<Session>, ctx: Arc<ConsumeRun>, group: Arc<str>, tag: String) {
+    let delay = ctx.shared.config.reconnect_delay;
+    tokio::spawn(async move {
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = session.broken.cancelled() => return,
+            () = ctx.stop.cancelled() => return,
+        }
+        let queue = ctx.shared.config.group_queue_name(&group);
+        let restart: std::pin::Pin<Box<dyn Future<Output = Result<(), Failure>> + Send>> =
+            Box::pin(start_group(session.clone(), ctx, group, tag));
+        match restart.await {
+            Ok(()) => tracing::info!(%queue, "consumer channel reopened"),
+            Err(e) => session.fail(&format!("cannot reopen the consumer on {queue}: {e:?}")),
+        }
+    });
 }
 
 /// What to do with a delivery after its handlers ran.

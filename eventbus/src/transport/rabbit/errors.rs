@@ -52,6 +52,11 @@ impl Failure {
     }
 }
 
+/// A soft (channel-level) AMQP error: the broker closed one channel, not the connection.
+pub(crate) fn is_channel_error(error: &lapin::Error) -> bool {
+    matches!(error.kind(), ErrorKind::ProtocolError(e) if matches!(e.kind(), AMQPErrorKind::Soft(_)))
+}
+
 fn is_tls_error(io: &std::io::Error) -> bool {
     let text = io.to_string().to_ascii_lowercase();
     io.kind() == std::io::ErrorKind::InvalidData

@@ -21,7 +21,7 @@ use crate::error::Error;
 use crate::runtime::BusContext;
 use crate::stats::add;
 
-use super::errors::{Failure, scrub};
+use super::errors::{Failure, is_channel_error, scrub};
 
 /// A live connection and its main channel. `broken` fires when anything on it fails.
 pub(crate) struct Session {
@@ -29,6 +29,8 @@ pub(crate) struct Session {
     pub(crate) channel: Channel,
     pub(crate) broken: CancellationToken,
     pub(crate) generation: u64,
+    /// `Some(reason)` while the broker blocks the connection (resource alarm).
+    pub(crate) blocked: watch::Sender<Option<String>>,
 }
 
 impl Session {
@@ -41,6 +43,47 @@ impl Session {
                 "AMQP session failed; reconnecting"
             );
             self.broken.cancel();
+        }
+    }
+
+    /// The broker's reason while it blocks this connection.
+    pub(crate) fn blocked_reason(&self) -> Option<String> {
+        self.blocked.borrow().clone().or_else(|| {
+            self.connection
+                .status()
+                .blocked()
+                .then(|| "no reason given".to_owned())
+        })
+    }
+
+    /// Runs one broker call on this session for at most `timeout`. A call that
+    /// does not finish in time fails with [`Error::Blocked`] while the broker
+    /// blocks the connection (it stops reading from it), else with
+    /// [`Error::Broker`] naming `operation`.
+    pub(crate) async fn bounded<T>(
+        &self,
+        operation: &str,
+        timeout: Duration,
+        call: impl Future<Output = Result<T, Error>>,
+    ) -> Result<T, Error> {
+        match tokio::time::timeout(timeout, call).await {
+            Ok(result) => result,
+            Err(_) => Err(self.timed_out(operation, timeout)),
+        }
+    }
+
+    /// The error for `operation` not finishing within `timeout`.
+    pub(crate) fn timed_out(&self, operation: &str, timeout: Duration) -> Error {
+        match self.blocked_reason() {
+            Some(reason) => Error::Blocked {
+                operation: operation.to_owned(),
+                reason,
+                timeout,
+            },
+            None => Error::Broker {
+                context: operation.to_owned(),
+                reason: format!("no answer within {timeout:?}"),
+            },
         }
     }
 }
@@ -207,6 +250,7 @@ async fn supervise(link: Arc<Link>, shared: Arc<BusContext>, setup: Setup) {
                 channel,
                 broken: CancellationToken::new(),
                 generation,
+                blocked: watch::channel(None).0,
             });
             if let Err(e) = setup(session.clone()).await {
                 close_quietly(&session.connection, 200, "setup failed").await;
@@ -251,16 +295,37 @@ async fn supervise(link: Arc<Link>, shared: Arc<BusContext>, setup: Setup) {
                 // Any connection-level error marks the session broken.
                 let mut events = session.connection.events_listener();
                 let watcher = session.clone();
+                let watcher_role = link.role;
+                let closing = link.cancel.clone();
                 tokio::spawn(async move {
                     loop {
                         tokio::select! {
                             event = events.next() => match event {
+                                // Closing on purpose: channels and the connection
+                                // report errors as they go; nothing has failed.
+                                Some(lapin::Event::Error(_)) if closing.is_cancelled() => break,
                                 Some(lapin::Event::Error(e)) => {
+                                    // A channel the broker closed (lapin reports it once
+                                    // the channel is closed) is its owner's to reopen; the
+                                    // connection and its other channels go on. Losing the
+                                    // main channel (declares) still rebuilds the session.
+                                    if is_channel_error(&e)
+                                        && watcher.connection.status().connected()
+                                        && watcher.channel.status().connected()
+                                    {
+                                        tracing::debug!(role = watcher_role, error = %scrub(&e.to_string()), "channel-level error");
+                                        continue;
+                                    }
                                     watcher.fail(&scrub(&e.to_string()));
                                     break;
                                 }
                                 Some(lapin::Event::ConnectionBlocked(reason)) => {
-                                    tracing::warn!(%reason, "RabbitMQ blocked the connection (resource alarm); publishes wait");
+                                    tracing::warn!(role = watcher_role, %reason, "RabbitMQ blocked the connection (resource alarm); publishes fail with Error::Blocked after the confirm timeout until it unblocks");
+                                    watcher.blocked.send_replace(Some(reason));
+                                }
+                                Some(lapin::Event::ConnectionUnblocked) => {
+                                    tracing::info!(role = watcher_role, "RabbitMQ unblocked the connection");
+                                    watcher.blocked.send_replace(None);
                                 }
                                 Some(_) => {}
                                 None => {

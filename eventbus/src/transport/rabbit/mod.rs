@@ -156,8 +156,19 @@ impl RabbitTransport {
                 let LinkState::Up(session) = publisher.state() else {
                     continue;
                 };
-                if let Err(e) = declare_topology(&session, &shared, &extra).await {
-                    tracing::error!(error = ?e, "cannot update bindings after a subscription change");
+                let timeout = shared.config.confirm_timeout;
+                match tokio::time::timeout(timeout, declare_topology(&session, &shared, &extra))
+                    .await
+                {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        tracing::error!(error = ?e, "cannot update bindings after a subscription change");
+                    }
+                    Err(_) => {
+                        let error = session
+                            .timed_out("updating bindings after a subscription change", timeout);
+                        tracing::error!(%error, "cannot update bindings after a subscription change");
+                    }
                 }
                 let running = consumer_groups();
                 let wanted: BTreeSet<String> = shared
@@ -183,34 +194,49 @@ impl RabbitTransport {
     /// A fresh channel on the publisher connection, for one-off operations whose
     /// failure (a passive declare of a missing queue) must not close a shared one.
     pub(crate) async fn side_channel(&self) -> Result<lapin::Channel, Error> {
-        let session = self
-            .publisher
-            .link
-            .wait_up(std::time::Duration::from_secs(10))
-            .await?;
+        let timeout = self.ctx.config.confirm_timeout;
+        let session = self.publisher.link.wait_up(timeout).await?;
         session
-            .connection
-            .create_channel()
+            .bounded("opening a channel", timeout, async {
+                session
+                    .connection
+                    .create_channel()
+                    .await
+                    .map_err(|e| broker("opening a channel", &e))
+            })
             .await
-            .map_err(|e| broker("opening a channel", &e))
     }
 
     /// Message and consumer counts of queue `queue`, which must exist.
     pub(crate) async fn queue_state(&self, queue: &str) -> Result<QueueInfo, Error> {
         let channel = self.side_channel().await?;
-        let declared = channel
-            .queue_declare(
+        let timeout = self.ctx.config.confirm_timeout;
+        let context = format!("reading queue `{queue}` (does it exist?)");
+        let declared = tokio::time::timeout(
+            timeout,
+            channel.queue_declare(
                 queue.into(),
                 QueueDeclareOptions {
                     passive: true,
                     ..QueueDeclareOptions::default()
                 },
                 FieldTable::default(),
-            )
-            .await;
-        let _ = channel.close(200, "done".into()).await;
-        let q = declared
-            .map_err(|e| broker(format!("reading queue `{queue}` (does it exist?)"), &e))?;
+            ),
+        )
+        .await;
+        let _ = tokio::time::timeout(timeout, channel.close(200, "done".into())).await;
+        let q = match declared {
+            Ok(declared) => declared.map_err(|e| broker(context, &e))?,
+            Err(_) => {
+                return Err(match self.publisher.link.state() {
+                    LinkState::Up(session) => session.timed_out(&context, timeout),
+                    _ => Error::Broker {
+                        context,
+                        reason: format!("no answer within {timeout:?}"),
+                    },
+                });
+            }
+        };
         Ok(QueueInfo {
             name: queue.to_owned(),
             message_count: q.message_count(),
@@ -299,9 +325,21 @@ impl Transport for RabbitTransport {
             return Ok(());
         };
         consuming.stop.cancel();
-        // In-flight handlers finish and ack before the channel closes.
+        // In-flight handlers finish and ack before the channel closes, within
+        // the shutdown timeout; what is still unacked then goes back to the
+        // queue when the connection closes.
         self.deliveries.close();
-        self.deliveries.wait().await;
+        let timeout = self.ctx.config.shutdown_timeout;
+        if tokio::time::timeout(timeout, self.deliveries.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                pending = self.deliveries.len(),
+                ?timeout,
+                "handlers still running at the shutdown timeout; closing the consumer connection (the broker redelivers what was not acked)"
+            );
+        }
         self.deliveries.reopen();
         consuming.link.close().await;
         Ok(())
@@ -356,21 +394,23 @@ impl Transport for RabbitTransport {
     async fn bind(&self, group: &str, routing_key: &str) -> Result<(), Error> {
         let shared = &self.ctx;
         lock(&self.extra).push((group.to_owned(), routing_key.to_owned()));
-        let session = self
-            .publisher
-            .link
-            .wait_up(shared.config.confirm_timeout)
-            .await?;
+        let timeout = shared.config.confirm_timeout;
+        let session = self.publisher.link.wait_up(timeout).await?;
         let binding = topology::binding_for_key(&shared.config, routing_key);
-        topology::declare_group(&session.channel, &shared.config, group, &[binding])
-            .await
-            .map_err(|f| match f {
-                Failure::Fatal(e) => e,
-                Failure::Retry(reason) => Error::Broker {
-                    context: format!("binding `{routing_key}` for group `{group}`"),
-                    reason,
-                },
+        let context = format!("binding `{routing_key}` for group `{group}`");
+        session
+            .bounded(&context, timeout, async {
+                topology::declare_group(&session.channel, &shared.config, group, &[binding])
+                    .await
+                    .map_err(|f| match f {
+                        Failure::Fatal(e) => e,
+                        Failure::Retry(reason) => Error::Broker {
+                            context: context.clone(),
+                            reason,
+                        },
+                    })
             })
+            .await
     }
 
     async fn queue_info(&self, group: &str) -> Result<QueueInfo, Error> {

@@ -143,6 +143,15 @@ fn report(session: &Session, what: &str, result: lapin::Result<bool>) {
             what,
             "the channel was replaced before the ack; the broker redelivers these messages"
         ),
+        // The channel closed (the broker closed it, or it is being replaced) while
+        // the connection lives: the broker requeued these; the consumer reopens it.
+        Err(e) if session.connection.status().connected() => {
+            tracing::warn!(
+                what,
+                error = %scrub(&e.to_string()),
+                "the channel closed before the ack; the broker redelivers these messages"
+            );
+        }
         Err(e) => session.fail(&format!("ack failed: {}", scrub(&e.to_string()))),
     }
 }

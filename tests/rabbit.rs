@@ -624,3 +624,35 @@ async fn batch_publishing_chunks_caps_concurrency_and_reports_counts() {
         .await
         .expect("shuts down");
 }
+
+#[tokio::test]
+async fn with_an_alternate_exchange_an_unroutable_event_lands_there() {
+    let scope = Scope::new("alternate");
+    let alternate = scope.group("unrouted");
+    let alternate_exchange = scope.queue(&alternate);
+    let ae = alternate_exchange.clone();
+    let bus = scope
+        .builder()
+        .configure(move |c| c.alternate_exchange = Some(ae))
+        .handler::<OrderPlaced, _, _>("p", |_e| async { Ok::<_, HandlerError>(()) })
+        .build()
+        .await
+        .expect("connects");
+    // Nothing is bound for OrderShipped: the broker keeps it in the
+    // alternate exchange's queue instead of returning it.
+    bus.publish([shipped("S-1")])
+        .await
+        .expect("routed to the alternate exchange");
+    assert_eq!(common::message_count(&alternate_exchange).await, 1);
+    bus.shutdown(Duration::from_secs(5))
+        .await
+        .expect("shuts down");
+    let conn = common::raw().await;
+    let ch = conn.create_channel().await.expect("channel");
+    ch.exchange_delete(
+        alternate_exchange.as_str().into(),
+        lapin::options::ExchangeDeleteOptions::default(),
+    )
+    .await
+    .expect("deletes the alternate exchange");
+}

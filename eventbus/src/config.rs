@@ -315,6 +315,11 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// `EVENTBUS_ROUTING_KEY_PATTERN`: bind this instead of the handled keys. Default: none.
     pub routing_key_pattern: Option<String>,
+    /// `EVENTBUS_ALTERNATE_EXCHANGE`: where the broker puts events no queue
+    /// is bound for, instead of returning them (`Error::Unroutable`). The
+    /// main exchange is declared with `alternate-exchange` set to it, and it
+    /// is declared (fanout) with a queue of the same name bound. Default: none.
+    pub alternate_exchange: Option<String>,
     /// `EVENTBUS_PUBLISH_CHUNK_SIZE`. Default: 100.
     pub publish_chunk_size: usize,
     /// `EVENTBUS_MAX_CONCURRENT_PUBLISHES`. Default: 10.
@@ -369,6 +374,7 @@ impl Default for Config {
             max_unhandled_deferrals: 60,
             shutdown_timeout: Duration::from_secs(30),
             routing_key_pattern: None,
+            alternate_exchange: None,
             publish_chunk_size: 100,
             max_concurrent_publishes: 10,
             publish_confirm_window: 1000,
@@ -468,6 +474,9 @@ impl Config {
             "a non-negative integer",
         )?;
         env.seconds("SHUTDOWN_TIMEOUT", &mut c.shutdown_timeout)?;
+        if let Some(name) = env.get("ALTERNATE_EXCHANGE") {
+            c.alternate_exchange = Some(name).filter(|n| !n.trim().is_empty());
+        }
         if let Some(pattern) = env.get("ROUTING_KEY_PATTERN") {
             c.routing_key_pattern = Some(pattern);
         }

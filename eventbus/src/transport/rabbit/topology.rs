@@ -146,6 +146,11 @@ fn exchange_kind(kind: ExchangeType) -> ExchangeKind {
 
 /// Declares the main exchange.
 pub(crate) async fn declare_exchange(channel: &Channel, config: &Config) -> Result<(), Failure> {
+    let mut arguments = FieldTable::default();
+    if let Some(alternate) = &config.alternate_exchange {
+        declare_alternate(channel, config, alternate).await?;
+        arguments.insert("alternate-exchange".into(), string(alternate));
+    }
     channel
         .exchange_declare(
             config.exchange_name.as_str().into(),
@@ -155,10 +160,53 @@ pub(crate) async fn declare_exchange(channel: &Channel, config: &Config) -> Resu
                 auto_delete: config.auto_delete,
                 ..ExchangeDeclareOptions::default()
             },
-            FieldTable::default(),
+            arguments,
         )
         .await
         .map_err(|e| declare_failure(&e, "exchange", &config.exchange_name))
+}
+
+/// The alternate exchange (fanout) and the queue of the same name that keeps
+/// what it receives.
+async fn declare_alternate(
+    channel: &Channel,
+    config: &Config,
+    alternate: &str,
+) -> Result<(), Failure> {
+    let durable = ExchangeDeclareOptions {
+        durable: config.durable,
+        ..ExchangeDeclareOptions::default()
+    };
+    channel
+        .exchange_declare(
+            alternate.into(),
+            ExchangeKind::Fanout,
+            durable,
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| declare_failure(&e, "exchange", alternate))?;
+    channel
+        .queue_declare(
+            alternate.into(),
+            QueueDeclareOptions {
+                durable: config.durable,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| declare_failure(&e, "queue", alternate))?;
+    channel
+        .queue_bind(
+            alternate.into(),
+            alternate.into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| declare_failure(&e, "binding of queue", alternate))
 }
 
 /// The arguments of a group queue: dead-lettering plus the user's pass-through.

@@ -14,6 +14,7 @@ pub(crate) struct Stats {
     pub(crate) events_processed_success: AtomicU64,
     pub(crate) events_processed_failed: AtomicU64,
     pub(crate) messages_sent_to_dlq: AtomicU64,
+    pub(crate) messages_recovered: AtomicU64,
     pub(crate) handlers_invoked: AtomicU64,
     pub(crate) handler_errors: AtomicU64,
     pub(crate) background_tasks_created: AtomicU64,
@@ -56,6 +57,7 @@ impl Stats {
             events_processed_success: get(&self.events_processed_success),
             events_processed_failed: get(&self.events_processed_failed),
             messages_sent_to_dlq: get(&self.messages_sent_to_dlq),
+            messages_recovered: get(&self.messages_recovered),
             handlers_invoked: get(&self.handlers_invoked),
             handler_errors: get(&self.handler_errors),
             background_tasks_created: get(&self.background_tasks_created),
@@ -82,6 +84,8 @@ pub struct BusStats {
     pub events_processed_failed: u64,
     /// Messages parked in a dead-letter queue.
     pub messages_sent_to_dlq: u64,
+    /// Pending entries claimed from dead or stuck consumers (Redis).
+    pub messages_recovered: u64,
     /// Handler calls.
     pub handlers_invoked: u64,
     /// Handler calls that failed.
@@ -120,6 +124,7 @@ impl BusStats {
                 self.events_processed_failed.into(),
             ),
             ("messages_sent_to_dlq", self.messages_sent_to_dlq.into()),
+            ("messages_recovered", self.messages_recovered.into()),
             ("handlers_invoked", self.handlers_invoked.into()),
             ("handler_errors", self.handler_errors.into()),
             (

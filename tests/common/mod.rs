@@ -279,3 +279,5 @@ pub fn fails_first_attempt(
         })
     }
 }
+
+pub mod redis_scope;

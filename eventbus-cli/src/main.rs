@@ -386,7 +386,12 @@ async fn dlq(
                     dlq.queue_name()
                 )));
             }
-            let target = bus.config().group_queue_name(&group);
+            let config = bus.config();
+            let target = if config.url.is_redis() {
+                format!("consumer group {group} of {}", config.stream_name())
+            } else {
+                config.group_queue_name(&group)
+            };
             if cli.json {
                 print_json(&serde_json::json!({ "replayed": 1, "to": target }))
             } else {

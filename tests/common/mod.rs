@@ -280,4 +280,5 @@ pub fn fails_first_attempt(
     }
 }
 
+pub mod python;
 pub mod redis_scope;

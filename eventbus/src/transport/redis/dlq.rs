@@ -3,7 +3,9 @@
 //! them, belongs to the default consumer group). Listing reads with `XRANGE`
 //! and removes nothing; a replay adds the entry to the failing group's
 //! replay stream and deletes the DLQ copy in the same `MULTI`, so only that
-//! group sees it again.
+//! group sees it again. An entry eventsource-py dead-lettered (no
+//! `dlq_group`) is replayed as eventsource-py does, to the main stream: a
+//! Python group reads nothing else (every group sees it again).
 
 use chrono::Utc;
 use redis::Value;
@@ -132,6 +134,7 @@ impl RedisTransport {
         let config = &self.ctx.config;
         let mut ops = self.ops.clone();
         let replay = config.replay_stream_name(group);
+        let main = config.stream_name();
         let dlq = config.dlq_stream_name();
         // The group reads its replay stream from the start, even if no member ran yet.
         conn::create_group(&mut ops, &config.url, &replay, group).await?;
@@ -145,8 +148,13 @@ impl RedisTransport {
                 report.kept += 1;
                 continue;
             }
+            let target = if entry.field(wire::FIELD_DLQ_GROUP).is_some() {
+                &replay
+            } else {
+                &main
+            };
             let mut pipe = redis::pipe();
-            pipe.atomic().cmd("XADD").arg(&replay).arg("*");
+            pipe.atomic().cmd("XADD").arg(target).arg("*");
             for (k, v) in entry.fields.iter().flatten() {
                 if !is_dlq_field(k) || k == wire::FIELD_FAILED_HANDLERS {
                     pipe.arg(k).arg(v);

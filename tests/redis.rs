@@ -446,3 +446,67 @@ async fn shipped_and_placed_share_the_stream_and_unhandled_types_are_acked() {
     assert_eq!(scope.pending("default"), 0);
     assert_eq!(scope.entries(&scope.stream()).len(), 2);
 }
+
+#[tokio::test]
+async fn trimming_is_off_by_default_and_maxlen_or_max_age_trim_on_publish() {
+    let scope = RedisScope::new("trim");
+    let untrimmed = scope
+        .builder()
+        .event::<OrderPlaced>()
+        .build()
+        .await
+        .expect("connects");
+    let batch: Vec<_> = (0..500).map(|i| placed(&format!("C-{i}"))).collect();
+    untrimmed.publish(batch.clone()).await.expect("published");
+    assert_eq!(scope.entries(&scope.stream()).len(), 500, "off by default");
+
+    let capped = scope
+        .builder()
+        .event::<OrderPlaced>()
+        .configure(|c| c.stream_maxlen = Some(100))
+        .build()
+        .await
+        .expect("connects");
+    capped.publish(batch.clone()).await.expect("published");
+    let len = scope.entries(&scope.stream()).len();
+    // `MAXLEN ~` trims whole nodes: about 100, never below.
+    assert!((100..=300).contains(&len), "length {len}");
+
+    // Entries older than the age are trimmed (`MINID ~`): ids from 1970 here.
+    let mut conn = scope.conn();
+    let _: () = redis::cmd("DEL")
+        .arg(scope.stream())
+        .query(&mut conn)
+        .expect("DEL");
+    for i in 1..=300 {
+        let _: String = redis::cmd("XADD")
+            .arg(scope.stream())
+            .arg(format!("{i}-0"))
+            .arg("event_type")
+            .arg("Old")
+            .arg("payload")
+            .arg("{}")
+            .query(&mut conn)
+            .expect("XADD");
+    }
+    let aged = scope
+        .builder()
+        .event::<OrderPlaced>()
+        .configure(|c| c.stream_max_age = Some(Duration::from_secs(3600)))
+        .build()
+        .await
+        .expect("connects");
+    let fresh = placed("fresh");
+    aged.publish([fresh.clone()]).await.expect("published");
+    let entries = scope.entries(&scope.stream());
+    assert!(
+        entries.len() < 301,
+        "old entries trimmed: {}",
+        entries.len()
+    );
+    let last = &entries.last().expect("the fresh one").1;
+    assert_eq!(
+        field(last, "event_id"),
+        Some(fresh.meta().event_id().to_string().as_str())
+    );
+}

@@ -72,18 +72,19 @@ pub(crate) async fn connect(
     let deadline = tokio::time::Instant::now() + config.connect_timeout;
     let mut delay = config.reconnect_delay;
     loop {
+        // One attempt: connect and handshake, never past the startup deadline.
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let limit = (config.socket_connect_timeout + config.socket_timeout)
+            .min(remaining.max(Duration::from_millis(100)));
         let attempt = tokio::time::timeout(
-            config.socket_connect_timeout + response_timeout,
+            limit,
             ConnectionManager::new_with_config(client.clone(), manager_config.clone()),
         )
         .await;
         let reason = match attempt {
             Ok(Ok(manager)) => return Ok(manager),
             Ok(Err(e)) => scrub(&config.url, &e),
-            Err(_) => format!(
-                "no answer within {:?}",
-                config.socket_connect_timeout + response_timeout
-            ),
+            Err(_) => format!("no answer within {limit:?}"),
         };
         let now = tokio::time::Instant::now();
         if now + delay > deadline {

@@ -462,13 +462,23 @@ async fn read_loop(group: Arc<Group>) {
     let mut delay = config.reconnect_delay;
     let mut failing = false;
     let mut own_pending_done = false;
+    // Reads wait for half the in-flight budget to be free, so a busy group
+    // reads in batches instead of one entry per round trip.
+    let budget = config.stream_read_count.max(1);
+    let want = u32::try_from((budget / 2).max(1)).unwrap_or(u32::MAX);
     while !run.stop.is_cancelled() {
-        let Some(first) = (tokio::select! {
-            p = group.permit() => p,
+        let Some(mut batch) = (tokio::select! {
+            p = group.permits.clone().acquire_many_owned(want) => p.ok(),
             () = run.stop.cancelled() => None,
         }) else {
             break;
         };
+        let free = u32::try_from(group.permits.available_permits()).unwrap_or(0);
+        if free > 0
+            && let Ok(extra) = group.permits.clone().try_acquire_many_owned(free)
+        {
+            batch.merge(extra);
+        }
         let reader = match &mut conn {
             Some(c) => c,
             None => {
@@ -502,7 +512,7 @@ async fn read_loop(group: Arc<Group>) {
                 }
             }
         }
-        let count = 1 + group.permits.available_permits();
+        let count = batch.num_permits();
         let read: Result<Value, redis::RedisError> = redis::cmd("XREADGROUP")
             .arg("GROUP")
             .arg(name)
@@ -531,7 +541,6 @@ async fn read_loop(group: Arc<Group>) {
                 }
                 set_state(&run.states, name, true);
                 delay = config.reconnect_delay;
-                let mut first = Some(first);
                 for (key, entries) in entry::read_reply(&reply) {
                     let source = if key == group.keys.replay {
                         Source::Replay
@@ -539,7 +548,8 @@ async fn read_loop(group: Arc<Group>) {
                         Source::Main
                     };
                     for entry in entries {
-                        let permit = match first.take() {
+                        // Never more entries than permits: COUNT is the batch's size.
+                        let permit = match batch.split(1) {
                             Some(p) => p,
                             None => match group.permit().await {
                                 Some(p) => p,

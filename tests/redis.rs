@@ -510,3 +510,127 @@ async fn trimming_is_off_by_default_and_maxlen_or_max_age_trim_on_publish() {
         Some(fresh.meta().event_id().to_string().as_str())
     );
 }
+
+/// One step of a ledger, as `src/bin/ledger_consumer.rs` handles it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, eventbus::DomainEvent)]
+#[event(aggregate = "Ledger")]
+struct Step {
+    seq: u32,
+}
+
+/// A `ledger_consumer` process on the scope's stream; returns once it runs.
+fn ledger_consumer(
+    scope: &RedisScope,
+    envs: &[(&str, &str)],
+) -> (common::ChildGuard, std::sync::mpsc::Receiver<String>) {
+    use std::process::{Command, Stdio};
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ledger_consumer"));
+    command
+        .env("EVENTBUS_URL", &scope.url)
+        .env("EVENTBUS_STREAM_PREFIX", &scope.prefix)
+        .env("EVENTBUS_BLOCK_MS", "500")
+        .env("RUST_LOG", "eventbus=info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in envs {
+        command.env(k, v);
+    }
+    let mut child = common::ChildGuard(command.spawn().expect("ledger_consumer starts"));
+    let stdout = common::lines(child.0.stdout.take().expect("piped"));
+    let stderr = common::lines(child.0.stderr.take().expect("piped"));
+    loop {
+        let line = stderr
+            .recv_timeout(WAIT)
+            .expect("the consumer reports it runs");
+        if line.contains("event bus running") {
+            break;
+        }
+    }
+    std::thread::spawn(move || while stderr.recv().is_ok() {});
+    (child, stdout)
+}
+
+#[tokio::test]
+async fn a_consumer_killed_mid_handler_leaves_its_entries_to_a_live_member_in_order() {
+    let scope = RedisScope::new("killed");
+    let publisher = scope
+        .builder()
+        .event::<Step>()
+        .build()
+        .await
+        .expect("connects");
+    let aggregates: Vec<Uuid> = (0..4).map(|_| Uuid::new_v4()).collect();
+    let mut events = Vec::new();
+    for seq in 0..10u32 {
+        for id in &aggregates {
+            events.push(Envelope::new(*id, Step { seq }).aggregate_version(u64::from(seq) + 1));
+        }
+    }
+    // The first member hangs in the handler of step 5 of every aggregate.
+    let (mut dying, dying_out) = ledger_consumer(
+        &scope,
+        &[
+            ("LEDGER_HANG_SEQ", "5"),
+            ("EVENTBUS_CONSUMER_NAME", "dying"),
+        ],
+    );
+    publisher.publish(events).await.expect("published");
+    let mut first: Vec<String> = Vec::new();
+    while first.iter().filter(|l| l.starts_with("hang")).count() < aggregates.len() {
+        first.push(
+            dying_out
+                .recv_timeout(WAIT)
+                .expect("the first member works"),
+        );
+    }
+    dying.0.kill().expect("kill -9");
+    dying.0.wait().expect("reaped");
+    while let Ok(line) = dying_out.recv_timeout(Duration::from_secs(5)) {
+        first.push(line);
+    }
+    assert!(
+        scope.pending("ledger") >= 4 * 5,
+        "the dead member held steps 5..9"
+    );
+
+    // A live member claims what the dead one left once it is idle long enough.
+    let (_live, live_out) = ledger_consumer(
+        &scope,
+        &[
+            ("EVENTBUS_PENDING_IDLE_MS", "500"),
+            ("EVENTBUS_CONSUMER_NAME", "live"),
+        ],
+    );
+    let mut second: BTreeMap<Uuid, Vec<u32>> = BTreeMap::new();
+    let claimed = |m: &BTreeMap<Uuid, Vec<u32>>| m.values().flatten().filter(|s| **s >= 5).count();
+    while claimed(&second) < 4 * 5 {
+        let line = live_out
+            .recv_timeout(WAIT)
+            .expect("the live member handles the rest");
+        let mut parts = line.split_whitespace();
+        if parts.next() == Some("done") {
+            let id: Uuid = parts.next().expect("id").parse().expect("uuid");
+            let seq: u32 = parts.next().expect("seq").parse().expect("seq");
+            second.entry(id).or_default().push(seq);
+        }
+    }
+    for id in &aggregates {
+        let done_first: BTreeSet<u32> = first
+            .iter()
+            .filter(|l| l.starts_with("done") && l.contains(&id.to_string()))
+            .filter_map(|l| l.split_whitespace().nth(2)?.parse().ok())
+            .collect();
+        assert_eq!(done_first, (0..5).collect(), "first member of {id}");
+        let again = &second[id];
+        // An ack still in flight when the process died means a step runs again
+        // (at least once); the claimed ones run in order after it.
+        assert!(again.is_sorted(), "claimed in order for {id}: {again:?}");
+        let tail: Vec<u32> = again.iter().copied().filter(|s| *s >= 5).collect();
+        assert_eq!(tail, (5..10).collect::<Vec<_>>(), "claimed for {id}");
+    }
+    eventually("everything acked", WAIT, || {
+        let n = scope.pending("ledger");
+        async move { n == 0 }
+    })
+    .await;
+}

@@ -634,3 +634,29 @@ async fn a_consumer_killed_mid_handler_leaves_its_entries_to_a_live_member_in_or
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_group_subscribed_at_runtime_starts_consuming() {
+    let scope = RedisScope::new("runtime");
+    let bus = scope
+        .builder()
+        .configure(|c| c.consumer_group = "late".into())
+        .event::<OrderPlaced>()
+        .build()
+        .await
+        .expect("connects");
+    bus.start_consuming().await.expect("consumes nothing yet");
+    let seen = Seen::default();
+    bus.subscribe_named::<OrderPlaced, _, _>("late", seen_handler(&seen))
+        .expect("subscribes");
+    let event = placed("C-late");
+    bus.publish([event.clone()]).await.expect("published");
+    eventually("the new group handles it", WAIT, || {
+        let n = count(&seen);
+        async move { n == 1 }
+    })
+    .await;
+    bus.shutdown(Duration::from_secs(10)).await.expect("stops");
+    assert_eq!(seen.lock().expect("ok")[0], event.meta().event_id());
+    assert_eq!(scope.pending("late"), 0);
+}

@@ -324,6 +324,11 @@ async fn command(cli: &Cli, bus: &Bus, group_of: &dyn Fn(&Group) -> String) -> R
         Command::Dlq(dlq_command) => dlq(cli, bus, dlq_command, group_of).await,
         // The bus has connected (so a bad URL fails as for every command);
         // topology needs a channel of its own and the management API.
+        Command::Topology(_) if bus.config().url.is_redis() => Err(Failure::Error(format!(
+            "`eventbus topology` shows RabbitMQ exchanges and queues; on Redis Streams the stream is `{}` (see `eventbus queue info` and `redis-cli XINFO GROUPS {}`)",
+            bus.config().stream_name(),
+            bus.config().stream_name()
+        ))),
         Command::Topology(TopologyCommand::Show(target)) => {
             topology::show(bus.config(), target, cli.json).await
         }

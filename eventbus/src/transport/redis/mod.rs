@@ -224,13 +224,12 @@ impl RedisTransport {
     /// Starts groups subscribed at runtime.
     fn watch_subscriptions(
         &self,
+        mut changes: tokio::sync::watch::Receiver<u64>,
         run: Arc<Run>,
         groups: Arc<tokio::sync::Mutex<BTreeMap<Arc<str>, Arc<Group>>>>,
         stop: CancellationToken,
     ) {
-        let mut changes = self.ctx.dispatcher.changes();
         tokio::spawn(async move {
-            changes.mark_unchanged();
             loop {
                 tokio::select! {
                     changed = changes.changed() => if changed.is_err() { break },
@@ -336,6 +335,9 @@ impl Transport for RedisTransport {
             states: self.states.clone(),
         });
         let groups: Arc<tokio::sync::Mutex<BTreeMap<Arc<str>, Arc<Group>>>> = Arc::default();
+        // Watched from before the snapshot: a subscription made meanwhile is seen.
+        let mut changes = self.ctx.dispatcher.changes();
+        changes.mark_unchanged();
         let names: Vec<Arc<str>> = self
             .ctx
             .dispatcher
@@ -356,7 +358,7 @@ impl Transport for RedisTransport {
             }
         }
         let watcher = CancellationToken::new();
-        self.watch_subscriptions(run.clone(), groups.clone(), watcher.clone());
+        self.watch_subscriptions(changes, run.clone(), groups.clone(), watcher.clone());
         *consuming = Some(Consuming {
             run,
             groups,

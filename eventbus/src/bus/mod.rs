@@ -330,12 +330,19 @@ impl Bus {
                 )
             })
             .collect();
+        // The group descriptions name the stream on Redis: no exchange there.
+        let exchange = if config.url.is_redis() {
+            String::new()
+        } else {
+            format!(
+                ", exchange {} ({})",
+                config.exchange_name, config.exchange_type
+            )
+        };
         format!(
-            "eventbus running on {} {}, exchange {} ({}); {}",
+            "eventbus running on {} {}{exchange}; {}",
             self.transport_name(),
             config.url,
-            config.exchange_name,
-            config.exchange_type,
             groups.join("; ")
         )
     }

@@ -235,12 +235,16 @@ impl Group {
                     %group, entry_id = %entry.id, attempt = state.attempt + 1, max_retries = config.max_retries,
                     delay_ms = delay.as_millis() as u64, %reason, "handler failed; retrying later"
                 );
-                if let Err(error) =
-                    retry::schedule(self, source, &entry.id, state.attempt + 1, &failed, delay)
-                        .await
+                match retry::schedule(self, source, &entry.id, state.attempt + 1, &failed, delay)
+                    .await
                 {
-                    stats.last_error_at.now();
-                    tracing::error!(%group, entry_id = %entry.id, %error, "cannot schedule the retry; the entry stays pending and is claimed again after pending_idle_ms");
+                    Ok(()) => {
+                        stats.metrics.retries.inc();
+                    }
+                    Err(error) => {
+                        stats.last_error_at.now();
+                        tracing::error!(%group, entry_id = %entry.id, %error, "cannot schedule the retry; the entry stays pending and is claimed again after pending_idle_ms");
+                    }
                 }
             }
             Verdict::DeadLetter(why) => {

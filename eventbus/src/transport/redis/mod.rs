@@ -435,6 +435,15 @@ impl Transport for RedisTransport {
         }
     }
 
+    fn describe_group(&self, group: &str) -> String {
+        let config = &self.ctx.config;
+        format!(
+            "consumer group {group} of stream {} (replays: {})",
+            config.stream_name(),
+            config.replay_stream_name(group)
+        )
+    }
+
     async fn queue_info(&self, group: &str) -> Result<QueueInfo, Error> {
         let stream = self.ctx.config.stream_name();
         let info = self

@@ -6,11 +6,10 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
 use std::time::Duration;
 
+use common::python::python;
 use common::{ChildGuard, OrderPlaced, OrderShipped, Scope};
 use eventbus::{AnyEnvelope, Bus, Envelope, HandlerError, ReplayFilter};
 use serde_json::Value;
@@ -18,78 +17,6 @@ use tokio::sync::mpsc;
 use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(60);
-const EVENTSOURCE: &str = "eventsource-py[rabbitmq]==0.15.1";
-
-fn python313() -> Result<PathBuf, String> {
-    let works = |p: &Path| {
-        Command::new(p)
-            .args(["-c", "import sys; assert sys.version_info[:2] == (3, 13)"])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
-    if let Some(p) = std::env::var_os("EVENTBUS_INTEROP_PYTHON") {
-        return Ok(PathBuf::from(p));
-    }
-    let mut candidates = vec![PathBuf::from("python3.13")];
-    if let Some(home) = std::env::var_os("HOME") {
-        let versions = Path::new(&home).join(".pyenv/versions");
-        if let Ok(entries) = std::fs::read_dir(&versions) {
-            let mut found: Vec<PathBuf> = entries
-                .filter_map(Result::ok)
-                .filter(|e| e.file_name().to_string_lossy().starts_with("3.13"))
-                .map(|e| e.path().join("bin/python3.13"))
-                .collect();
-            found.sort();
-            candidates.extend(found.into_iter().rev());
-        }
-    }
-    candidates.into_iter().find(|p| works(p)).ok_or_else(|| {
-        "Python 3.13 not found (PATH, ~/.pyenv/versions/3.13*); set EVENTBUS_INTEROP_PYTHON".into()
-    })
-}
-
-/// The venv's python, created (once per test binary) with eventsource-py installed.
-fn python() -> &'static Path {
-    static VENV: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    let result = VENV.get_or_init(|| {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("interop-venv");
-        let venv_python = dir.join("bin/python");
-        let marker = dir.join(".eventsource-installed");
-        if std::fs::read_to_string(&marker).is_ok_and(|m| m == EVENTSOURCE) {
-            return Ok(venv_python);
-        }
-        let base = python313()?;
-        let run = |cmd: &mut Command| -> Result<(), String> {
-            let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
-            if out.status.success() {
-                Ok(())
-            } else {
-                Err(format!(
-                    "{cmd:?} failed: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                ))
-            }
-        };
-        run(Command::new(&base)
-            .args(["-m", "venv", "--clear"])
-            .arg(&dir))?;
-        run(Command::new(&venv_python).args([
-            "-m",
-            "pip",
-            "install",
-            "-q",
-            "--disable-pip-version-check",
-            EVENTSOURCE,
-        ]))?;
-        std::fs::write(&marker, EVENTSOURCE).map_err(|e| e.to_string())?;
-        Ok(venv_python)
-    });
-    match result {
-        Ok(p) => p,
-        Err(e) => panic!("cannot set up eventsource-py: {e}"),
-    }
-}
-
 fn peer(scope: &Scope, args: &[&str]) -> Command {
     let mut cmd = Command::new(python());
     cmd.arg(concat!(

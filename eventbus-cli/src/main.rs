@@ -23,7 +23,7 @@ use table::{Table, cell, one_line};
 #[command(
     name = "eventbus",
     version,
-    about = "Inspect and repair an eventbus deployment on RabbitMQ"
+    about = "Inspect and repair an eventbus deployment on RabbitMQ or Redis Streams"
 )]
 struct Cli {
     /// Broker URL (default: EVENTBUS_URL, then amqp://guest:guest@localhost:5672/).
@@ -339,6 +339,11 @@ async fn command(cli: &Cli, bus: &Bus, group_of: &dyn Fn(&Group) -> String) -> R
         Command::Dlq(dlq_command) => dlq(cli, bus, dlq_command, group_of).await,
         // The bus has connected (so a bad URL fails as for every command);
         // topology needs a channel of its own and the management API.
+        Command::Topology(_) if bus.config().url.is_redis() => Err(Failure::Error(format!(
+            "`eventbus topology` shows RabbitMQ exchanges and queues; on Redis Streams the stream is `{}` (see `eventbus queue info` and `redis-cli XINFO GROUPS {}`)",
+            bus.config().stream_name(),
+            bus.config().stream_name()
+        ))),
         Command::Topology(TopologyCommand::Show(target)) => {
             topology::show(bus.config(), target, cli.json).await
         }
@@ -406,7 +411,12 @@ async fn dlq(
                     dlq.queue_name()
                 )));
             }
-            let target = bus.config().group_queue_name(&group);
+            let config = bus.config();
+            let target = if config.url.is_redis() {
+                format!("consumer group {group} of {}", config.stream_name())
+            } else {
+                config.group_queue_name(&group)
+            };
             if cli.json {
                 print_json(&serde_json::json!({ "replayed": 1, "to": target }))
             } else {

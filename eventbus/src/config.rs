@@ -24,10 +24,12 @@ enum UrlKind {
     Memory,
     Amqp,
     Amqps,
+    Redis,
+    Rediss,
 }
 
 impl BrokerUrl {
-    /// Parses `memory://`, `amqp://...` or `amqps://...`.
+    /// Parses `memory://`, `amqp://...`, `amqps://...`, `redis://...` or `rediss://...`.
     pub fn parse(raw: &str) -> Result<Self, ConfigError> {
         Self::parse_named(raw, "the broker URL")
     }
@@ -41,20 +43,29 @@ impl BrokerUrl {
         };
         let (scheme, _) = raw.split_once("://").ok_or_else(|| {
             invalid(
-                "expected `memory://`, `amqp://user:pass@host:port/vhost` or `amqps://...`".into(),
+                "expected `memory://`, `amqp://user:pass@host:port/vhost`, `amqps://...`, `redis://host:port/db` or `rediss://...`".into(),
             )
         })?;
         let kind = match scheme.to_ascii_lowercase().as_str() {
             "memory" => UrlKind::Memory,
             "amqp" => UrlKind::Amqp,
             "amqps" => UrlKind::Amqps,
+            "redis" => UrlKind::Redis,
+            "rediss" => UrlKind::Rediss,
             other => {
                 return Err(invalid(format!(
-                    "unknown scheme `{other}`, expected `memory`, `amqp` or `amqps`"
+                    "unknown scheme `{other}`, expected `memory`, `amqp`, `amqps`, `redis` or `rediss`"
                 )));
             }
         };
-        if kind != UrlKind::Memory {
+        if matches!(kind, UrlKind::Redis | UrlKind::Rediss) {
+            // The redis crate's parser: its errors are replaced by ours (no URL echoed).
+            redis::Client::open(raw).map_err(|_| {
+                invalid(
+                    "not a valid Redis URL (expected `redis://[user:pass@]host:port/db`)".into(),
+                )
+            })?;
+        } else if kind != UrlKind::Memory {
             // lapin's own parser echoes the whole URL in its errors: keep only our words.
             lapin::uri::AMQPUri::from_str(raw).map_err(|_| {
                 invalid("not a valid AMQP URI (expected `amqp://user:pass@host:port/vhost`)".into())
@@ -71,9 +82,14 @@ impl BrokerUrl {
         self.kind == UrlKind::Memory
     }
 
-    /// Is this `amqps://`?
+    /// Is this `amqps://` or `rediss://`?
     pub fn is_tls(&self) -> bool {
-        self.kind == UrlKind::Amqps
+        matches!(self.kind, UrlKind::Amqps | UrlKind::Rediss)
+    }
+
+    /// Is this `redis://` or `rediss://` (Redis Streams)?
+    pub fn is_redis(&self) -> bool {
+        matches!(self.kind, UrlKind::Redis | UrlKind::Rediss)
     }
 
     /// The URL with its password; hand it to the client library only.
@@ -242,7 +258,7 @@ pub enum QueueArgument {
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct Config {
-    /// `EVENTBUS_URL`: `memory://`, `amqp://...` or `amqps://...`. Default: `amqp://guest:guest@localhost:5672/`.
+    /// `EVENTBUS_URL`: `memory://`, `amqp://...`, `amqps://...`, `redis://host:port/db` or `rediss://...`. Default: `amqp://guest:guest@localhost:5672/`.
     pub url: BrokerUrl,
     /// `EVENTBUS_EXCHANGE_NAME`. Default: `events`.
     pub exchange_name: String,
@@ -334,6 +350,32 @@ pub struct Config {
     /// `EVENTBUS_QUEUE_ARGUMENTS`: `key=value,...` for the group queues, e.g.
     /// `x-queue-type=quorum`. Default: none.
     pub queue_arguments: BTreeMap<String, QueueArgument>,
+    /// Redis: `EVENTBUS_STREAM_PREFIX`: the stream is `{stream_prefix}:stream`. Default: `events`.
+    pub stream_prefix: String,
+    /// Redis: `EVENTBUS_STREAM_READ_COUNT`: entries per `XREADGROUP`, and at most
+    /// this many in flight per group. Default: 100.
+    pub stream_read_count: usize,
+    /// Redis: `EVENTBUS_BLOCK_MS`: how long one `XREADGROUP` blocks. Default: 5000.
+    pub block_ms: u64,
+    /// Redis: `EVENTBUS_PENDING_IDLE_MS`: an entry pending this long (its consumer
+    /// died, or its handler is stuck) is claimed by a live member of the group. Default: 60000.
+    pub pending_idle_ms: u64,
+    /// Redis: `EVENTBUS_DLQ_STREAM_SUFFIX`: the DLQ stream is `{stream}{suffix}`. Default: `_dlq`.
+    pub dlq_stream_suffix: String,
+    /// Redis: `EVENTBUS_RETRY_KEY_PREFIX`: retry keys are `{stream_prefix}:{retry_key_prefix}:...`. Default: `retry`.
+    pub retry_key_prefix: String,
+    /// Redis: `EVENTBUS_RETRY_KEY_EXPIRY_SECONDS`: lifetime of eventsource-py's retry counter keys. Default: 86400.
+    pub retry_key_expiry_seconds: u64,
+    /// Redis: `EVENTBUS_SOCKET_TIMEOUT` in seconds: how long a command may take. Default: 5.0.
+    pub socket_timeout: Duration,
+    /// Redis: `EVENTBUS_SOCKET_CONNECT_TIMEOUT` in seconds: one connection attempt. Default: 5.0.
+    pub socket_connect_timeout: Duration,
+    /// Redis: `EVENTBUS_STREAM_MAXLEN`: trim the stream to about this many
+    /// entries on publish (`XADD ... MAXLEN ~ n`). Default: none (never trimmed).
+    pub stream_maxlen: Option<u64>,
+    /// Redis: `EVENTBUS_STREAM_MAX_AGE` in seconds: trim entries older than this
+    /// on publish (`XADD ... MINID ~ now-age`). Default: none (never trimmed).
+    pub stream_max_age: Option<Duration>,
 }
 
 impl Default for Config {
@@ -381,6 +423,17 @@ impl Default for Config {
             confirm_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(30),
             queue_arguments: BTreeMap::new(),
+            stream_prefix: "events".to_owned(),
+            stream_read_count: 100,
+            block_ms: 5000,
+            pending_idle_ms: 60_000,
+            dlq_stream_suffix: "_dlq".to_owned(),
+            retry_key_prefix: "retry".to_owned(),
+            retry_key_expiry_seconds: 86_400,
+            socket_timeout: Duration::from_secs(5),
+            socket_connect_timeout: Duration::from_secs(5),
+            stream_maxlen: None,
+            stream_max_age: None,
         }
     }
 }
@@ -500,6 +553,37 @@ impl Config {
         if let Some(args) = env.get("QUEUE_ARGUMENTS") {
             c.queue_arguments = parse_queue_arguments(&args)?;
         }
+        env.string("STREAM_PREFIX", &mut c.stream_prefix)?;
+        env.parse(
+            "STREAM_READ_COUNT",
+            &mut c.stream_read_count,
+            "a positive integer",
+        )?;
+        env.parse(
+            "BLOCK_MS",
+            &mut c.block_ms,
+            "milliseconds, a non-negative integer",
+        )?;
+        env.parse(
+            "PENDING_IDLE_MS",
+            &mut c.pending_idle_ms,
+            "milliseconds, a non-negative integer",
+        )?;
+        env.string("DLQ_STREAM_SUFFIX", &mut c.dlq_stream_suffix)?;
+        env.string("RETRY_KEY_PREFIX", &mut c.retry_key_prefix)?;
+        env.parse(
+            "RETRY_KEY_EXPIRY_SECONDS",
+            &mut c.retry_key_expiry_seconds,
+            "seconds, a non-negative integer",
+        )?;
+        env.seconds("SOCKET_TIMEOUT", &mut c.socket_timeout)?;
+        env.seconds("SOCKET_CONNECT_TIMEOUT", &mut c.socket_connect_timeout)?;
+        env.optional("STREAM_MAXLEN", &mut c.stream_maxlen, "a positive integer")?;
+        if env.get("STREAM_MAX_AGE").is_some() {
+            let mut age = Duration::ZERO;
+            env.seconds("STREAM_MAX_AGE", &mut age)?;
+            c.stream_max_age = Some(age);
+        }
         c.validate()?;
         Ok(c)
     }
@@ -530,6 +614,7 @@ impl Config {
             ("PUBLISH_CHUNK_SIZE", self.publish_chunk_size),
             ("MAX_CONCURRENT_PUBLISHES", self.max_concurrent_publishes),
             ("PUBLISH_CONFIRM_WINDOW", self.publish_confirm_window),
+            ("STREAM_READ_COUNT", self.stream_read_count),
         ] {
             if value == 0 {
                 return Err(invalid(name, "0".into(), "a positive integer"));
@@ -538,6 +623,7 @@ impl Config {
         for (name, value) in [
             ("EXCHANGE_NAME", &self.exchange_name),
             ("CONSUMER_GROUP", &self.consumer_group),
+            ("STREAM_PREFIX", &self.stream_prefix),
         ] {
             if value.trim().is_empty() {
                 return Err(invalid(name, value.clone(), "a non-empty name"));
@@ -549,6 +635,9 @@ impl Config {
                 "0".into(),
                 "seconds, greater than 0",
             ));
+        }
+        if self.stream_maxlen == Some(0) {
+            return Err(invalid("STREAM_MAXLEN", "0".into(), "a positive integer"));
         }
         if self.cert_file.is_some() != self.key_file.is_some() {
             return Err(invalid(
@@ -623,6 +712,52 @@ impl Config {
     /// `eventbus topology` looks for these, to show and remove them.
     pub fn group_retry_queue_name(&self, group: &str, attempt: u32) -> String {
         format!("{}.retry.{attempt}", self.group_queue_name(group))
+    }
+}
+
+/// Redis Streams names (eventsource-py's `RedisEventBusConfig` for the shared ones).
+impl Config {
+    /// The stream every event goes to: `{stream_prefix}:stream`.
+    pub fn stream_name(&self) -> String {
+        format!("{}:stream", self.stream_prefix)
+    }
+
+    /// The dead-letter stream: `{stream_prefix}:stream{dlq_stream_suffix}`,
+    /// shared by every group (each entry names its group).
+    pub fn dlq_stream_name(&self) -> String {
+        format!("{}{}", self.stream_name(), self.dlq_stream_suffix)
+    }
+
+    /// Where DLQ replays of group `group` go, read by that group only:
+    /// `{stream_prefix}:stream_replay:{group}`.
+    pub fn replay_stream_name(&self, group: &str) -> String {
+        format!("{}:stream_replay:{group}", self.stream_prefix)
+    }
+
+    /// eventsource-py's retry counter of an entry: `{stream_prefix}:{retry_key_prefix}:{entry id}`.
+    pub fn retry_counter_key(&self, entry_id: &str) -> String {
+        format!(
+            "{}:{}:{entry_id}",
+            self.stream_prefix, self.retry_key_prefix
+        )
+    }
+
+    /// The retry schedule of group `group` (a sorted set by due time):
+    /// `{stream_prefix}:{retry_key_prefix}:{group}:due`.
+    pub fn retry_schedule_key(&self, group: &str) -> String {
+        format!(
+            "{}:{}:{group}:due",
+            self.stream_prefix, self.retry_key_prefix
+        )
+    }
+
+    /// What each scheduled retry of group `group` must run (a hash):
+    /// `{stream_prefix}:{retry_key_prefix}:{group}:state`.
+    pub fn retry_state_key(&self, group: &str) -> String {
+        format!(
+            "{}:{}:{group}:state",
+            self.stream_prefix, self.retry_key_prefix
+        )
     }
 }
 
@@ -884,8 +1019,11 @@ mod tests {
         assert!(text.contains("EVENTBUS_URL"), "{text}");
         assert!(!text.contains("s3cret"), "{text}");
         assert!(text.contains("bob:***@host"), "{text}");
-        let err = from(&[("EVENTBUS_URL", "redis://localhost")]).expect_err("bad scheme");
-        assert!(err.to_string().contains("unknown scheme `redis`"), "{err}");
+        let err = from(&[("EVENTBUS_URL", "nats://localhost")]).expect_err("bad scheme");
+        assert!(err.to_string().contains("unknown scheme `nats`"), "{err}");
+        let err =
+            from(&[("EVENTBUS_URL", "redis://bob:s3cret@host:notaport/0")]).expect_err("bad port");
+        assert!(!err.to_string().contains("s3cret"), "{err}");
         let err = from(&[("EVENTBUS_URL", "s3cret")]).expect_err("no scheme");
         assert!(!err.to_string().contains("s3cret"), "{err}");
     }
@@ -902,6 +1040,40 @@ mod tests {
         assert!(!format!("{config:?}").contains("s3cret"));
         assert_eq!(redact_url("amqp://rabbit/"), "amqp://rabbit/");
         assert_eq!(redact_url("amqp://bob@rabbit/"), "amqp://bob@rabbit/");
+    }
+
+    #[test]
+    fn redis_urls_and_settings_follow_redis_event_bus_config() {
+        let c = from(&[("EVENTBUS_URL", "redis://:s3cret@127.0.0.1:6379/0")]).expect("valid");
+        assert!(c.url.is_redis() && !c.url.is_tls() && !c.url.is_memory());
+        assert_eq!(c.url.to_string(), "redis://:***@127.0.0.1:6379/0");
+        assert!(!format!("{c:?}").contains("s3cret"));
+        let tls = BrokerUrl::parse("rediss://user:pw@cache:6380/1").expect("valid");
+        assert!(tls.is_redis() && tls.is_tls());
+        assert_eq!(tls.to_string(), "rediss://user:***@cache:6380/1");
+        assert_eq!(c.stream_name(), "events:stream");
+        assert_eq!(c.dlq_stream_name(), "events:stream_dlq");
+        assert_eq!(c.retry_counter_key("1-0"), "events:retry:1-0");
+        assert_eq!(
+            (c.stream_read_count, c.block_ms, c.pending_idle_ms),
+            (100, 5000, 60_000)
+        );
+        assert_eq!(c.retry_key_expiry_seconds, 86_400);
+        assert_eq!(c.socket_timeout, Duration::from_secs(5));
+        assert_eq!((c.stream_maxlen, c.stream_max_age), (None, None));
+        let c = from(&[
+            ("EVENTBUS_STREAM_PREFIX", "orders"),
+            ("EVENTBUS_BLOCK_MS", "250"),
+            ("EVENTBUS_STREAM_MAXLEN", "10000"),
+            ("EVENTBUS_STREAM_MAX_AGE", "3600"),
+        ])
+        .expect("valid");
+        assert_eq!(c.stream_name(), "orders:stream");
+        assert_eq!(c.block_ms, 250);
+        assert_eq!(c.stream_maxlen, Some(10_000));
+        assert_eq!(c.stream_max_age, Some(Duration::from_secs(3600)));
+        let err = from(&[("EVENTBUS_STREAM_MAXLEN", "0")]).expect_err("zero");
+        assert!(err.to_string().contains("EVENTBUS_STREAM_MAXLEN"), "{err}");
     }
 
     #[test]

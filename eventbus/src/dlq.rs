@@ -25,11 +25,15 @@ impl Dlq {
         Self {
             transport,
             group: group.to_owned(),
-            queue: config.group_dlq_queue_name(group),
+            queue: if config.url.is_redis() {
+                config.dlq_stream_name()
+            } else {
+                config.group_dlq_queue_name(group)
+            },
         }
     }
 
-    /// `{exchange}.{group}.dlq`.
+    /// `{exchange}.{group}.dlq` (on Redis: the DLQ stream, `{stream_prefix}:stream_dlq`).
     pub fn queue_name(&self) -> &str {
         &self.queue
     }

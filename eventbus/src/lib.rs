@@ -118,5 +118,6 @@ pub use registration::{HandlerCrate, Projection};
 pub use registry::EventTypes;
 pub use runtime::{
     BatchReport, DlqMessage, HealthStatus, PublishReport, QueueInfo, ReplayFilter, ReplayReport,
+    StreamGroupInfo, StreamInfo, StreamState,
 };
 pub use stats::BusStats;

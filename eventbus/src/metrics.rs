@@ -143,7 +143,7 @@ struct StatsCollector(Arc<Stats>);
 impl Collector for StatsCollector {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         let stats = &self.0;
-        let counters: [(&str, &str, &AtomicU64); 9] = [
+        let counters: [(&str, &str, &AtomicU64); 10] = [
             (
                 "eventbus_published",
                 "Events the broker confirmed (in memory: delivered).",
@@ -173,6 +173,11 @@ impl Collector for StatsCollector {
                 "eventbus_deferred_unhandled",
                 "Deliveries this member left to another member of its group: no handler of its takes them.",
                 &stats.events_deferred_unhandled,
+            ),
+            (
+                "eventbus_recovered",
+                "Pending entries claimed from dead or stuck consumers (Redis).",
+                &stats.messages_recovered,
             ),
             (
                 "eventbus_handler_calls",

@@ -15,6 +15,7 @@ pub(crate) struct Stats {
     pub(crate) events_processed_failed: AtomicU64,
     pub(crate) messages_sent_to_dlq: AtomicU64,
     pub(crate) events_deferred_unhandled: AtomicU64,
+    pub(crate) messages_recovered: AtomicU64,
     pub(crate) handlers_invoked: AtomicU64,
     pub(crate) handler_errors: AtomicU64,
     pub(crate) background_tasks_created: AtomicU64,
@@ -58,6 +59,7 @@ impl Stats {
             events_processed_failed: get(&self.events_processed_failed),
             messages_sent_to_dlq: get(&self.messages_sent_to_dlq),
             events_deferred_unhandled: get(&self.events_deferred_unhandled),
+            messages_recovered: get(&self.messages_recovered),
             handlers_invoked: get(&self.handlers_invoked),
             handler_errors: get(&self.handler_errors),
             background_tasks_created: get(&self.background_tasks_created),
@@ -88,6 +90,8 @@ pub struct BusStats {
     /// none of its handlers takes them (each deferral counts; see
     /// `Config::max_unhandled_deferrals`).
     pub events_deferred_unhandled: u64,
+    /// Pending entries claimed from dead or stuck consumers (Redis).
+    pub messages_recovered: u64,
     /// Handler calls.
     pub handlers_invoked: u64,
     /// Handler calls that failed.
@@ -130,6 +134,7 @@ impl BusStats {
                 "events_deferred_unhandled",
                 self.events_deferred_unhandled.into(),
             ),
+            ("messages_recovered", self.messages_recovered.into()),
             ("handlers_invoked", self.handlers_invoked.into()),
             ("handler_errors", self.handler_errors.into()),
             (

@@ -283,3 +283,6 @@ pub fn fails_first_attempt(
         })
     }
 }
+
+pub mod python;
+pub mod redis_scope;

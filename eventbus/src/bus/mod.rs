@@ -13,7 +13,9 @@ use crate::error::Error;
 use crate::event::DomainEvent;
 use crate::registration::EventRegistration;
 use crate::registry::EventTypes;
-use crate::runtime::{self, BatchReport, BusContext, HealthStatus, PublishReport, QueueInfo};
+use crate::runtime::{
+    self, BatchReport, BusContext, HealthStatus, PublishReport, QueueInfo, StreamInfo,
+};
 use crate::stats::{BusStats, add};
 use crate::transport::{AnyTransport, Transport};
 
@@ -77,7 +79,7 @@ impl Bus {
         &self.ctx.config
     }
 
-    /// `memory` or `rabbitmq`.
+    /// `memory`, `rabbitmq` or `redis`.
     pub fn transport_name(&self) -> &'static str {
         self.transport.name()
     }
@@ -330,12 +332,19 @@ impl Bus {
                 )
             })
             .collect();
+        // The group descriptions name the stream on Redis: no exchange there.
+        let exchange = if config.url.is_redis() {
+            String::new()
+        } else {
+            format!(
+                ", exchange {} ({})",
+                config.exchange_name, config.exchange_type
+            )
+        };
         format!(
-            "eventbus running on {} {}, exchange {} ({}); {}",
+            "eventbus running on {} {}{exchange}; {}",
             self.transport_name(),
             config.url,
-            config.exchange_name,
-            config.exchange_type,
             groups.join("; ")
         )
     }
@@ -370,6 +379,20 @@ impl Bus {
     /// Queue info of consumer group `group`.
     pub async fn group_queue_info(&self, group: &str) -> Result<QueueInfo, Error> {
         self.transport.queue_info(group).await
+    }
+
+    /// Redis: claims and handles the entries other members of each group
+    /// left pending longer than `pending_idle_ms`, now (this also happens
+    /// on its own every half of that time); returns how many. Needs
+    /// [`Bus::start_consuming`] first.
+    pub async fn recover_pending(&self) -> Result<usize, Error> {
+        self.transport.recover_pending().await
+    }
+
+    /// Redis: the stream, its consumer groups, pending and DLQ counts and the
+    /// statistics, shaped like eventsource-py's `get_stream_info()`.
+    pub async fn stream_info(&self) -> Result<StreamInfo, Error> {
+        self.transport.stream_info().await
     }
 
     /// The dead-letter queue of consumer group `group`.

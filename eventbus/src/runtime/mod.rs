@@ -24,11 +24,13 @@ use crate::stats::Stats;
 mod acks;
 mod ordering;
 mod report;
+pub(crate) mod traced;
 
 pub(crate) use acks::AckTracker;
 pub(crate) use ordering::{OrderMode, Sequencer};
 pub use report::{
     BatchReport, DlqMessage, HealthStatus, PublishReport, QueueInfo, ReplayFilter, ReplayReport,
+    StreamGroupInfo, StreamInfo, StreamState,
 };
 
 /// The state of one running bus, shared by the facade, its transport and
@@ -104,6 +106,19 @@ pub(crate) fn sequencer(order: crate::config::DeliveryOrder) -> Arc<Sequencer<uu
         DeliveryOrder::PerAggregate => OrderMode::PerKey,
     };
     Arc::new(Sequencer::new(mode))
+}
+
+/// The delay before retry number `retry_count + 1`: eventsource-py's policy,
+/// `min(base * 2^retry_count, max)` with symmetric jitter (the Redis
+/// transport's; RabbitMQ keeps the same formula next to its delay queues).
+pub(crate) fn retry_delay(config: &Config, retry_count: u32) -> std::time::Duration {
+    let base = config.retry_base_delay.as_secs_f64();
+    let nominal = (base * 2f64.powi(i32::try_from(retry_count).unwrap_or(i32::MAX)))
+        .min(config.retry_max_delay.as_secs_f64());
+    // A uniform number in [0, 1), from the OS's randomness via a v4 UUID.
+    let unit = (uuid::Uuid::new_v4().as_u64_pair().0 >> 11) as f64 / (1u64 << 53) as f64;
+    let jitter = config.retry_jitter * (2.0 * unit - 1.0);
+    std::time::Duration::from_secs_f64((nominal * (1.0 + jitter)).max(0.0))
 }
 
 /// Publishes `events` in chunks of `publish_chunk_size`, up to

@@ -135,3 +135,52 @@ pub struct ReplayReport {
     /// Left in the DLQ (not matching the filter).
     pub kept: usize,
 }
+
+/// A Redis stream as [`Bus::stream_info`](crate::Bus::stream_info) reports it,
+/// shaped like eventsource-py's `get_stream_info()`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct StreamInfo {
+    /// The server answered.
+    pub connected: bool,
+    /// The stream itself.
+    pub stream: StreamState,
+    /// Every consumer group of the stream.
+    pub consumer_groups: Vec<StreamGroupInfo>,
+    /// Entries delivered and not yet acked, over every group.
+    pub pending_messages: u64,
+    /// Entries in the DLQ stream (every group).
+    pub dlq_messages: u64,
+    /// Consumers over every group.
+    pub active_consumers: u64,
+    /// This bus's statistics.
+    pub stats: crate::stats::BusStats,
+}
+
+/// Length and ends of a stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct StreamState {
+    /// `{stream_prefix}:stream`.
+    pub name: String,
+    /// `XLEN`.
+    pub length: u64,
+    /// The oldest entry's id.
+    pub first_entry_id: Option<String>,
+    /// The newest entry's id.
+    pub last_entry_id: Option<String>,
+}
+
+/// One consumer group of a stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct StreamGroupInfo {
+    /// The group.
+    pub name: String,
+    /// Its consumers.
+    pub consumers: u64,
+    /// Entries delivered to it and not acked.
+    pub pending: u64,
+    /// Entries it has not read yet, when Redis knows.
+    pub lag: Option<u64>,
+}

@@ -29,10 +29,13 @@ use std::sync::Arc;
 
 use crate::envelope::AnyEnvelope;
 use crate::error::Error;
-use crate::runtime::{BusContext, DlqMessage, HealthStatus, QueueInfo, ReplayFilter, ReplayReport};
+use crate::runtime::{
+    BusContext, DlqMessage, HealthStatus, QueueInfo, ReplayFilter, ReplayReport, StreamInfo,
+};
 
 pub(crate) mod memory;
 pub(crate) mod rabbit;
+pub(crate) mod redis;
 
 /// Which DLQ messages a replay sends back.
 #[derive(Debug, Clone, Copy)]
@@ -143,6 +146,19 @@ pub(crate) trait Transport: Send + Sync {
         let name = self.name();
         async move { Err(unsupported(name, "purging the DLQ")) }
     }
+
+    /// Claims and handles messages other consumers left unsettled past the
+    /// idle time, now; returns how many.
+    fn recover_pending(&self) -> impl Future<Output = Result<usize, Error>> + Send {
+        let name = self.name();
+        async move { Err(unsupported(name, "recover_pending")) }
+    }
+
+    /// The stream, its groups and counts (a stream broker).
+    fn stream_info(&self) -> impl Future<Output = Result<StreamInfo, Error>> + Send {
+        let name = self.name();
+        async move { Err(unsupported(name, "stream_info")) }
+    }
 }
 
 /// The transport of a bus, chosen by the URL scheme.
@@ -152,6 +168,8 @@ pub(crate) enum AnyTransport {
     Memory(memory::MemoryTransport),
     /// RabbitMQ.
     Rabbit(rabbit::RabbitTransport),
+    /// Redis Streams.
+    Redis(Box<redis::RedisTransport>),
 }
 
 impl AnyTransport {
@@ -159,6 +177,10 @@ impl AnyTransport {
     pub(crate) async fn connect(ctx: &Arc<BusContext>) -> Result<Self, Error> {
         if ctx.config.url.is_memory() {
             Ok(Self::Memory(memory::MemoryTransport::new(ctx.clone())))
+        } else if ctx.config.url.is_redis() {
+            Ok(Self::Redis(Box::new(
+                redis::RedisTransport::connect(ctx).await?,
+            )))
         } else {
             Ok(Self::Rabbit(rabbit::RabbitTransport::connect(ctx).await?))
         }
@@ -171,6 +193,7 @@ macro_rules! forward {
         match $self {
             AnyTransport::Memory($t) => $call,
             AnyTransport::Rabbit($t) => $call,
+            AnyTransport::Redis($t) => $call,
         }
     };
 }
@@ -217,5 +240,11 @@ impl Transport for AnyTransport {
     }
     async fn dlq_purge(&self, group: &str) -> Result<u32, Error> {
         forward!(self, t => t.dlq_purge(group).await)
+    }
+    async fn recover_pending(&self) -> Result<usize, Error> {
+        forward!(self, t => t.recover_pending().await)
+    }
+    async fn stream_info(&self) -> Result<StreamInfo, Error> {
+        forward!(self, t => t.stream_info().await)
     }
 }

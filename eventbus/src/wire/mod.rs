@@ -179,6 +179,59 @@ pub(crate) fn headers(meta: &EventMeta) -> Vec<(&'static str, HeaderValue)> {
     headers
 }
 
+/// Redis stream entry field: the event id.
+pub(crate) const FIELD_EVENT_ID: &str = "event_id";
+/// Redis stream entry field: the whole event JSON (the body).
+pub(crate) const FIELD_PAYLOAD: &str = "payload";
+/// Redis stream entry field: `occurred_at` in Python's `isoformat()`.
+pub(crate) const FIELD_OCCURRED_AT: &str = "occurred_at";
+/// Redis DLQ entry field (eventsource-py): the entry id in the main stream.
+pub(crate) const FIELD_ORIGINAL_MESSAGE_ID: &str = "original_message_id";
+/// Redis DLQ entry field (eventsource-py): retries before dead-lettering.
+pub(crate) const FIELD_RETRY_COUNT: &str = "retry_count";
+/// Redis DLQ entry field (eventsource-py): when it was dead-lettered.
+pub(crate) const FIELD_DLQ_TIMESTAMP: &str = "dlq_timestamp";
+/// Redis DLQ entry field (eventbus only): why, at most [`MAX_REASON`] bytes.
+pub(crate) const FIELD_DLQ_REASON: &str = "dlq_reason";
+/// Redis DLQ entry field (eventbus only): the error's type.
+pub(crate) const FIELD_DLQ_ERROR_TYPE: &str = "dlq_error_type";
+/// Redis DLQ entry field (eventbus only): the consumer group that failed.
+pub(crate) const FIELD_DLQ_GROUP: &str = "dlq_group";
+/// Redis DLQ entry field (eventbus only): the handler that failed last.
+pub(crate) const FIELD_DLQ_HANDLER: &str = "dlq_handler";
+/// Redis entry field (eventbus only): JSON array of the handlers that still
+/// have to succeed (DLQ entries and their replays).
+pub(crate) const FIELD_FAILED_HANDLERS: &str = "failed_handlers";
+/// Redis replay entry field (eventbus only): when it was replayed from the DLQ.
+pub(crate) const FIELD_REPLAYED_FROM_DLQ: &str = "replayed_from_dlq";
+
+/// The fields of eventsource-py's `XADD`, in its order, all strings.
+pub(crate) fn stream_fields(meta: &EventMeta, body: &[u8]) -> Vec<(&'static str, String)> {
+    vec![
+        (FIELD_EVENT_ID, meta.event_id.to_string()),
+        (HEADER_EVENT_TYPE, meta.event_type.to_string()),
+        (HEADER_AGGREGATE_ID, meta.aggregate_id.to_string()),
+        (HEADER_AGGREGATE_TYPE, meta.aggregate_type.to_string()),
+        (
+            HEADER_TENANT_ID,
+            meta.tenant_id.map(|t| t.to_string()).unwrap_or_default(),
+        ),
+        (FIELD_OCCURRED_AT, python_isoformat(&meta.occurred_at)),
+        (FIELD_PAYLOAD, String::from_utf8_lossy(body).into_owned()),
+    ]
+}
+
+/// Python's `datetime.isoformat()` of an aware UTC time:
+/// `2026-01-15T10:30:00.123456+00:00`, without the fraction when it is zero.
+pub(crate) fn python_isoformat(at: &DateTime<Utc>) -> String {
+    let micros = at.nanosecond() / 1_000;
+    if micros == 0 {
+        at.format("%Y-%m-%dT%H:%M:%S+00:00").to_string()
+    } else {
+        format!("{}.{micros:06}+00:00", at.format("%Y-%m-%dT%H:%M:%S"))
+    }
+}
+
 /// Formats a time as eventsource-py (pydantic) does: `2026-01-15T10:30:00.123456Z`,
 /// without the fraction when it is zero.
 pub(crate) fn format_time(at: &DateTime<Utc>) -> String {
@@ -432,6 +485,29 @@ pub(crate) mod trace;
 
 #[cfg(test)]
 mod golden_tests;
+
+#[cfg(test)]
+mod redis_field_tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn occurred_at_is_python_isoformat() {
+        let t = Utc
+            .with_ymd_and_hms(2026, 1, 15, 10, 30, 0)
+            .single()
+            .expect("valid");
+        assert_eq!(python_isoformat(&t), "2026-01-15T10:30:00+00:00");
+        let t = t + chrono::Duration::microseconds(123_456);
+        assert_eq!(python_isoformat(&t), "2026-01-15T10:30:00.123456+00:00");
+        let t = Utc
+            .with_ymd_and_hms(2026, 1, 15, 10, 30, 0)
+            .single()
+            .expect("valid")
+            + chrono::Duration::microseconds(5);
+        assert_eq!(python_isoformat(&t), "2026-01-15T10:30:00.000005+00:00");
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -59,6 +59,18 @@ pub(crate) fn inject(cx: &Context) -> Vec<(&'static str, HeaderValue)> {
         .collect()
 }
 
+/// The trace headers among `headers`, as (name, text) pairs.
+pub(crate) fn fields<'a>(
+    headers: &'a [(&'static str, HeaderValue)],
+) -> impl Iterator<Item = (&'static str, &'a str)> {
+    headers.iter().filter_map(|(name, value)| {
+        TRACE_HEADERS
+            .contains(name)
+            .then(|| value.as_str().map(|v| (*name, v)))
+            .flatten()
+    })
+}
+
 /// The context carried by a message whose header `name` is `get(name)`.
 pub(crate) fn extract(get: impl Fn(&str) -> Option<String>) -> Context {
     let carrier: HashMap<String, String> = TRACE_HEADERS

@@ -221,38 +221,22 @@ async fn traced<F: std::future::Future>(
     delivery: &Delivery,
     work: F,
 ) -> F::Output {
-    use opentelemetry::context::FutureExt as _;
-    use tracing::Instrument as _;
-    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
-    if !shared.config.enable_tracing {
-        return work.await;
-    }
     let properties = &delivery.properties;
-    let header = |name: &str| amqp::string_header(properties, name);
-    let cx = crate::wire::trace::extract(header);
     let queue = shared.config.group_queue_name(group);
     // A retry of an earlier version arrives with the queue's name as its key:
     // name the original.
     let routing_key =
         retry::original_routing_key(properties, delivery.routing_key.as_str(), &queue);
-    let span = tracing::debug_span!(
-        "consume",
-        otel.name = %format!("process {queue}"),
-        otel.kind = "consumer",
-        messaging.system = "rabbitmq",
-        messaging.operation.type = "process",
-        messaging.destination.name = %shared.config.exchange_name,
-        messaging.consumer.group.name = %group,
-        messaging.rabbitmq.destination.routing_key = %routing_key,
-        messaging.message.id = properties.message_id().as_ref().map(|id| id.as_str()),
-        eventsource.event.type = header(crate::wire::HEADER_EVENT_TYPE),
-        eventsource.aggregate.id = header(HEADER_AGGREGATE_ID),
-        eventsource.aggregate.type = header(crate::wire::HEADER_AGGREGATE_TYPE),
-        eventsource.tenant.id = header(crate::wire::HEADER_TENANT_ID),
-    );
-    // Fails only when no OpenTelemetry layer is installed: nothing to link then.
-    let _ = span.set_parent(cx.clone());
-    work.instrument(span).with_context(cx).await
+    let delivered = crate::runtime::traced::Delivered {
+        system: "rabbitmq",
+        destination: &shared.config.exchange_name,
+        source: &queue,
+        group,
+        routing_key: Some(&routing_key),
+        message_id: properties.message_id().as_ref().map(|id| id.as_str()),
+    };
+    let header = |name: &str| amqp::string_header(properties, name);
+    crate::runtime::traced::consume(shared.config.enable_tracing, delivered, header, work).await
 }
 
 /// Runs the group's handlers for one delivery and parks it for retry or in

@@ -1,0 +1,561 @@
+//! `bench-redis`: eventbus on Redis Streams vs a plain loop on the `redis`
+//! crate vs eventsource-py's `RedisEventBus`, in the same run.
+//!
+//! ```text
+//! cargo run --release -p eventbus-bench --bin bench-redis -- --events 20000 --backlog 100000 \
+//!     --python target/tmp/interop-venv/bin/python --write BENCHMARKS.md
+//! ```
+//!
+//! Each (system, scenario) runs in a process of its own; consume runs start on
+//! a stream the harness pre-filled (a new group reads it from the start).
+//! `--write` replaces the Redis section of the file (after its marker line).
+
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand, ValueEnum};
+use eventbus::{Bus, DomainEvent, Envelope, HandlerError};
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+
+#[derive(Debug, Clone, Serialize, Deserialize, DomainEvent)]
+#[event(aggregate = "Order")]
+struct OrderPlaced {
+    customer_id: String,
+    total_amount: f64,
+    currency: String,
+    note: String,
+}
+
+fn order(i: usize) -> Envelope<OrderPlaced> {
+    Envelope::new(
+        uuid::Uuid::new_v4(),
+        OrderPlaced {
+            customer_id: format!("CUST-{i:08}"),
+            total_amount: 99.99 + i as f64,
+            currency: "EUR".into(),
+            note: "leave the parcel with the neighbour".into(),
+        },
+    )
+}
+
+const MARKER: &str = "<!-- bench-redis: everything below is written by `bench-redis --write` -->";
+
+#[derive(Debug, Parser)]
+struct Cli {
+    #[arg(long, default_value = "redis://127.0.0.1:6379/0")]
+    url: String,
+    /// Events for the publish and consume runs.
+    #[arg(long, default_value_t = 20_000)]
+    events: usize,
+    /// The big backlog for the memory run (the small one is a tenth).
+    #[arg(long, default_value_t = 100_000)]
+    backlog: usize,
+    /// Python with eventsource-py[redis] 0.15.1 (skipped when absent).
+    #[arg(long)]
+    python: Option<String>,
+    /// Replace the Redis section of this Markdown file.
+    #[arg(long)]
+    write: Option<String>,
+    #[command(subcommand)]
+    child: Option<ChildCmd>,
+}
+
+#[derive(Debug, Subcommand)]
+enum ChildCmd {
+    /// One measurement (run by the harness).
+    Child {
+        #[arg(long)]
+        system: System,
+        #[arg(long)]
+        scenario: Scenario,
+        #[arg(long)]
+        count: usize,
+        #[arg(long)]
+        prefix: String,
+        #[arg(long)]
+        url: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum System {
+    Eventbus,
+    Plain,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum Scenario {
+    Publish,
+    Consume,
+}
+
+#[derive(Debug, Default, Clone, Copy, Serialize, Deserialize)]
+struct Figure {
+    per_second: f64,
+    peak_rss_mb: f64,
+}
+
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn builder(url: &str, prefix: &str) -> eventbus::BusBuilder {
+    let prefix = prefix.to_owned();
+    Bus::builder()
+        .url(url)
+        .without_discovery()
+        .configure(move |c| {
+            c.stream_prefix = prefix;
+            c.block_ms = 100;
+        })
+}
+
+/// The same XADD fields eventbus writes, built the plain way.
+fn fields(e: &Envelope<OrderPlaced>) -> Vec<(&'static str, String)> {
+    let m = e.meta();
+    vec![
+        ("event_id", m.event_id().to_string()),
+        ("event_type", m.event_type().to_owned()),
+        ("aggregate_id", m.aggregate_id().to_string()),
+        ("aggregate_type", m.aggregate_type().to_owned()),
+        ("tenant_id", String::new()),
+        (
+            "occurred_at",
+            m.occurred_at()
+                .format("%Y-%m-%dT%H:%M:%S%.6f+00:00")
+                .to_string(),
+        ),
+        (
+            "payload",
+            serde_json::to_string(&Body::of(e)).unwrap_or_default(),
+        ),
+    ]
+}
+
+/// eventsource-py's JSON body, serialized the plain serde way.
+#[derive(Serialize)]
+struct Body<'a> {
+    event_id: uuid::Uuid,
+    event_type: &'a str,
+    event_version: u32,
+    occurred_at: String,
+    aggregate_id: uuid::Uuid,
+    aggregate_type: &'a str,
+    aggregate_version: u64,
+    tenant_id: Option<uuid::Uuid>,
+    actor_id: Option<&'a str>,
+    correlation_id: uuid::Uuid,
+    causation_id: Option<uuid::Uuid>,
+    metadata: &'a serde_json::Map<String, serde_json::Value>,
+    #[serde(flatten)]
+    event: &'a OrderPlaced,
+}
+
+impl<'a> Body<'a> {
+    fn of(e: &'a Envelope<OrderPlaced>) -> Self {
+        let m = e.meta();
+        Self {
+            event_id: m.event_id(),
+            event_type: m.event_type(),
+            event_version: m.event_version(),
+            occurred_at: m.occurred_at().format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string(),
+            aggregate_id: m.aggregate_id(),
+            aggregate_type: m.aggregate_type(),
+            aggregate_version: m.aggregate_version(),
+            tenant_id: m.tenant_id(),
+            actor_id: m.actor_id(),
+            correlation_id: m.correlation_id(),
+            causation_id: m.causation_id(),
+            metadata: m.metadata(),
+            event: e.event(),
+        }
+    }
+}
+
+async fn eventbus_child(scenario: Scenario, count: usize, prefix: &str, url: &str) -> Figure {
+    let seen = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(Notify::new());
+    let (s, d) = (seen.clone(), done.clone());
+    let bus = builder(url, prefix)
+        .handler::<OrderPlaced, _, _>("count", move |e: Arc<Envelope<OrderPlaced>>| {
+            let _ = &e.customer_id;
+            if s.fetch_add(1, Ordering::AcqRel) + 1 == count {
+                d.notify_one();
+            }
+            std::future::ready(Ok::<_, HandlerError>(()))
+        })
+        .build()
+        .await
+        .expect("connects");
+    let per_second = match scenario {
+        Scenario::Publish => {
+            let events: Vec<_> = (0..count).map(order).collect();
+            let start = Instant::now();
+            let report = bus.publish_batch(events, false).await;
+            assert_eq!(report.published, count, "{:?}", report.errors);
+            count as f64 / start.elapsed().as_secs_f64()
+        }
+        Scenario::Consume => {
+            let start = Instant::now();
+            bus.start_consuming().await.expect("consumes");
+            while seen.load(Ordering::Acquire) < count {
+                let _ = tokio::time::timeout(Duration::from_millis(50), done.notified()).await;
+            }
+            count as f64 / start.elapsed().as_secs_f64()
+        }
+    };
+    bus.shutdown(Duration::from_secs(30)).await.expect("stops");
+    Figure {
+        per_second,
+        peak_rss_mb: peak_rss_mb(),
+    }
+}
+
+async fn plain_child(scenario: Scenario, count: usize, prefix: &str, url: &str) -> Figure {
+    let client = redis::Client::open(url).expect("URL");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connects");
+    let stream = format!("{prefix}:stream");
+    let per_second = match scenario {
+        Scenario::Publish => {
+            let events: Vec<_> = (0..count).map(order).collect();
+            let start = Instant::now();
+            // Chunks of 100 in one pipeline each, 10 in flight.
+            futures_util::stream::iter(events.chunks(100))
+                .map(|chunk| {
+                    let mut conn = conn.clone();
+                    let stream = stream.clone();
+                    async move {
+                        let mut pipe = redis::pipe();
+                        for e in chunk {
+                            pipe.cmd("XADD").arg(&stream).arg("*");
+                            for (k, v) in fields(e) {
+                                pipe.arg(k).arg(v);
+                            }
+                        }
+                        pipe.query_async::<Vec<String>>(&mut conn)
+                            .await
+                            .expect("XADD")
+                    }
+                })
+                .buffer_unordered(10)
+                .collect::<Vec<_>>()
+                .await;
+            count as f64 / start.elapsed().as_secs_f64()
+        }
+        Scenario::Consume => {
+            let start = Instant::now();
+            let _: Result<(), _> = redis::cmd("XGROUP")
+                .arg("CREATE")
+                .arg(&stream)
+                .arg("plain")
+                .arg("0")
+                .arg("MKSTREAM")
+                .query_async(&mut conn)
+                .await;
+            let mut handled = 0;
+            while handled < count {
+                let reply: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
+                    .arg("GROUP")
+                    .arg("plain")
+                    .arg("c1")
+                    .arg("COUNT")
+                    .arg(100)
+                    .arg("BLOCK")
+                    .arg(100)
+                    .arg("STREAMS")
+                    .arg(&stream)
+                    .arg(">")
+                    .query_async(&mut conn)
+                    .await
+                    .expect("XREADGROUP");
+                let mut ids = Vec::new();
+                for key in reply.keys {
+                    for entry in key.ids {
+                        if let Some(redis::Value::BulkString(p)) = entry.map.get("payload") {
+                            let _: OrderPlaced = serde_json::from_slice(p).expect("JSON");
+                        }
+                        ids.push(entry.id);
+                    }
+                }
+                if !ids.is_empty() {
+                    handled += ids.len();
+                    let _: i64 = redis::cmd("XACK")
+                        .arg(&stream)
+                        .arg("plain")
+                        .arg(&ids)
+                        .query_async(&mut conn)
+                        .await
+                        .expect("XACK");
+                }
+            }
+            count as f64 / start.elapsed().as_secs_f64()
+        }
+    };
+    Figure {
+        per_second,
+        peak_rss_mb: peak_rss_mb(),
+    }
+}
+
+fn run_child(cli: &Cli, system: System, scenario: Scenario, count: usize, prefix: &str) -> Figure {
+    let exe = std::env::current_exe().expect("own path");
+    let system = match system {
+        System::Eventbus => "eventbus",
+        System::Plain => "plain",
+    };
+    let scenario = match scenario {
+        Scenario::Publish => "publish",
+        Scenario::Consume => "consume",
+    };
+    let out = Command::new(exe)
+        .args(["child", "--system", system, "--scenario", scenario])
+        .args([
+            "--count",
+            &count.to_string(),
+            "--prefix",
+            prefix,
+            "--url",
+            &cli.url,
+        ])
+        .output()
+        .expect("child runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("a figure")
+}
+
+fn run_python(cli: &Cli, scenario: Scenario, count: usize, prefix: &str) -> Option<Figure> {
+    let python = cli.python.as_ref()?;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/redis_py_bench.py");
+    let scenario = match scenario {
+        Scenario::Publish => "publish",
+        Scenario::Consume => "consume",
+    };
+    let out = Command::new(python)
+        .args([script, scenario, "--url", &cli.url, "--prefix", prefix])
+        .args(["--count", &count.to_string()])
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        eprintln!(
+            "eventsource-py failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        return None;
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.lines().last()?).ok()
+}
+
+fn delete_prefix(url: &str, prefix: &str) {
+    let Ok(mut conn) = redis::Client::open(url).and_then(|c| c.get_connection()) else {
+        return;
+    };
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:*"))
+        .query(&mut conn)
+        .unwrap_or_default();
+    for key in keys {
+        let _: Result<(), _> = redis::cmd("DEL").arg(key).query(&mut conn);
+    }
+}
+
+/// A stream of `count` events for a consume run, written by eventbus.
+async fn prefill(url: &str, prefix: &str, count: usize) {
+    let bus = builder(url, prefix)
+        .event::<OrderPlaced>()
+        .without_topology()
+        .build()
+        .await
+        .expect("connects");
+    for start in (0..count).step_by(10_000) {
+        let events: Vec<_> = (start..(start + 10_000).min(count)).map(order).collect();
+        let report = bus.publish_batch(events, false).await;
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+    }
+    bus.shutdown(Duration::from_secs(10)).await.expect("stops");
+}
+
+fn fmt(v: Option<f64>) -> String {
+    match v {
+        Some(v) if v >= 100.0 => format!("{v:.0}"),
+        Some(v) => format!("{v:.2}"),
+        None => "-".into(),
+    }
+}
+
+fn ratio(a: Option<f64>, b: Option<f64>) -> String {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
+        _ => "-".into(),
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Some(ChildCmd::Child {
+        system,
+        scenario,
+        count,
+        prefix,
+        url,
+    }) = &cli.child
+    {
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        let figure = rt.block_on(async {
+            match system {
+                System::Eventbus => eventbus_child(*scenario, *count, prefix, url).await,
+                System::Plain => plain_child(*scenario, *count, prefix, url).await,
+            }
+        });
+        println!("{}", serde_json::to_string(&figure).expect("JSON"));
+        return;
+    }
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let run_id = uuid::Uuid::new_v4().simple().to_string();
+    let mut n = 0;
+    let mut fresh = || {
+        n += 1;
+        format!("bench-{}-{n}", &run_id[..8])
+    };
+    // Publish: each system into an empty stream of its own.
+    let mut publish = Vec::new();
+    for system in [System::Eventbus, System::Plain] {
+        let prefix = fresh();
+        publish.push(Some(
+            run_child(&cli, system, Scenario::Publish, cli.events, &prefix).per_second,
+        ));
+        delete_prefix(&cli.url, &prefix);
+    }
+    let prefix = fresh();
+    publish
+        .push(run_python(&cli, Scenario::Publish, cli.events / 4, &prefix).map(|f| f.per_second));
+    delete_prefix(&cli.url, &prefix);
+    // Consume (and memory): from a pre-filled stream.
+    let consume_at = |count: usize, python: bool| -> Vec<Option<Figure>> {
+        let mut out = Vec::new();
+        for system in [System::Eventbus, System::Plain] {
+            let prefix = format!("bench-{}-c{count}-{system:?}", &run_id[..8]);
+            rt.block_on(prefill(&cli.url, &prefix, count));
+            out.push(Some(run_child(
+                &cli,
+                system,
+                Scenario::Consume,
+                count,
+                &prefix,
+            )));
+            delete_prefix(&cli.url, &prefix);
+        }
+        if python {
+            let prefix = format!("bench-{}-c{count}-py", &run_id[..8]);
+            rt.block_on(prefill(&cli.url, &prefix, count));
+            out.push(run_python(&cli, Scenario::Consume, count, &prefix));
+            delete_prefix(&cli.url, &prefix);
+        } else {
+            out.push(None);
+        }
+        out
+    };
+    let consume = consume_at(cli.events, true);
+    let small = consume_at(cli.backlog / 10, false);
+    let big = consume_at(cli.backlog, false);
+    let rate = |v: &[Option<Figure>]| {
+        v.iter()
+            .map(|f| f.map(|f| f.per_second))
+            .collect::<Vec<_>>()
+    };
+    let rss = |v: &[Option<Figure>]| {
+        v.iter()
+            .map(|f| f.map(|f| f.peak_rss_mb))
+            .collect::<Vec<_>>()
+    };
+    let rows = [
+        ("publish throughput (events/s)", publish.clone()),
+        (
+            "consume throughput, ordering per aggregate (events/s)",
+            rate(&consume),
+        ),
+        (
+            &*format!("peak client memory, {} backlog (MiB)", cli.backlog / 10),
+            rss(&small),
+        ),
+        (
+            &*format!("peak client memory, {} backlog (MiB)", cli.backlog),
+            rss(&big),
+        ),
+    ]
+    .map(|(name, v)| (name.to_owned(), v));
+    let mut table = String::from(
+        "| figure | eventbus | plain redis loop | eventsource-py | eventbus / plain | eventbus / eventsource-py |\n|---|---:|---:|---:|---:|---:|\n",
+    );
+    for (name, v) in &rows {
+        table.push_str(&format!(
+            "| {name} | {} | {} | {} | {} | {} |\n",
+            fmt(v[0]),
+            fmt(v[1]),
+            fmt(v[2]),
+            ratio(v[0], v[1]),
+            ratio(v[0], v[2])
+        ));
+    }
+    let check = |ok: bool| if ok { "met" } else { "MISSED" };
+    let r = |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| a / b);
+    let pub_plain = r(publish[0], publish[1]);
+    let con_plain = r(rate(&consume)[0], rate(&consume)[1]);
+    let pub_py = r(publish[0], publish[2]);
+    let con_py = r(rate(&consume)[0], rate(&consume)[2]);
+    let flat = r(rss(&big)[0], rss(&small)[0]);
+    let targets = format!(
+        "- publish >= 0.9 x the plain loop: {} ({})\n- consume >= 0.9 x the plain loop: {} ({})\n\
+         - publish >= 5 x eventsource-py: {} ({})\n- consume >= 5 x eventsource-py: {} ({})\n\
+         - memory flat from the small to the big backlog (within 10%): {} ({} -> {} MiB)\n",
+        check(pub_plain.is_some_and(|x| x >= 0.9)),
+        fmt(pub_plain),
+        check(con_plain.is_some_and(|x| x >= 0.9)),
+        fmt(con_plain),
+        check(pub_py.is_some_and(|x| x >= 5.0)),
+        fmt(pub_py),
+        check(con_py.is_some_and(|x| x >= 5.0)),
+        fmt(con_py),
+        check(flat.is_some_and(|x| x <= 1.1)),
+        fmt(rss(&small)[0]),
+        fmt(rss(&big)[0]),
+    );
+    let redis_version = Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    let section = format!(
+        "{MARKER}\n\n## Redis Streams\n\nOne run of `bench-redis` against the local Redis ({redis_version}): eventbus, a plain loop on the \
+`redis` crate (pipelined `XADD`s in chunks of 100 with 10 in flight; `XREADGROUP COUNT 100`, decode, one `XACK` per read), \
+and eventsource-py's `RedisEventBus` (`bench/redis_py_bench.py`; its publish run uses a quarter of the events). One process \
+per (system, scenario); consume runs read a stream the harness pre-filled.\n\n```sh\ncargo run --release -p eventbus-bench \
+--bin bench-redis -- --events {} --backlog {} --python target/tmp/interop-venv/bin/python --write BENCHMARKS.md\n```\n\n\
+{table}\n### Targets\n\n{targets}",
+        cli.events, cli.backlog
+    );
+    println!("{section}");
+    if let Some(path) = &cli.write {
+        let old = std::fs::read_to_string(path).unwrap_or_default();
+        let head = old.split(MARKER).next().unwrap_or("").trim_end().to_owned();
+        std::fs::write(path, format!("{head}\n\n{section}")).expect("write");
+    }
+}

@@ -1,4 +1,5 @@
-//! The real eventsource-py 0.15.1 (RabbitMQ and Redis extras) in a virtual
+//! The real eventsource-py 0.15.1 (RabbitMQ and Redis extras, and
+//! OpenTelemetry's SDK) in a virtual
 //! environment the tests create once (Python 3.13, found on PATH or under
 //! pyenv; `EVENTBUS_INTEROP_PYTHON` overrides).
 
@@ -7,6 +8,8 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 pub const EVENTSOURCE: &str = "eventsource-py[rabbitmq,redis]==0.15.1";
+/// OpenTelemetry's SDK, for the cross-language trace tests.
+pub const OTEL_SDK: &str = "opentelemetry-sdk==1.45.2";
 
 fn python313() -> Result<PathBuf, String> {
     let works = |p: &Path| {
@@ -43,7 +46,8 @@ pub fn python() -> &'static Path {
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("interop-venv");
         let venv_python = dir.join("bin/python");
         let marker = dir.join(".eventsource-installed");
-        if std::fs::read_to_string(&marker).is_ok_and(|m| m == EVENTSOURCE) {
+        let wanted = format!("{EVENTSOURCE} {OTEL_SDK}");
+        if std::fs::read_to_string(&marker).is_ok_and(|m| m == wanted) {
             return Ok(venv_python);
         }
         let base = python313()?;
@@ -68,8 +72,9 @@ pub fn python() -> &'static Path {
             "-q",
             "--disable-pip-version-check",
             EVENTSOURCE,
+            OTEL_SDK,
         ]))?;
-        std::fs::write(&marker, EVENTSOURCE).map_err(|e| e.to_string())?;
+        std::fs::write(&marker, &wanted).map_err(|e| e.to_string())?;
         Ok(venv_python)
     });
     match result {

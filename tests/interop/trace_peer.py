@@ -2,8 +2,8 @@
 OpenTelemetry's SDK installed, spans kept in memory and printed as JSON.
 
     trace_peer.py publish --url U --exchange X
-        publishes one OrderPlaced; prints {"trace_id", "span_id"} of
-        eventsource-py's publish span (hex)
+        publishes one OrderPlaced inside a span; prints {"trace_id", "span_id"}
+        of that span (hex), the context eventsource-py injects
     trace_peer.py consume --url U --exchange X --group G [--timeout S]
         prints "ready", then {"trace_id", "parent_span_id"} of eventsource-py's
         consume span for the first event received
@@ -45,9 +45,13 @@ def finished(name):
 
 
 async def publish(args):
+    # eventsource-py injects the context current when publish is called (its
+    # own publish span is never made current): the span around the call is
+    # the one a consumer's span continues.
     async with bus(args) as b:
-        await b.publish([OrderPlaced(aggregate_id=uuid4(), customer_id="traced", total_amount=1.5)])
-    (span,) = finished("eventsource.event_bus.publish")
+        with trace.get_tracer("trace_peer").start_as_current_span("python request") as span:
+            await b.publish([OrderPlaced(aggregate_id=uuid4(), customer_id="traced", total_amount=1.5)])
+    assert finished("eventsource.event_bus.publish"), "eventsource-py traced its publish"
     ctx = span.get_span_context()
     print(json.dumps({"trace_id": f"{ctx.trace_id:032x}", "span_id": f"{ctx.span_id:016x}"}), flush=True)
 

@@ -59,6 +59,23 @@ pub(crate) fn inject(cx: &Context) -> Vec<(&'static str, HeaderValue)> {
         .collect()
 }
 
+/// `traceparent` with its flags reduced to the sampled bit. OpenTelemetry's
+/// Python SDK writes flags `03` (W3C Trace Context level 2's "random" bit);
+/// the Rust propagator rejects any version-00 flags above `02`, which would
+/// start a new trace for every message from Python.
+fn sampled_flag_only(traceparent: &str) -> String {
+    let parts: Vec<&str> = traceparent.trim().split('-').collect();
+    match parts.as_slice() {
+        [version, trace, span, flags] if flags.len() == 2 => match u8::from_str_radix(flags, 16) {
+            Ok(bits) if bits > 0x01 => {
+                format!("{version}-{trace}-{span}-{:02x}", bits & 0x01)
+            }
+            _ => traceparent.to_owned(),
+        },
+        _ => traceparent.to_owned(),
+    }
+}
+
 /// The trace headers among `headers`, as (name, text) pairs.
 pub(crate) fn fields<'a>(
     headers: &'a [(&'static str, HeaderValue)],
@@ -76,6 +93,14 @@ pub(crate) fn extract(get: impl Fn(&str) -> Option<String>) -> Context {
     let carrier: HashMap<String, String> = TRACE_HEADERS
         .iter()
         .filter_map(|name| get(name).map(|v| ((*name).to_owned(), v)))
+        .map(|(name, value)| {
+            let value = if name == HEADER_TRACEPARENT {
+                sampled_flag_only(&value)
+            } else {
+                value
+            };
+            (name, value)
+        })
         .collect();
     if carrier.is_empty() {
         return Context::new();
@@ -106,6 +131,22 @@ mod tests {
         assert_eq!(get(HEADER_TRACEPARENT).as_deref(), Some(parent));
         assert_eq!(get(HEADER_BAGGAGE).as_deref(), Some("tenant=acme"));
         assert_eq!(get(HEADER_TRACESTATE), None);
+    }
+
+    #[test]
+    fn a_level_2_random_flag_from_python_keeps_the_trace() {
+        let cx = extract(|name| {
+            (name == HEADER_TRACEPARENT)
+                .then(|| "00-00167eb33bc911e4de310aa44576bb3f-3b20f1e7c7d37eab-03".to_owned())
+        });
+        let span = cx.span();
+        let context = span.span_context();
+        assert!(context.is_valid());
+        assert!(context.is_sampled());
+        assert_eq!(
+            format!("{:032x}", context.trace_id()),
+            "00167eb33bc911e4de310aa44576bb3f"
+        );
     }
 
     #[test]

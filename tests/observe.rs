@@ -303,3 +303,80 @@ async fn rabbit_metrics_move_with_retries_and_readiness_flips_on_reconnect() {
         .await
         .expect("shuts down");
 }
+
+#[tokio::test]
+async fn redis_metrics_move_with_retries_and_queue_depths_are_sampled() {
+    let scope = common::redis_scope::RedisScope::new("observe");
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let bus = scope
+        .builder()
+        .configure(|c| {
+            c.retry_base_delay = Duration::from_millis(50);
+            c.retry_max_delay = Duration::from_millis(100);
+        })
+        .handler::<OrderPlaced, _, _>(
+            "first_try_fails",
+            common::fails_first_attempt(attempts.clone()),
+        )
+        .build()
+        .await
+        .expect("connects to Redis");
+    bus.start_consuming().await.expect("consumes");
+    let addr = bus
+        .serve_metrics("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("listens");
+    eventually("ready", WAIT, || async {
+        get(addr, "/health/ready").await.0 == 200
+    })
+    .await;
+
+    bus.publish([placed("a"), placed("b")])
+        .await
+        .expect("publishes");
+    let handled = |text: &str, outcome: &str| {
+        sample(
+            text,
+            &format!(
+                "eventbus_handled_total{{group=\"default\",handler=\"first_try_fails\",event_type=\"OrderPlaced\",outcome=\"{outcome}\"}}"
+            ),
+        )
+    };
+    eventually(
+        "both events handled after one failure each",
+        WAIT,
+        || async { handled(&scrape(addr).await, "success") == Some(2.0) },
+    )
+    .await;
+    let text = scrape(addr).await;
+    assert_eq!(handled(&text, "error"), Some(2.0), "{text}");
+    assert_eq!(sample(&text, "eventbus_retries_total"), Some(2.0), "{text}");
+    assert_eq!(
+        sample(&text, "eventbus_published_total"),
+        Some(2.0),
+        "{text}"
+    );
+
+    bus.sample_metrics().await;
+    let text = scrape(addr).await;
+    assert_eq!(sample(&text, "eventbus_connected"), Some(1.0), "{text}");
+    assert!(
+        sample(
+            &text,
+            "eventbus_queue_messages{group=\"default\",queue=\"main\"}"
+        )
+        .is_some(),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "eventbus_queue_messages{group=\"default\",queue=\"dlq\"}"
+        ),
+        Some(0.0),
+        "{text}"
+    );
+    bus.shutdown(Duration::from_secs(10))
+        .await
+        .expect("shuts down");
+}

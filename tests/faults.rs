@@ -1619,3 +1619,75 @@ async fn case12b_disk_alarm_fails_publishes_in_time() {
         .await
         .expect("shuts down");
 }
+
+// ---------------------------------------------------------------------------
+// Readiness during a broker restart (observability).
+// ---------------------------------------------------------------------------
+
+/// The status of `GET http://{addr}/health/ready`.
+async fn ready_status(addr: std::net::SocketAddr) -> u16 {
+    tokio::task::spawn_blocking(move || {
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(5)))
+            .build()
+            .new_agent();
+        agent
+            .get(&format!("http://{addr}/health/ready"))
+            .call()
+            .expect("the probe answers")
+            .status()
+            .as_u16()
+    })
+    .await
+    .expect("probe task")
+}
+
+/// Polls the readiness probe until it answers `status`.
+async fn probe_until(addr: std::net::SocketAddr, status: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while ready_status(addr).await != status {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn readiness_probe_flips_during_a_broker_restart() {
+    let node = start_node("probe").await;
+    let exchange = unique("probe");
+    let ledger = Ledger::default();
+    let bus = recording(
+        builder(&node.url(), &exchange, Duration::from_secs(5)),
+        &ledger,
+    )
+    .build()
+    .await
+    .expect("connects");
+    bus.start_consuming().await.expect("consumes");
+    let addr = bus
+        .serve_metrics("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("listens");
+    probe_until(addr, 200, "ready before the restart").await;
+
+    let node = tokio::task::spawn_blocking(move || {
+        node.ctl(&["stop_app"]);
+        node
+    })
+    .await
+    .expect("ctl thread");
+    probe_until(addr, 503, "not ready while the broker is down").await;
+    let node = tokio::task::spawn_blocking(move || {
+        node.ctl(&["start_app"]);
+        node
+    })
+    .await
+    .expect("ctl thread");
+    probe_until(addr, 200, "ready again after the restart").await;
+    assert!(bus.stats().reconnections >= 1);
+    bus.shutdown(Duration::from_secs(10))
+        .await
+        .expect("shuts down");
+    drop(node);
+}

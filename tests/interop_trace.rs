@@ -60,6 +60,7 @@ fn hex_trace(span: &SpanData) -> (String, String) {
 
 #[tokio::test]
 async fn a_python_publish_is_the_parent_of_the_rust_consumer_span() {
+    let _serial = common::SCOPED_SUBSCRIBER.lock().await;
     let (exporter, provider, _guard) = record_spans();
     let scope = Scope::new("trace-py-to-rust");
     let handled = Arc::new(AtomicUsize::new(0));
@@ -120,6 +121,7 @@ async fn a_python_publish_is_the_parent_of_the_rust_consumer_span() {
 
 #[tokio::test]
 async fn a_rust_publish_is_the_parent_of_the_python_consume_span() {
+    let _serial = common::SCOPED_SUBSCRIBER.lock().await;
     let (exporter, provider, _guard) = record_spans();
     let scope = Scope::new("trace-rust-to-py");
     let group = scope.group("python");

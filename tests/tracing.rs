@@ -19,6 +19,7 @@ const WAIT: Duration = Duration::from_secs(30);
 
 #[tokio::test]
 async fn a_handler_span_is_a_child_of_the_publish_span_across_a_retry() {
+    let _serial = common::SCOPED_SUBSCRIBER.lock().await;
     let exporter = InMemorySpanExporter::default();
     let provider = SdkTracerProvider::builder()
         .with_simple_exporter(exporter.clone())
@@ -113,5 +114,74 @@ async fn a_handler_span_is_a_child_of_the_publish_span_across_a_retry() {
     let consume_ids: HashSet<_> = consume.iter().map(|s| s.span_context.span_id()).collect();
     for span in &handle {
         assert!(consume_ids.contains(&span.parent_span_id), "{span:#?}");
+    }
+}
+
+#[tokio::test]
+async fn a_dlq_replay_stays_in_the_publishers_trace() {
+    let _serial = common::SCOPED_SUBSCRIBER.lock().await;
+    let exporter = InMemorySpanExporter::default();
+    let provider = SdkTracerProvider::builder()
+        .with_simple_exporter(exporter.clone())
+        .build();
+    let subscriber = tracing_subscriber::registry()
+        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("eventbus-test")));
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let scope = Scope::new("tracing-replay");
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let bus = scope
+        .builder()
+        // The first attempt is dead-lettered at once; the replay succeeds.
+        .handler::<OrderPlaced, _, _>("rejects_then_accepts", move |_e| {
+            let first = counted.fetch_add(1, Ordering::SeqCst) == 0;
+            std::future::ready(if first {
+                Err(eventbus::HandlerError::permanent("not today"))
+            } else {
+                Ok(())
+            })
+        })
+        .build()
+        .await
+        .expect("connects");
+    bus.start_consuming().await.expect("consumes");
+    bus.publish([placed("replayed")]).await.expect("publishes");
+    let dlq = bus.dlq("default");
+    eventually("dead-lettered", WAIT, || async {
+        dlq.count().await.is_ok_and(|n| n == 1)
+    })
+    .await;
+    let id = dlq.list(1).await.expect("lists")[0]
+        .message_id
+        .clone()
+        .expect("a message id");
+    assert!(dlq.replay(&id).await.expect("replays"), "found in the DLQ");
+    eventually("the replay handled", WAIT, || async {
+        calls.load(Ordering::SeqCst) == 2
+    })
+    .await;
+    bus.shutdown(Duration::from_secs(10))
+        .await
+        .expect("shuts down");
+    provider.force_flush().expect("flushes");
+
+    let spans = exporter.get_finished_spans().expect("spans");
+    let publish: Vec<&SpanData> = spans
+        .iter()
+        .filter(|s| s.name == format!("publish {}", scope.exchange))
+        .collect();
+    let consume: Vec<&SpanData> = spans
+        .iter()
+        .filter(|s| s.name.starts_with("process "))
+        .collect();
+    assert_eq!(publish.len(), 1, "{spans:#?}");
+    assert_eq!(consume.len(), 2, "the delivery and its replay: {spans:#?}");
+    for span in consume {
+        assert_eq!(span.parent_span_id, publish[0].span_context.span_id());
+        assert_eq!(
+            span.span_context.trace_id(),
+            publish[0].span_context.trace_id()
+        );
     }
 }

@@ -286,3 +286,8 @@ pub fn fails_first_attempt(
 
 pub mod python;
 pub mod redis_scope;
+
+/// Held by a test for as long as it installs a scoped `tracing` subscriber:
+/// scoped subscribers of parallel tests share tracing's global interest and
+/// level caches, and one being dropped can hide another's spans for a moment.
+pub static SCOPED_SUBSCRIBER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());

@@ -6,6 +6,8 @@
 //! injects its publish span.)
 
 mod common;
+#[path = "common/spans.rs"]
+mod spans;
 
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -15,11 +17,9 @@ use std::time::Duration;
 use common::python::{python, script};
 use common::{ChildGuard, OrderPlaced, Scope, eventually, placed};
 use eventbus::{Envelope, HandlerError};
-use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
+use opentelemetry_sdk::trace::SpanData;
 use serde_json::Value;
 use tracing::Instrument as _;
-use tracing_subscriber::layer::SubscriberExt as _;
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -34,23 +34,6 @@ fn trace_peer(scope: &Scope, args: &[&str]) -> Command {
     cmd
 }
 
-/// Spans of this test, exported in memory; the guard keeps the subscriber
-/// installed on this (current-thread) test runtime.
-fn record_spans() -> (
-    InMemorySpanExporter,
-    SdkTracerProvider,
-    tracing::subscriber::DefaultGuard,
-) {
-    let exporter = InMemorySpanExporter::default();
-    let provider = SdkTracerProvider::builder()
-        .with_simple_exporter(exporter.clone())
-        .build();
-    let subscriber = tracing_subscriber::registry()
-        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("interop-trace")));
-    let guard = tracing::subscriber::set_default(subscriber);
-    (exporter, provider, guard)
-}
-
 fn hex_trace(span: &SpanData) -> (String, String) {
     (
         format!("{:032x}", span.span_context.trace_id()),
@@ -60,8 +43,8 @@ fn hex_trace(span: &SpanData) -> (String, String) {
 
 #[tokio::test]
 async fn a_python_publish_is_the_parent_of_the_rust_consumer_span() {
-    let _serial = common::SCOPED_SUBSCRIBER.lock().await;
-    let (exporter, provider, _guard) = record_spans();
+    let recording = spans::record().await;
+    let (exporter, provider) = (&recording.exporter, &recording.provider);
     let scope = Scope::new("trace-py-to-rust");
     let handled = Arc::new(AtomicUsize::new(0));
     let h = handled.clone();
@@ -121,8 +104,8 @@ async fn a_python_publish_is_the_parent_of_the_rust_consumer_span() {
 
 #[tokio::test]
 async fn a_rust_publish_is_the_parent_of_the_python_consume_span() {
-    let _serial = common::SCOPED_SUBSCRIBER.lock().await;
-    let (exporter, provider, _guard) = record_spans();
+    let recording = spans::record().await;
+    let (exporter, provider) = (&recording.exporter, &recording.provider);
     let scope = Scope::new("trace-rust-to-py");
     let group = scope.group("python");
     let mut child = trace_peer(&scope, &["consume", "--group", &group])

@@ -3,6 +3,8 @@
 //! handler span a child of its consumer span, and a retry stays in the trace.
 
 mod common;
+#[path = "common/spans.rs"]
+mod spans;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -10,24 +12,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::{OrderPlaced, Scope, eventually, placed};
-use opentelemetry::trace::{SpanKind, TracerProvider as _};
-use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
+use opentelemetry::trace::SpanKind;
+use opentelemetry_sdk::trace::SpanData;
 use tracing::Instrument as _;
-use tracing_subscriber::layer::SubscriberExt as _;
 
 const WAIT: Duration = Duration::from_secs(30);
 
 #[tokio::test]
 async fn a_handler_span_is_a_child_of_the_publish_span_across_a_retry() {
-    let _serial = common::SCOPED_SUBSCRIBER.lock().await;
-    let exporter = InMemorySpanExporter::default();
-    let provider = SdkTracerProvider::builder()
-        .with_simple_exporter(exporter.clone())
-        .build();
-    let subscriber = tracing_subscriber::registry()
-        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("eventbus-test")));
-    // A current-thread test runtime: every task of the bus runs under it.
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let recording = spans::record().await;
+    let (exporter, provider) = (&recording.exporter, &recording.provider);
 
     let scope = Scope::new("tracing");
     let calls = Arc::new(AtomicUsize::new(0));
@@ -119,14 +113,8 @@ async fn a_handler_span_is_a_child_of_the_publish_span_across_a_retry() {
 
 #[tokio::test]
 async fn a_dlq_replay_stays_in_the_publishers_trace() {
-    let _serial = common::SCOPED_SUBSCRIBER.lock().await;
-    let exporter = InMemorySpanExporter::default();
-    let provider = SdkTracerProvider::builder()
-        .with_simple_exporter(exporter.clone())
-        .build();
-    let subscriber = tracing_subscriber::registry()
-        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("eventbus-test")));
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let recording = spans::record().await;
+    let (exporter, provider) = (&recording.exporter, &recording.provider);
 
     let scope = Scope::new("tracing-replay");
     let calls = Arc::new(AtomicUsize::new(0));

@@ -37,6 +37,16 @@ fn sample(text: &str, series: &str) -> Option<f64> {
         .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
 }
 
+/// `eventbus_handled_total` of `handler` (group `default`, `OrderPlaced`) with `outcome`.
+fn handled(text: &str, handler: &str, outcome: &str) -> Option<f64> {
+    sample(
+        text,
+        &format!(
+            "eventbus_handled_total{{group=\"default\",handler=\"{handler}\",event_type=\"OrderPlaced\",outcome=\"{outcome}\"}}"
+        ),
+    )
+}
+
 async fn scrape(addr: SocketAddr) -> String {
     let (status, body) = get(addr, "/metrics").await;
     assert_eq!(status, 200, "{body}");
@@ -68,17 +78,9 @@ async fn memory_metrics_count_handled_and_failed_events_by_handler() {
         .expect("publishes");
 
     let text = scrape(addr).await;
-    let handled = |handler: &str, outcome: &str| {
-        sample(
-            &text,
-            &format!(
-                "eventbus_handled_total{{group=\"default\",handler=\"{handler}\",event_type=\"OrderPlaced\",outcome=\"{outcome}\"}}"
-            ),
-        )
-    };
-    assert_eq!(handled("ok", "success"), Some(3.0), "{text}");
-    assert_eq!(handled("flaky", "success"), Some(2.0), "{text}");
-    assert_eq!(handled("flaky", "error"), Some(1.0), "{text}");
+    assert_eq!(handled(&text, "ok", "success"), Some(3.0), "{text}");
+    assert_eq!(handled(&text, "flaky", "success"), Some(2.0), "{text}");
+    assert_eq!(handled(&text, "flaky", "error"), Some(1.0), "{text}");
     assert_eq!(
         sample(&text, "eventbus_published_total"),
         Some(3.0),
@@ -231,20 +233,16 @@ async fn rabbit_metrics_move_with_retries_and_readiness_flips_on_reconnect() {
         sample(&text, "eventbus_retries_total") == Some(2.0)
     })
     .await;
-    let handled = |text: &str, outcome: &str| {
-        sample(
-            text,
-            &format!(
-                "eventbus_handled_total{{group=\"default\",handler=\"first_try_fails\",event_type=\"OrderPlaced\",outcome=\"{outcome}\"}}"
-            ),
-        )
-    };
     eventually("both retries handled", WAIT, || async {
-        handled(&scrape(addr).await, "success") == Some(2.0)
+        handled(&scrape(addr).await, "first_try_fails", "success") == Some(2.0)
     })
     .await;
     let text = scrape(addr).await;
-    assert_eq!(handled(&text, "error"), Some(2.0), "{text}");
+    assert_eq!(
+        handled(&text, "first_try_fails", "error"),
+        Some(2.0),
+        "{text}"
+    );
     assert_eq!(
         attempts.load(Ordering::SeqCst),
         4,
@@ -334,22 +332,18 @@ async fn redis_metrics_move_with_retries_and_queue_depths_are_sampled() {
     bus.publish([placed("a"), placed("b")])
         .await
         .expect("publishes");
-    let handled = |text: &str, outcome: &str| {
-        sample(
-            text,
-            &format!(
-                "eventbus_handled_total{{group=\"default\",handler=\"first_try_fails\",event_type=\"OrderPlaced\",outcome=\"{outcome}\"}}"
-            ),
-        )
-    };
     eventually(
         "both events handled after one failure each",
         WAIT,
-        || async { handled(&scrape(addr).await, "success") == Some(2.0) },
+        || async { handled(&scrape(addr).await, "first_try_fails", "success") == Some(2.0) },
     )
     .await;
     let text = scrape(addr).await;
-    assert_eq!(handled(&text, "error"), Some(2.0), "{text}");
+    assert_eq!(
+        handled(&text, "first_try_fails", "error"),
+        Some(2.0),
+        "{text}"
+    );
     assert_eq!(sample(&text, "eventbus_retries_total"), Some(2.0), "{text}");
     assert_eq!(
         sample(&text, "eventbus_published_total"),

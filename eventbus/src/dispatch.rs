@@ -267,9 +267,13 @@ impl Dispatcher {
                 Err(error) if error.is_permanent() => "permanent_error",
                 Err(_) => "error",
             };
-            stats
-                .metrics
-                .handler_done(&entry.group, &entry.name, meta.event_type(), label, took);
+            stats.metrics.handler_done(
+                &entry.group,
+                &entry.name,
+                meta.event_type.clone(),
+                label,
+                took,
+            );
             if let Err(error) = result {
                 add(&stats.handler_errors, 1);
                 stats.last_error_at.now();

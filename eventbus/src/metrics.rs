@@ -5,6 +5,7 @@
 //! Labels are bounded: group, handler, event type, queue role, error kind;
 //! never an id.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -22,9 +23,9 @@ use crate::stats::Stats;
 /// One handler's outcome.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct HandlerOutcome {
-    pub(crate) group: String,
-    pub(crate) handler: String,
-    pub(crate) event_type: String,
+    pub(crate) group: Arc<str>,
+    pub(crate) handler: Arc<str>,
+    pub(crate) event_type: Cow<'static, str>,
     /// `success`, `error` or `permanent_error`.
     pub(crate) outcome: &'static str,
 }
@@ -32,8 +33,8 @@ pub(crate) struct HandlerOutcome {
 /// One handler.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct HandlerKey {
-    pub(crate) group: String,
-    pub(crate) handler: String,
+    pub(crate) group: Arc<str>,
+    pub(crate) handler: Arc<str>,
 }
 
 /// A group's queue: `queue` is `main` or `dlq`.
@@ -94,27 +95,28 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// Records one handler call.
+    /// Records one handler call. On the dispatch path: the labels are shared
+    /// (`Arc`, a borrowed event type name), never copied strings.
     pub(crate) fn handler_done(
         &self,
-        group: &str,
-        handler: &str,
-        event_type: &str,
+        group: &Arc<str>,
+        handler: &Arc<str>,
+        event_type: Cow<'static, str>,
         outcome: &'static str,
         took: Duration,
     ) {
         self.handled
             .get_or_create(&HandlerOutcome {
-                group: group.to_owned(),
-                handler: handler.to_owned(),
-                event_type: event_type.to_owned(),
+                group: group.clone(),
+                handler: handler.clone(),
+                event_type,
                 outcome,
             })
             .inc();
         self.handler_duration
             .get_or_create(&HandlerKey {
-                group: group.to_owned(),
-                handler: handler.to_owned(),
+                group: group.clone(),
+                handler: handler.clone(),
             })
             .observe(took.as_secs_f64());
     }

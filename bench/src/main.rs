@@ -11,6 +11,7 @@
 
 mod many;
 mod raw;
+mod sections;
 mod soak;
 
 use std::process::Command;
@@ -589,7 +590,7 @@ mod report {
         println!("{targets}");
         if let Some(path) = &cli.write {
             let doc = document(cli, &table, &targets);
-            std::fs::write(path, doc).expect("writes the report");
+            crate::sections::write_section(path, None, &doc).expect("writes the report");
             eprintln!("wrote {path}");
         }
     }

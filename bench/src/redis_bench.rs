@@ -8,7 +8,10 @@
 //!
 //! Each (system, scenario) runs in a process of its own; consume runs start on
 //! a stream the harness pre-filled (a new group reads it from the start).
-//! `--write` replaces the Redis section of the file (after its marker line).
+//! `--write` replaces the Redis section of the file (from its marker line to
+//! the next section marker) and keeps the rest.
+
+mod sections;
 
 use std::process::Command;
 use std::sync::Arc;
@@ -42,7 +45,7 @@ fn order(i: usize) -> Envelope<OrderPlaced> {
     )
 }
 
-const MARKER: &str = "<!-- bench-redis: everything below is written by `bench-redis --write` -->";
+const MARKER: &str = "<!-- bench-redis: this section is written by `bench-redis --write` -->";
 
 #[derive(Debug, Parser)]
 struct Cli {
@@ -544,7 +547,7 @@ fn main() {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_default();
     let section = format!(
-        "{MARKER}\n\n## Redis Streams\n\nOne run of `bench-redis` against the local Redis ({redis_version}): eventbus, a plain loop on the \
+        "## Redis Streams\n\nOne run of `bench-redis` against the local Redis ({redis_version}): eventbus, a plain loop on the \
 `redis` crate (pipelined `XADD`s in chunks of 100 with 10 in flight; `XREADGROUP COUNT 100`, decode, one `XACK` per read), \
 and eventsource-py's `RedisEventBus` (`bench/redis_py_bench.py`; its publish run uses a quarter of the events). One process \
 per (system, scenario); consume runs read a stream the harness pre-filled.\n\n```sh\ncargo run --release -p eventbus-bench \
@@ -554,8 +557,6 @@ per (system, scenario); consume runs read a stream the harness pre-filled.\n\n``
     );
     println!("{section}");
     if let Some(path) = &cli.write {
-        let old = std::fs::read_to_string(path).unwrap_or_default();
-        let head = old.split(MARKER).next().unwrap_or("").trim_end().to_owned();
-        std::fs::write(path, format!("{head}\n\n{section}")).expect("write");
+        sections::write_section(path, Some(MARKER), &section).expect("write");
     }
 }

@@ -398,12 +398,22 @@ pub(crate) fn decode_any<E: DomainEvent>(body: &[u8]) -> Result<AnyEnvelope, Dec
     decode_body::<E>(body).map(AnyEnvelope::from)
 }
 
+/// The trace headers every message of one publish call carries: the current
+/// trace context (`EVENTBUS_ENABLE_TRACING`), read once per call rather than
+/// once per event; empty when tracing is off or there is no context.
+pub(crate) fn publish_trace(enabled: bool) -> Vec<(&'static str, HeaderValue)> {
+    if enabled {
+        trace::inject(&trace::current_context())
+    } else {
+        Vec::new()
+    }
+}
+
 /// Checks and encodes an event about to be published: what every transport
-/// does first. With `trace`, the current trace context goes into the headers
-/// (`EVENTBUS_ENABLE_TRACING`).
+/// does first. `trace` is the call's [`publish_trace`].
 pub(crate) fn encode_for_publish(
     event: &AnyEnvelope,
-    trace: bool,
+    trace: &[(&'static str, HeaderValue)],
 ) -> Result<WireMessage, crate::Error> {
     let meta = event.meta();
     check_versions(meta.event_version, meta.aggregate_version).map_err(|detail| {
@@ -417,11 +427,7 @@ pub(crate) fn encode_for_publish(
         event_type: meta.event_type().to_owned(),
         source,
     })?;
-    if trace {
-        message
-            .headers
-            .extend(trace::inject(&trace::current_context()));
-    }
+    message.headers.extend_from_slice(trace);
     Ok(message)
 }
 

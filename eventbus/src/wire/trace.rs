@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::sync::LazyLock;
 
 use opentelemetry::Context;
+use opentelemetry::baggage::BaggageExt;
 use opentelemetry::propagation::{TextMapCompositePropagator, TextMapPropagator};
 use opentelemetry::trace::TraceContextExt;
 use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
@@ -46,6 +47,9 @@ pub(crate) fn current_context() -> Context {
 
 /// The trace headers for `cx` (none when it has no trace or baggage).
 pub(crate) fn inject(cx: &Context) -> Vec<(&'static str, HeaderValue)> {
+    if !cx.span().span_context().is_valid() && cx.baggage().is_empty() {
+        return Vec::new();
+    }
     let mut carrier: HashMap<String, String> = HashMap::new();
     PROPAGATOR.inject_context(cx, &mut carrier);
     TRACE_HEADERS

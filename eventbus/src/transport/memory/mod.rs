@@ -57,9 +57,10 @@ impl Transport for MemoryTransport {
     async fn publish(&self, events: &[AnyEnvelope]) -> Result<usize, Error> {
         let ctx = &self.ctx;
         let mut published = 0;
+        let trace = wire::publish_trace(ctx.config.enable_tracing);
         for event in events {
             let meta = event.meta();
-            let message = wire::encode_for_publish(event, ctx.config.enable_tracing)?;
+            let message = wire::encode_for_publish(event, &trace)?;
             let table = ctx.dispatcher.snapshot();
             let groups: Vec<_> = table
                 .groups

@@ -170,8 +170,9 @@ impl Publisher {
     ) -> Result<usize, Error> {
         let config = &shared.config;
         let mut outgoing = Vec::with_capacity(events.len());
+        let trace = wire::publish_trace(config.enable_tracing);
         for event in events {
-            let message = wire::encode_for_publish(event, config.enable_tracing)?;
+            let message = wire::encode_for_publish(event, &trace)?;
             outgoing.push(Outgoing {
                 exchange: config.exchange_name.clone(),
                 properties: amqp::properties(&message),

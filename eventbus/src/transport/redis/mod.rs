@@ -277,8 +277,9 @@ impl Transport for RedisTransport {
         let trim = self.trim_args();
         // One pipeline, not a transaction (eventsource-py's batch).
         let mut pipe = redis::pipe();
+        let trace = wire::publish_trace(config.enable_tracing);
         for event in events {
-            let message = wire::encode_for_publish(event, config.enable_tracing)?;
+            let message = wire::encode_for_publish(event, &trace)?;
             pipe.cmd("XADD").arg(&stream).arg(&trim).arg("*");
             for (k, v) in wire::stream_fields(event.meta(), &message.body) {
                 pipe.arg(k).arg(v);

@@ -4,6 +4,8 @@
 //! returns every one we did not remove to the queue, in its original place.
 //! Removal (an ack) happens only after the broker confirmed the replayed copy.
 
+use std::time::Duration;
+
 use chrono::Utc;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicGetOptions, QueuePurgeOptions};
@@ -96,6 +98,24 @@ struct Scan {
     channel: Channel,
     queue: String,
     left: u32,
+    /// Each broker call's bound (`EVENTBUS_CONFIRM_TIMEOUT`).
+    timeout: Duration,
+}
+
+/// `call`, or a typed error naming `operation` once `timeout` has passed.
+async fn within<T>(
+    operation: impl Fn() -> String,
+    timeout: Duration,
+    call: impl Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    tokio::time::timeout(timeout, call)
+        .await
+        .unwrap_or_else(|_| {
+            Err(Error::Broker {
+                context: operation(),
+                reason: format!("no answer within {timeout:?}"),
+            })
+        })
 }
 
 impl Scan {
@@ -104,20 +124,24 @@ impl Scan {
             return Ok(None);
         }
         self.left -= 1;
-        let got = self
-            .channel
-            .basic_get(
-                self.queue.as_str().into(),
-                BasicGetOptions { no_ack: false },
-            )
-            .await
-            .map_err(|e| broker(format!("reading `{}`", self.queue), &e))?;
+        let what = || format!("reading `{}`", self.queue);
+        let got = within(what, self.timeout, async {
+            self.channel
+                .basic_get(
+                    self.queue.as_str().into(),
+                    BasicGetOptions { no_ack: false },
+                )
+                .await
+                .map_err(|e| broker(what(), &e))
+        })
+        .await?;
         Ok(got.map(|m| m.delivery))
     }
 
-    /// Returns every message not acked to the queue.
+    /// Returns every message not acked to the queue (the broker requeues
+    /// them when the channel closes, also if the close itself times out).
     async fn close(self) {
-        let _ = self.channel.close(200, "done".into()).await;
+        let _ = tokio::time::timeout(self.timeout, self.channel.close(200, "done".into())).await;
     }
 }
 
@@ -131,6 +155,7 @@ impl RabbitTransport {
             left: info
                 .message_count
                 .min(u32::try_from(limit).unwrap_or(u32::MAX)),
+            timeout: self.ctx.config.confirm_timeout,
         })
     }
 
@@ -240,12 +265,16 @@ impl RabbitTransport {
             return Ok(0);
         }
         self.publisher.send(&self.ctx, &chunk.copies).await?;
+        let what = || "removing a replayed message from the DLQ".to_owned();
         for original in &chunk.originals {
-            original
-                .acker
-                .ack(BasicAckOptions::default())
-                .await
-                .map_err(|e| broker("removing a replayed message from the DLQ", &e))?;
+            within(what, self.ctx.config.confirm_timeout, async {
+                original
+                    .acker
+                    .ack(BasicAckOptions::default())
+                    .await
+                    .map_err(|e| broker(what(), &e))
+            })
+            .await?;
         }
         let n = chunk.originals.len();
         chunk.originals.clear();
@@ -257,11 +286,16 @@ impl RabbitTransport {
         // Fails cleanly if the queue does not exist.
         self.queue_state(queue).await?;
         let channel = self.side_channel().await?;
-        let purged = channel
-            .queue_purge(queue.into(), QueuePurgeOptions::default())
-            .await
-            .map_err(|e| broker(format!("purging `{queue}`"), &e));
-        let _ = channel.close(200, "done".into()).await;
+        let timeout = self.ctx.config.confirm_timeout;
+        let what = || format!("purging `{queue}`");
+        let purged = within(what, timeout, async {
+            channel
+                .queue_purge(queue.into(), QueuePurgeOptions::default())
+                .await
+                .map_err(|e| broker(what(), &e))
+        })
+        .await;
+        let _ = tokio::time::timeout(timeout, channel.close(200, "done".into())).await;
         purged
     }
 }

@@ -402,6 +402,54 @@ async fn shutdown_lets_in_flight_handlers_finish_and_ack() {
     assert_eq!(bus.stats().events_processed_success, 1);
 }
 
+/// `shutdown(timeout)` returns by `timeout` even when a handler never ends
+/// and the configured shutdown timeout is much longer; the stuck delivery is
+/// not acked, so the group's next member gets it.
+#[tokio::test]
+async fn shutdown_returns_by_its_timeout_and_a_stuck_delivery_goes_to_the_next_member() {
+    let scope = Scope::new("stuck");
+    let started = Arc::new(Notify::new());
+    let s = started.clone();
+    let stuck = scope
+        .builder()
+        .configure(|c| c.shutdown_timeout = Duration::from_secs(600))
+        .handler::<OrderPlaced, _, _>("stuck", move |_e| {
+            s.notify_one();
+            std::future::pending::<Result<(), HandlerError>>()
+        })
+        .build()
+        .await
+        .expect("connects");
+    stuck.start_consuming().await.expect("consumes");
+    stuck.publish([placed("stuck")]).await.expect("confirmed");
+    tokio::time::timeout(WAIT, started.notified())
+        .await
+        .expect("handler started");
+    let result = tokio::time::timeout(WAIT, stuck.shutdown(Duration::from_millis(300)))
+        .await
+        .expect("shutdown(300 ms) returns long before the configured 600 s");
+    assert!(
+        matches!(result, Err(Error::ShutdownTimeout { pending: 1.., .. })),
+        "{result:?}"
+    );
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let next = scope
+        .builder()
+        .handler::<OrderPlaced, _, _>("next", forward(tx))
+        .build()
+        .await
+        .expect("connects");
+    next.start_consuming().await.expect("consumes");
+    let got = tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .expect("redelivered to the next member")
+        .expect("open");
+    assert_eq!(got.customer_id, "stuck");
+    next.shutdown(Duration::from_secs(5))
+        .await
+        .expect("shuts down");
+}
+
 #[tokio::test]
 async fn health_reports_connection_and_consumers() {
     let scope = Scope::new("health");

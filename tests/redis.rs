@@ -663,3 +663,57 @@ async fn a_group_subscribed_at_runtime_starts_consuming() {
     assert_eq!(seen.lock().expect("ok")[0], event.meta().event_id());
     assert_eq!(scope.pending("late") + scope.pending("early"), 0);
 }
+
+/// `shutdown(timeout)` returns by `timeout` even when a handler never ends
+/// and the configured shutdown timeout is much longer; the stuck entry stays
+/// pending and a live member of the group claims it after the idle time.
+#[tokio::test]
+async fn shutdown_returns_by_its_timeout_and_a_stuck_entry_is_claimed_by_the_next_member() {
+    let scope = RedisScope::new("stuck");
+    let started = Arc::new(tokio::sync::Notify::new());
+    let s = started.clone();
+    let stuck = scope
+        .builder()
+        .configure(|c| c.shutdown_timeout = Duration::from_secs(600))
+        .handler::<OrderPlaced, _, _>("stuck", move |_e| {
+            s.notify_one();
+            std::future::pending::<Result<(), HandlerError>>()
+        })
+        .build()
+        .await
+        .expect("connects");
+    stuck.start_consuming().await.expect("consumes");
+    stuck.publish([placed("stuck")]).await.expect("published");
+    tokio::time::timeout(WAIT, started.notified())
+        .await
+        .expect("handler started");
+    let result = tokio::time::timeout(WAIT, stuck.shutdown(Duration::from_millis(300)))
+        .await
+        .expect("shutdown(300 ms) returns long before the configured 600 s");
+    assert!(
+        matches!(
+            result,
+            Err(eventbus::Error::ShutdownTimeout { pending: 1.., .. })
+        ),
+        "{result:?}"
+    );
+    assert_eq!(scope.pending("default"), 1, "the stuck entry was not acked");
+    let seen = Seen::default();
+    let next = scope
+        .builder()
+        .configure(|c| c.pending_idle_ms = 500)
+        .handler::<OrderPlaced, _, _>("next", seen_handler(&seen))
+        .build()
+        .await
+        .expect("connects");
+    next.start_consuming().await.expect("consumes");
+    eventually("the next member claimed the stuck entry", WAIT, || {
+        let done = count(&seen) == 1;
+        async move { done }
+    })
+    .await;
+    next.shutdown(Duration::from_secs(10))
+        .await
+        .expect("shuts down");
+    assert_eq!(scope.pending("default"), 0);
+}

@@ -252,16 +252,23 @@ impl Bus {
     }
 
     /// Stops taking new deliveries; in-flight handlers finish and ack.
+    ///
+    /// Waits up to `EVENTBUS_SHUTDOWN_TIMEOUT` for them; what is still
+    /// running then is left unacked, for the broker to deliver again.
     pub async fn stop_consuming(&self) -> Result<(), Error> {
-        self.transport.stop_consuming().await
+        self.transport
+            .stop_consuming(self.ctx.config.shutdown_timeout)
+            .await
     }
 
-    /// Stops consuming, waits up to `timeout` for in-flight handlers and
-    /// background publishes, then closes the connections.
+    /// Stops consuming, waits up to `timeout` (in all) for in-flight handlers
+    /// and background publishes, then closes the connections. Handlers still
+    /// running at `timeout` are not acked: the broker delivers their messages
+    /// again.
     pub async fn shutdown(&self, timeout: Duration) -> Result<(), Error> {
         let deadline = tokio::time::Instant::now() + timeout;
         self.observe.cancel();
-        let stopped = self.transport.stop_consuming().await;
+        let stopped = self.transport.stop_consuming(timeout).await;
         self.ctx.tasks.close();
         let waited = tokio::time::timeout_at(deadline, self.ctx.tasks.wait()).await;
         let closed = self.transport.close().await;

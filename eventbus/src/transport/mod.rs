@@ -26,6 +26,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::envelope::AnyEnvelope;
 use crate::error::Error;
@@ -64,8 +65,12 @@ pub(crate) trait Transport: Send + Sync {
     /// Starts one consumer per consumer group; returns once they are running.
     fn start_consuming(&self) -> impl Future<Output = Result<(), Error>> + Send;
 
-    /// Stops taking deliveries; in-flight ones finish and are settled.
-    fn stop_consuming(&self) -> impl Future<Output = Result<(), Error>> + Send;
+    /// Stops taking deliveries; in-flight ones finish and are settled within
+    /// `drain`. What is unsettled then is left to the broker, which delivers
+    /// it again (to this group's next member); the call returns by `drain`
+    /// (plus the bounded close of the consumer connection) whatever the
+    /// handlers do.
+    fn stop_consuming(&self, drain: Duration) -> impl Future<Output = Result<(), Error>> + Send;
 
     /// Stops consuming and closes every connection.
     fn close(&self) -> impl Future<Output = Result<(), Error>> + Send;
@@ -208,8 +213,8 @@ impl Transport for AnyTransport {
     async fn start_consuming(&self) -> Result<(), Error> {
         forward!(self, t => t.start_consuming().await)
     }
-    async fn stop_consuming(&self) -> Result<(), Error> {
-        forward!(self, t => t.stop_consuming().await)
+    async fn stop_consuming(&self, drain: Duration) -> Result<(), Error> {
+        forward!(self, t => t.stop_consuming(drain).await)
     }
     async fn close(&self) -> Result<(), Error> {
         forward!(self, t => t.close().await)

@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures_util::future::join_all;
 use uuid::Uuid;
@@ -130,7 +131,7 @@ impl Transport for MemoryTransport {
         Ok(())
     }
 
-    async fn stop_consuming(&self) -> Result<(), Error> {
+    async fn stop_consuming(&self, _drain: Duration) -> Result<(), Error> {
         Ok(())
     }
 

@@ -15,6 +15,7 @@ mod topology;
 use std::collections::BTreeSet;
 use std::fmt;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
@@ -320,7 +321,7 @@ impl Transport for RabbitTransport {
         Ok(())
     }
 
-    async fn stop_consuming(&self) -> Result<(), Error> {
+    async fn stop_consuming(&self, drain: Duration) -> Result<(), Error> {
         let Some(consuming) = self.consuming.lock().await.take() else {
             return Ok(());
         };
@@ -329,24 +330,29 @@ impl Transport for RabbitTransport {
         // the shutdown timeout; what is still unacked then goes back to the
         // queue when the connection closes.
         self.deliveries.close();
-        let timeout = self.ctx.config.shutdown_timeout;
-        if tokio::time::timeout(timeout, self.deliveries.wait())
-            .await
-            .is_err()
-        {
+        let drained = tokio::time::timeout(drain, self.deliveries.wait()).await;
+        let pending = self.deliveries.len();
+        if drained.is_err() {
             tracing::warn!(
-                pending = self.deliveries.len(),
-                ?timeout,
+                pending,
+                timeout = ?drain,
                 "handlers still running at the shutdown timeout; closing the consumer connection (the broker redelivers what was not acked)"
             );
         }
         self.deliveries.reopen();
         consuming.link.close().await;
-        Ok(())
+        match drained {
+            Ok(()) => Ok(()),
+            Err(_) => Err(Error::ShutdownTimeout {
+                timeout: drain,
+                pending,
+            }),
+        }
     }
 
     async fn close(&self) -> Result<(), Error> {
-        self.stop_consuming().await?;
+        self.stop_consuming(self.ctx.config.shutdown_timeout)
+            .await?;
         self.watcher.cancel();
         self.publisher.link.close().await;
         Ok(())

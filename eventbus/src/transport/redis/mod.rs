@@ -16,6 +16,7 @@ mod retry;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use redis::Value;
 use redis::aio::ConnectionManager;
@@ -372,30 +373,50 @@ impl Transport for RedisTransport {
         Ok(())
     }
 
-    async fn stop_consuming(&self) -> Result<(), Error> {
+    async fn stop_consuming(&self, drain: Duration) -> Result<(), Error> {
+        let deadline = tokio::time::Instant::now() + drain;
         let Some(consuming) = self.consuming.lock().await.take() else {
             return Ok(());
         };
         consuming.watcher.cancel();
         let run = &consuming.run;
         run.stop.cancel();
-        let groups: Vec<Arc<Group>> = consuming.groups.lock().await.values().cloned().collect();
-        for group in &groups {
-            group.unblock().await;
+        let drained = tokio::time::timeout_at(deadline, async {
+            let groups: Vec<Arc<Group>> = consuming.groups.lock().await.values().cloned().collect();
+            for group in &groups {
+                group.unblock().await;
+            }
+            run.workers.close();
+            run.workers.wait().await;
+            // In-flight handlers finish; their acks are written before we return.
+            run.deliveries.close();
+            run.deliveries.wait().await;
+            for group in &groups {
+                group.flush().await;
+            }
+        })
+        .await;
+        match drained {
+            Ok(()) => Ok(()),
+            Err(_) => {
+                // Entries not acked stay pending in their group: a live member
+                // claims them after the claim idle time (or this one, restarted).
+                let pending = run.deliveries.len();
+                tracing::warn!(
+                    pending,
+                    timeout = ?drain,
+                    "handlers still running at the shutdown timeout; their entries stay pending for the group to claim"
+                );
+                Err(Error::ShutdownTimeout {
+                    timeout: drain,
+                    pending,
+                })
+            }
         }
-        run.workers.close();
-        run.workers.wait().await;
-        // In-flight handlers finish; their acks are written before we return.
-        run.deliveries.close();
-        run.deliveries.wait().await;
-        for group in &groups {
-            group.flush().await;
-        }
-        Ok(())
     }
 
     async fn close(&self) -> Result<(), Error> {
-        self.stop_consuming().await
+        self.stop_consuming(self.ctx.config.shutdown_timeout).await
     }
 
     async fn health(&self) -> HealthStatus {

@@ -639,6 +639,58 @@ async fn subscribing_at_runtime_binds_the_new_event_type() {
         .expect("shuts down");
 }
 
+/// A projection of its own group, subscribed while the bus is running.
+struct LateAudit {
+    tx: mpsc::UnboundedSender<Envelope<OrderPlaced>>,
+}
+
+#[eventbus::projection(group = "late")]
+impl LateAudit {
+    #[eventbus::handles(OrderPlaced)]
+    async fn audit(&self, order: &Envelope<OrderPlaced>) -> Result<(), HandlerError> {
+        let _ = self.tx.send(order.clone());
+        Ok(())
+    }
+}
+
+/// A group subscribed while the consumers start (or right after) is
+/// consumed: its queue is declared and bound, and its consumer started.
+#[tokio::test]
+async fn a_group_subscribed_while_consumers_start_is_consumed() {
+    let scope = Scope::new("late-group");
+    scope.group("late");
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let bus = scope
+        .builder()
+        .handler::<OrderPlaced, _, _>("p", forward(tx))
+        .build()
+        .await
+        .expect("connects");
+    let (late_tx, mut late_rx) = mpsc::unbounded_channel();
+    let (started, subscribed) = tokio::join!(bus.start_consuming(), async {
+        tokio::task::yield_now().await;
+        bus.subscribe_all(LateAudit { tx: late_tx })
+    });
+    started.expect("consumes");
+    subscribed.expect("subscribes");
+    assert!(bus.groups().contains_key("late"), "{:?}", bus.groups());
+    common::eventually("the late group's consumer", WAIT, || async {
+        bus.health_check()
+            .await
+            .consumers
+            .get(&scope.queue("late"))
+            .copied()
+            == Some(true)
+    })
+    .await;
+    bus.publish([placed("both")]).await.expect("confirmed");
+    assert_eq!(recv(&mut rx).await.customer_id, "both");
+    assert_eq!(recv(&mut late_rx).await.customer_id, "both");
+    bus.shutdown(Duration::from_secs(5))
+        .await
+        .expect("shuts down");
+}
+
 #[tokio::test]
 async fn batch_publishing_chunks_caps_concurrency_and_reports_counts() {
     let scope = Scope::new("batch");

@@ -148,29 +148,38 @@ impl RabbitTransport {
             move || lock(&states).keys().cloned().collect::<BTreeSet<_>>()
         };
         tokio::spawn(async move {
-            changes.mark_unchanged();
             loop {
                 tokio::select! {
                     changed = changes.changed() => if changed.is_err() { break },
                     () = stop.cancelled() => break,
                 }
-                let LinkState::Up(session) = publisher.state() else {
-                    continue;
-                };
-                let timeout = shared.config.confirm_timeout;
-                match tokio::time::timeout(timeout, declare_topology(&session, &shared, &extra))
-                    .await
-                {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => {
-                        tracing::error!(error = ?e, "cannot update bindings after a subscription change");
-                    }
-                    Err(_) => {
-                        let error = session
-                            .timed_out("updating bindings after a subscription change", timeout);
-                        tracing::error!(%error, "cannot update bindings after a subscription change");
+                // A link that is down declares the whole topology when it
+                // comes back up.
+                if let LinkState::Up(session) = publisher.state() {
+                    let timeout = shared.config.confirm_timeout;
+                    match tokio::time::timeout(timeout, declare_topology(&session, &shared, &extra))
+                        .await
+                    {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => {
+                            tracing::error!(error = ?e, "cannot update bindings after a subscription change");
+                        }
+                        Err(_) => {
+                            let error = session.timed_out(
+                                "updating bindings after a subscription change",
+                                timeout,
+                            );
+                            tracing::error!(%error, "cannot update bindings after a subscription change");
+                        }
                     }
                 }
+                // Under the lock `start_consuming` holds until its consumers
+                // are up: a group subscribed while they start is either in
+                // the snapshot they started from or missing from `running`.
+                let consuming = consuming.lock().await;
+                let Some(c) = consuming.as_ref() else {
+                    continue;
+                };
                 let running = consumer_groups();
                 let wanted: BTreeSet<String> = shared
                     .dispatcher
@@ -179,12 +188,10 @@ impl RabbitTransport {
                     .keys()
                     .map(|g| shared.config.group_queue_name(g))
                     .collect();
-                if !running.is_empty() && !wanted.is_subset(&running) {
+                if !wanted.is_subset(&running) {
                     tracing::info!("new consumer group subscribed; restarting consumers");
                     // The consumer link's next session consumes every group.
-                    if let Some(c) = consuming.lock().await.as_ref()
-                        && let LinkState::Up(session) = c.link.state()
-                    {
+                    if let LinkState::Up(session) = c.link.state() {
                         session.fail("consumer groups changed");
                     }
                 }

@@ -17,6 +17,8 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use redis::Value;
 use redis::aio::ConnectionManager;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
@@ -198,21 +200,34 @@ impl Group {
         state: RetryState,
         permit: OwnedSemaphorePermit,
     ) {
+        self.run
+            .deliveries
+            .spawn(self.prepare(source, entry, state, permit));
+    }
+
+    /// The handling of `entry`, its place in the sequencer taken now (in
+    /// read order); runs when polled.
+    fn prepare(
+        self: &Arc<Self>,
+        source: Source,
+        entry: Entry,
+        state: RetryState,
+        permit: OwnedSemaphorePermit,
+    ) -> impl Future<Output = ()> + Send + 'static {
         let ctx = &self.run.ctx;
         add(&ctx.stats.events_consumed, 1);
         ctx.stats.last_consume_at.now();
         let key = entry
             .field(HEADER_AGGREGATE_ID)
             .and_then(|id| id.parse().ok());
-        // Taken here, in read order: the turn fixes this entry's place.
         let mut turn = self.sequencer.enter(key);
         let group = self.clone();
-        self.run.deliveries.spawn(async move {
+        async move {
             turn.wait().await;
             group.handle(source, &entry, state).await;
             drop(turn);
             drop(permit);
-        });
+        }
     }
 
     /// Runs the group's handlers for one entry and settles it.
@@ -465,6 +480,16 @@ async fn acker(group: Arc<Group>, mut rx: mpsc::UnboundedReceiver<AckMsg>) {
     }
 }
 
+/// Runs `handling` to the end on one task of `tracker`.
+fn spawn_all<F>(tracker: &TaskTracker, mut handling: FuturesUnordered<F>)
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    if !handling.is_empty() {
+        tracker.spawn(async move { while handling.next().await.is_some() {} });
+    }
+}
+
 /// Sleeps `delay` unless stopped first; `false` when stopped.
 pub(crate) async fn pause(stop: &CancellationToken, delay: Duration) -> bool {
     tokio::select! {
@@ -561,7 +586,11 @@ async fn read_loop(group: Arc<Group>) {
                 }
                 set_state(&run.states, name, true);
                 delay = config.reconnect_delay;
-                for (key, entries) in entry::read_reply(&reply) {
+                // One task runs the whole read (entries still run concurrently
+                // inside it, in their sequencer's order): a spawn per entry
+                // costs more than handling a fast one.
+                let mut handling = FuturesUnordered::new();
+                for (key, entries) in entry::read_reply(reply) {
                     let source = if key == group.keys.replay {
                         Source::Replay
                     } else {
@@ -571,15 +600,20 @@ async fn read_loop(group: Arc<Group>) {
                         // Never more entries than permits: COUNT is the batch's size.
                         let permit = match batch.split(1) {
                             Some(p) => p,
-                            None => match group.permit().await {
-                                Some(p) => p,
-                                None => return,
-                            },
+                            None => {
+                                // Those taken so far hold permits: let them run first.
+                                spawn_all(&run.deliveries, std::mem::take(&mut handling));
+                                match group.permit().await {
+                                    Some(p) => p,
+                                    None => return,
+                                }
+                            }
                         };
                         let state = RetryState::fresh(source, &entry);
-                        group.spawn(source, entry, state, permit);
+                        handling.push(group.prepare(source, entry, state, permit));
                     }
                 }
+                spawn_all(&run.deliveries, handling);
             }
             Err(e) if is_nogroup(&e) => {
                 // Redis lost the group (restarted without persistence, or the
@@ -643,7 +677,7 @@ pub(crate) async fn recover(
                     .query_async(&mut ops)
                     .await
                     .map_err(|e| broker(url, format!("reading pending entries of `{key}`"), &e))?;
-                let entries: Vec<Entry> = entry::read_reply(&reply)
+                let entries: Vec<Entry> = entry::read_reply(reply)
                     .into_iter()
                     .flat_map(|(_, e)| e)
                     .collect();
@@ -663,7 +697,7 @@ pub(crate) async fn recover(
                     .query_async(&mut ops)
                     .await
                     .map_err(|e| broker(url, format!("claiming idle entries of `{key}`"), &e))?;
-                let (next, entries) = entry::autoclaim_reply(&reply);
+                let (next, entries) = entry::autoclaim_reply(reply);
                 cursor = next;
                 entries
             };

@@ -40,7 +40,7 @@ impl RedisTransport {
                 .query_async(&mut ops)
                 .await
                 .map_err(|e| broker(&config.url, format!("reading `{key}`"), &e))?;
-            let entries = entry::entries(&page);
+            let entries = entry::entries(page);
             let Some(last) = entries.last() else {
                 break;
             };

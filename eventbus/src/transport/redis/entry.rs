@@ -78,6 +78,27 @@ fn items(value: &Value) -> &[Value] {
     }
 }
 
+fn into_items(value: Value) -> Vec<Value> {
+    match value {
+        Value::Array(items) | Value::Set(items) => items,
+        _ => Vec::new(),
+    }
+}
+
+/// A string-like value as text, taking its bytes without a copy (one UTF-8
+/// check; invalid bytes become U+FFFD, as in [`text`]).
+fn into_text(value: Value) -> Option<String> {
+    match value {
+        Value::BulkString(bytes) => Some(
+            String::from_utf8(bytes)
+                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
+        ),
+        Value::SimpleString(s) => Some(s),
+        Value::VerbatimString { text, .. } => Some(text),
+        other => text(&other),
+    }
+}
+
 /// Pairs of a flat `[k, v, k, v]` array or of a RESP3 map.
 pub(crate) fn pairs(value: &Value) -> Vec<(&Value, &Value)> {
     match value {
@@ -89,17 +110,33 @@ pub(crate) fn pairs(value: &Value) -> Vec<(&Value, &Value)> {
     }
 }
 
-fn entry(value: &Value) -> Option<Entry> {
-    let [id, fields] = items(value) else {
+/// Owned pairs of a flat `[k, v, k, v]` array or of a RESP3 map.
+fn into_pairs(value: Value) -> Vec<(Value, Value)> {
+    match value {
+        Value::Map(map) => map,
+        other => {
+            let mut flat = into_items(other).into_iter();
+            let mut out = Vec::with_capacity(flat.len() / 2);
+            while let (Some(k), Some(v)) = (flat.next(), flat.next()) {
+                out.push((k, v));
+            }
+            out
+        }
+    }
+}
+
+fn entry(value: Value) -> Option<Entry> {
+    let mut parts = into_items(value).into_iter();
+    let (Some(id), Some(fields), None) = (parts.next(), parts.next(), parts.next()) else {
         return None;
     };
-    let id = text(id)?;
+    let id = into_text(id)?;
     let fields = match fields {
         Value::Nil => None,
         other => Some(
-            pairs(other)
+            into_pairs(other)
                 .into_iter()
-                .filter_map(|(k, v)| Some((text(k)?, text(v)?)))
+                .filter_map(|(k, v)| Some((into_text(k)?, into_text(v)?)))
                 .collect(),
         ),
     };
@@ -107,33 +144,37 @@ fn entry(value: &Value) -> Option<Entry> {
 }
 
 /// An array of entries (`XRANGE`, `XCLAIM`, one stream of `XREADGROUP`).
-pub(crate) fn entries(value: &Value) -> Vec<Entry> {
-    items(value).iter().filter_map(entry).collect()
+pub(crate) fn entries(value: Value) -> Vec<Entry> {
+    into_items(value).into_iter().filter_map(entry).collect()
 }
 
 /// An `XREADGROUP` reply: entries per stream key; nothing when it timed out.
-pub(crate) fn read_reply(value: &Value) -> Vec<(String, Vec<Entry>)> {
-    let streams: Vec<(&Value, &Value)> = match value {
-        Value::Map(map) => map.iter().map(|(k, v)| (k, v)).collect(),
-        other => items(other)
-            .iter()
-            .filter_map(|s| match items(s) {
-                [key, list] => Some((key, list)),
-                _ => None,
+pub(crate) fn read_reply(value: Value) -> Vec<(String, Vec<Entry>)> {
+    let streams: Vec<(Value, Value)> = match value {
+        Value::Map(map) => map,
+        other => into_items(other)
+            .into_iter()
+            .filter_map(|s| {
+                let mut kv = into_items(s).into_iter();
+                match (kv.next(), kv.next(), kv.next()) {
+                    (Some(key), Some(list), None) => Some((key, list)),
+                    _ => None,
+                }
             })
             .collect(),
     };
     streams
         .into_iter()
-        .filter_map(|(key, list)| Some((text(key)?, entries(list))))
+        .filter_map(|(key, list)| Some((into_text(key)?, entries(list))))
         .collect()
 }
 
 /// An `XAUTOCLAIM` reply: the next cursor and the claimed entries.
-pub(crate) fn autoclaim_reply(value: &Value) -> (String, Vec<Entry>) {
-    match items(value) {
-        [cursor, claimed, ..] => (
-            text(cursor).unwrap_or_else(|| "0-0".to_owned()),
+pub(crate) fn autoclaim_reply(value: Value) -> (String, Vec<Entry>) {
+    let mut parts = into_items(value).into_iter();
+    match (parts.next(), parts.next()) {
+        (Some(cursor), Some(claimed)) => (
+            into_text(cursor).unwrap_or_else(|| "0-0".to_owned()),
             entries(claimed),
         ),
         _ => ("0-0".to_owned(), Vec::new()),
@@ -160,7 +201,7 @@ mod tests {
                 Value::Array(vec![bulk("2-0"), Value::Nil]),
             ]),
         ])]);
-        let streams = read_reply(&reply);
+        let streams = read_reply(reply);
         assert_eq!(streams.len(), 1);
         let (key, list) = &streams[0];
         assert_eq!(key, "events:stream");
@@ -170,8 +211,8 @@ mod tests {
         );
         assert_eq!(list[0].field("a"), Some("1"));
         assert_eq!(list[1].fields, None);
-        assert!(read_reply(&Value::Nil).is_empty());
-        let (cursor, claimed) = autoclaim_reply(&Value::Array(vec![
+        assert!(read_reply(Value::Nil).is_empty());
+        let (cursor, claimed) = autoclaim_reply(Value::Array(vec![
             bulk("0-0"),
             Value::Array(vec![Value::Array(vec![bulk("3-0"), Value::Array(vec![])])]),
             Value::Array(vec![]),

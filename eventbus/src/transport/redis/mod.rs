@@ -204,15 +204,15 @@ impl RedisTransport {
             .query_async(&mut ops)
             .await
             .map_err(|e| broker(&config.url, format!("reading `{stream}`"), &e))?;
-        let id = |v: &Value| entry::entries(v).into_iter().next().map(|e| e.id);
+        let id = |v: Value| entry::entries(v).into_iter().next().map(|e| e.id);
         let groups = self.group_info().await?;
         Ok(StreamInfo {
             connected: true,
             stream: StreamState {
                 name: stream,
                 length,
-                first_entry_id: id(&first),
-                last_entry_id: id(&last),
+                first_entry_id: id(first),
+                last_entry_id: id(last),
             },
             pending_messages: groups.iter().map(|g| g.pending).sum(),
             active_consumers: groups.iter().map(|g| g.consumers).sum(),

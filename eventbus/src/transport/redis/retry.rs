@@ -332,7 +332,7 @@ async fn take_due(group: &Arc<Group>) -> Result<(), Error> {
             .query_async(&mut ops)
             .await
             .map_err(|e| broker(url, format!("claiming `{id}` for its retry"), &e))?;
-        let Some(entry) = entry::entries(&claimed).into_iter().next() else {
+        let Some(entry) = entry::entries(claimed).into_iter().next() else {
             // No longer pending (settled meanwhile): nothing to retry.
             let _: Result<(), _> = redis::cmd("HDEL")
                 .arg(&group.keys.state)

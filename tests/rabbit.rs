@@ -408,30 +408,7 @@ async fn shutdown_lets_in_flight_handlers_finish_and_ack() {
 #[tokio::test]
 async fn shutdown_returns_by_its_timeout_and_a_stuck_delivery_goes_to_the_next_member() {
     let scope = Scope::new("stuck");
-    let started = Arc::new(Notify::new());
-    let s = started.clone();
-    let stuck = scope
-        .builder()
-        .configure(|c| c.shutdown_timeout = Duration::from_secs(600))
-        .handler::<OrderPlaced, _, _>("stuck", move |_e| {
-            s.notify_one();
-            std::future::pending::<Result<(), HandlerError>>()
-        })
-        .build()
-        .await
-        .expect("connects");
-    stuck.start_consuming().await.expect("consumes");
-    stuck.publish([placed("stuck")]).await.expect("confirmed");
-    tokio::time::timeout(WAIT, started.notified())
-        .await
-        .expect("handler started");
-    let result = tokio::time::timeout(WAIT, stuck.shutdown(Duration::from_millis(300)))
-        .await
-        .expect("shutdown(300 ms) returns long before the configured 600 s");
-    assert!(
-        matches!(result, Err(Error::ShutdownTimeout { pending: 1.., .. })),
-        "{result:?}"
-    );
+    common::assert_stuck_shutdown_returns_by_its_timeout(scope.builder()).await;
     let (tx, mut rx) = mpsc::unbounded_channel();
     let next = scope
         .builder()

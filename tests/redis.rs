@@ -670,33 +670,7 @@ async fn a_group_subscribed_at_runtime_starts_consuming() {
 #[tokio::test]
 async fn shutdown_returns_by_its_timeout_and_a_stuck_entry_is_claimed_by_the_next_member() {
     let scope = RedisScope::new("stuck");
-    let started = Arc::new(tokio::sync::Notify::new());
-    let s = started.clone();
-    let stuck = scope
-        .builder()
-        .configure(|c| c.shutdown_timeout = Duration::from_secs(600))
-        .handler::<OrderPlaced, _, _>("stuck", move |_e| {
-            s.notify_one();
-            std::future::pending::<Result<(), HandlerError>>()
-        })
-        .build()
-        .await
-        .expect("connects");
-    stuck.start_consuming().await.expect("consumes");
-    stuck.publish([placed("stuck")]).await.expect("published");
-    tokio::time::timeout(WAIT, started.notified())
-        .await
-        .expect("handler started");
-    let result = tokio::time::timeout(WAIT, stuck.shutdown(Duration::from_millis(300)))
-        .await
-        .expect("shutdown(300 ms) returns long before the configured 600 s");
-    assert!(
-        matches!(
-            result,
-            Err(eventbus::Error::ShutdownTimeout { pending: 1.., .. })
-        ),
-        "{result:?}"
-    );
+    common::assert_stuck_shutdown_returns_by_its_timeout(scope.builder()).await;
     assert_eq!(scope.pending("default"), 1, "the stuck entry was not acked");
     let seen = Seen::default();
     let next = scope

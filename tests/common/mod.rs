@@ -284,6 +284,40 @@ pub fn fails_first_attempt(
     }
 }
 
+/// Builds a bus from `builder` whose handler never ends (and whose configured
+/// shutdown timeout is 600 s), gets one event into that handler, and checks
+/// that `shutdown(300 ms)` returns by its own timeout with `ShutdownTimeout`.
+#[allow(dead_code)]
+pub async fn assert_stuck_shutdown_returns_by_its_timeout(builder: BusBuilder) {
+    let started = std::sync::Arc::new(tokio::sync::Notify::new());
+    let s = started.clone();
+    let stuck = builder
+        .configure(|c| c.shutdown_timeout = Duration::from_secs(600))
+        .handler::<OrderPlaced, _, _>("stuck", move |_e| {
+            s.notify_one();
+            std::future::pending::<Result<(), eventbus::HandlerError>>()
+        })
+        .build()
+        .await
+        .expect("connects");
+    stuck.start_consuming().await.expect("consumes");
+    stuck.publish([placed("stuck")]).await.expect("published");
+    let wait = Duration::from_secs(20);
+    tokio::time::timeout(wait, started.notified())
+        .await
+        .expect("handler started");
+    let result = tokio::time::timeout(wait, stuck.shutdown(Duration::from_millis(300)))
+        .await
+        .expect("shutdown(300 ms) returns long before the configured 600 s");
+    assert!(
+        matches!(
+            result,
+            Err(eventbus::Error::ShutdownTimeout { pending: 1.., .. })
+        ),
+        "{result:?}"
+    );
+}
+
 pub mod python;
 pub mod redis_scope;
 

@@ -1,137 +1,17 @@
 //! TLS against the local RabbitMQ: the test makes its own CA and certificates
-//! (openssl), opens TLS listeners on the running broker (`rabbitmqctl eval`),
+//! (openssl, tests/common/pki.rs), opens TLS listeners on the running broker (`rabbitmqctl eval`),
 //! and closes them afterwards.
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::pki::{Pki, run};
 use common::{OrderPlaced, Scope, placed};
 use eventbus::{Envelope, Error, HandlerError};
 use tokio::sync::mpsc;
-
-fn run(cmd: &mut Command) {
-    let out = cmd.output().expect("command runs");
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn openssl(dir: &Path, args: &[&str]) {
-    run(Command::new("openssl").current_dir(dir).args(args));
-}
-
-/// A CA, a server certificate for localhost, a client certificate, and an
-/// unrelated CA, in a fresh directory.
-struct Pki {
-    dir: PathBuf,
-}
-
-impl Pki {
-    fn new() -> Self {
-        let dir =
-            std::env::temp_dir().join(format!("eventbus-tls-{}", uuid::Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let days = ["-days", "2"];
-        for ca in ["ca", "other-ca"] {
-            openssl(
-                &dir,
-                &[
-                    &[
-                        "req",
-                        "-x509",
-                        "-newkey",
-                        "rsa:2048",
-                        "-nodes",
-                        "-keyout",
-                        &format!("{ca}.key"),
-                    ][..],
-                    &[
-                        "-out",
-                        &format!("{ca}.pem"),
-                        "-subj",
-                        &format!("/CN=eventbus test {ca}"),
-                    ],
-                    &days[..],
-                ]
-                .concat(),
-            );
-        }
-        std::fs::write(
-            dir.join("server.ext"),
-            "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
-        )
-        .expect("ext");
-        std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").expect("ext");
-        for (name, cn) in [("server", "localhost"), ("client", "eventbus-client")] {
-            openssl(
-                &dir,
-                &[
-                    "genpkey",
-                    "-algorithm",
-                    "RSA",
-                    "-out",
-                    &format!("{name}.key"),
-                ],
-            );
-            openssl(
-                &dir,
-                &[
-                    "req",
-                    "-new",
-                    "-key",
-                    &format!("{name}.key"),
-                    "-out",
-                    &format!("{name}.csr"),
-                    "-subj",
-                    &format!("/CN={cn}"),
-                ],
-            );
-            openssl(
-                &dir,
-                &[
-                    &[
-                        "x509",
-                        "-req",
-                        "-in",
-                        &format!("{name}.csr"),
-                        "-CA",
-                        "ca.pem",
-                        "-CAkey",
-                        "ca.key",
-                        "-CAcreateserial",
-                    ][..],
-                    &[
-                        "-out",
-                        &format!("{name}.pem"),
-                        "-extfile",
-                        &format!("{name}.ext"),
-                    ],
-                    &days[..],
-                ]
-                .concat(),
-            );
-        }
-        // The broker runs as its own user: let it read the files.
-        run(Command::new("chmod").args(["-R", "a+rX"]).arg(&dir));
-        Self { dir }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.join(name)
-    }
-}
-
-impl Drop for Pki {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 /// A TLS listener on the running broker, stopped when dropped.
 struct Listener {

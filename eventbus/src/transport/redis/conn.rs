@@ -1,20 +1,167 @@
 //! Connections: the redis crate's `ConnectionManager` (reconnects by itself),
 //! errors turned into ours without the password.
 
+use std::path::Path;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, RedisError};
+use redis::{
+    Client, ClientTlsConfig, ConnectionAddr, IntoConnectionInfo, RedisError, TlsCertificates,
+};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::config::{BrokerUrl, Config};
 use crate::error::Error;
 
-/// The client for `config.url`.
-pub(crate) fn client(url: &BrokerUrl) -> Result<Client, Error> {
-    Client::open(url.expose()).map_err(|_| Error::Connect {
+/// The client for `config.url`: plain for `redis://`; for `rediss://`, TLS
+/// with `EVENTBUS_CA_FILE` (else the system roots), the client identity of
+/// `EVENTBUS_CERT_FILE` / `EVENTBUS_KEY_FILE`, and verification unless
+/// `EVENTBUS_VERIFY_SSL=false`. Never plain when TLS files are configured.
+pub(crate) fn client(config: &Config) -> Result<Client, Error> {
+    let url = &config.url;
+    let invalid = || Error::Connect {
         url: url.redacted(),
         reason: "not a valid Redis URL".to_owned(),
+    };
+    let info = url.expose().into_connection_info().map_err(|_| invalid())?;
+    if !url.is_tls() {
+        if config.ca_file.is_some() || config.cert_file.is_some() {
+            // Never fall back to plain Redis when certificates were configured.
+            return Err(tls_error(
+                url,
+                "TLS files are configured (EVENTBUS_CA_FILE / EVENTBUS_CERT_FILE) but the URL is `redis://`; use `rediss://`".to_owned(),
+            ));
+        }
+        return Client::open(info).map_err(|_| invalid());
+    }
+    let ConnectionAddr::TcpTls {
+        host,
+        port,
+        insecure,
+        tls_params,
+    } = info.addr().clone()
+    else {
+        return Err(invalid());
+    };
+    // `#insecure` is the redis crate's own spelling of `EVENTBUS_VERIFY_SSL=false`.
+    let insecure = insecure || !config.verify_ssl;
+    if insecure {
+        tracing::warn!(
+            url = %url,
+            "EVENTBUS_VERIFY_SSL=false: the Redis server's certificate is NOT verified; anyone on the path can read and change traffic"
+        );
+    }
+    let info = info.set_addr(ConnectionAddr::TcpTls {
+        host,
+        port,
+        insecure,
+        tls_params,
+    });
+    let root_cert = match &config.ca_file {
+        Some(path) => {
+            let pem = read(url, path, "EVENTBUS_CA_FILE")?;
+            let certs = CertificateDer::pem_slice_iter(&pem)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| {
+                    tls_error(url, format!("EVENTBUS_CA_FILE `{}`: {e}", path.display()))
+                })?;
+            if certs.is_empty() {
+                return Err(tls_error(
+                    url,
+                    format!(
+                        "EVENTBUS_CA_FILE `{}` holds no PEM certificate",
+                        path.display()
+                    ),
+                ));
+            }
+            Some(pem)
+        }
+        None => None,
+    };
+    let client_tls = match (&config.cert_file, &config.key_file) {
+        (Some(cert), Some(key)) => {
+            let client_cert = read(url, cert, "EVENTBUS_CERT_FILE")?;
+            let chain = CertificateDer::pem_slice_iter(&client_cert)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| {
+                    tls_error(url, format!("EVENTBUS_CERT_FILE `{}`: {e}", cert.display()))
+                })?;
+            if chain.is_empty() {
+                return Err(tls_error(
+                    url,
+                    format!(
+                        "EVENTBUS_CERT_FILE `{}` holds no PEM certificate",
+                        cert.display()
+                    ),
+                ));
+            }
+            let client_key = read(url, key, "EVENTBUS_KEY_FILE")?;
+            // Never echo key material: only the path and what went wrong.
+            PrivateKeyDer::from_pem_slice(&client_key).map_err(|e| {
+                tls_error(url, format!("EVENTBUS_KEY_FILE `{}`: {e}", key.display()))
+            })?;
+            Some(ClientTlsConfig {
+                client_cert,
+                client_key,
+            })
+        }
+        _ => None,
+    };
+    Client::build_with_tls(
+        info,
+        TlsCertificates {
+            client_tls,
+            root_cert,
+        },
+    )
+    .map_err(|e| tls_error(url, format!("TLS setup: {}", scrub(url, &e))))
+}
+
+fn tls_error(url: &BrokerUrl, reason: String) -> Error {
+    Error::Connect {
+        url: url.redacted(),
+        reason,
+    }
+}
+
+fn read(url: &BrokerUrl, path: &Path, variable: &str) -> Result<Vec<u8>, Error> {
+    std::fs::read(path).map_err(|e| {
+        tls_error(
+            url,
+            format!("cannot read {variable} `{}`: {e}", path.display()),
+        )
     })
+}
+
+/// Did the TLS handshake fail (a certificate not trusted, not sent, not
+/// valid for the host; a server that does not speak TLS)? Retrying cannot
+/// help, and the connection must never go on in plain text.
+pub(crate) fn is_tls_failure(error: &RedisError) -> bool {
+    // The redis crate keeps the I/O error behind an `Arc<dyn Error>`; rustls's
+    // error is that I/O error's payload (which `source()` skips).
+    fn is_rustls(e: &(dyn std::error::Error + 'static)) -> bool {
+        if e.downcast_ref::<rustls::Error>().is_some() {
+            return true;
+        }
+        if let Some(shared) =
+            e.downcast_ref::<std::sync::Arc<dyn std::error::Error + Send + Sync>>()
+        {
+            let inner: &(dyn std::error::Error + 'static) = shared.as_ref();
+            return is_rustls(inner);
+        }
+        e.downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+            .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
+    }
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        if is_rustls(e) {
+            return true;
+        }
+        source = e.source();
+    }
+    false
 }
 
 /// The password of `url`, to scrub from error texts.
@@ -83,6 +230,12 @@ pub(crate) async fn connect(
         .await;
         let reason = match attempt {
             Ok(Ok(manager)) => return Ok(manager),
+            Ok(Err(e)) if config.url.is_tls() && is_tls_failure(&e) => {
+                return Err(tls_error(
+                    &config.url,
+                    format!("TLS handshake failed: {}", scrub(&config.url, &e)),
+                ));
+            }
             Ok(Err(e)) => scrub(&config.url, &e),
             Err(_) => format!("no answer within {limit:?}"),
         };

@@ -80,7 +80,7 @@ impl RedisTransport {
     /// creates the consumer group of every registered group.
     pub(crate) async fn connect(ctx: &Arc<BusContext>) -> Result<Self, Error> {
         let config = &ctx.config;
-        let client = conn::client(&config.url)?;
+        let client = conn::client(config)?;
         let mut ops = conn::connect(&client, config, config.socket_timeout).await?;
         ctx.stats.connected_at.now();
         if ctx.declare {

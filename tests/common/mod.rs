@@ -284,6 +284,7 @@ pub fn fails_first_attempt(
     }
 }
 
+pub mod kafka;
 pub mod python;
 pub mod redis_scope;
 

@@ -26,10 +26,12 @@ enum UrlKind {
     Amqps,
     Redis,
     Rediss,
+    Kafka,
 }
 
 impl BrokerUrl {
-    /// Parses `memory://`, `amqp://...`, `amqps://...`, `redis://...` or `rediss://...`.
+    /// Parses `memory://`, `amqp://...`, `amqps://...`, `redis://...`, `rediss://...`
+    /// or `kafka://host:port[,host:port...]`.
     pub fn parse(raw: &str) -> Result<Self, ConfigError> {
         Self::parse_named(raw, "the broker URL")
     }
@@ -43,7 +45,7 @@ impl BrokerUrl {
         };
         let (scheme, _) = raw.split_once("://").ok_or_else(|| {
             invalid(
-                "expected `memory://`, `amqp://user:pass@host:port/vhost`, `amqps://...`, `redis://host:port/db` or `rediss://...`".into(),
+                "expected `memory://`, `amqp://user:pass@host:port/vhost`, `amqps://...`, `redis://host:port/db`, `rediss://...` or `kafka://host:port[,host:port]`".into(),
             )
         })?;
         let kind = match scheme.to_ascii_lowercase().as_str() {
@@ -52,13 +54,16 @@ impl BrokerUrl {
             "amqps" => UrlKind::Amqps,
             "redis" => UrlKind::Redis,
             "rediss" => UrlKind::Rediss,
+            "kafka" => UrlKind::Kafka,
             other => {
                 return Err(invalid(format!(
-                    "unknown scheme `{other}`, expected `memory`, `amqp`, `amqps`, `redis` or `rediss`"
+                    "unknown scheme `{other}`, expected `memory`, `amqp`, `amqps`, `redis`, `rediss` or `kafka`"
                 )));
             }
         };
-        if matches!(kind, UrlKind::Redis | UrlKind::Rediss) {
+        if kind == UrlKind::Kafka {
+            kafka_bootstrap(raw).map_err(invalid)?;
+        } else if matches!(kind, UrlKind::Redis | UrlKind::Rediss) {
             // The redis crate's parser: its errors are replaced by ours (no URL echoed).
             redis::Client::open(raw).map_err(|_| {
                 invalid(
@@ -92,6 +97,18 @@ impl BrokerUrl {
         matches!(self.kind, UrlKind::Redis | UrlKind::Rediss)
     }
 
+    /// Is this `kafka://` (Apache Kafka, or a broker speaking its protocol)?
+    pub fn is_kafka(&self) -> bool {
+        self.kind == UrlKind::Kafka
+    }
+
+    /// The bootstrap servers of a `kafka://` URL: `host:port,host:port`.
+    pub fn kafka_bootstrap_servers(&self) -> Option<String> {
+        self.is_kafka()
+            .then(|| kafka_bootstrap(&self.raw).ok())
+            .flatten()
+    }
+
     /// The URL with its password; hand it to the client library only.
     pub fn expose(&self) -> &str {
         &self.raw
@@ -112,6 +129,51 @@ impl fmt::Debug for BrokerUrl {
 impl fmt::Display for BrokerUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.redacted())
+    }
+}
+
+/// `kafka://host:port[,host:port...][/]` to `host:port,host:port`. Credentials
+/// do not belong in it (they are `EVENTBUS_SASL_*`), so none is accepted.
+fn kafka_bootstrap(raw: &str) -> Result<String, String> {
+    let rest = raw
+        .split_once("://")
+        .map(|(_, r)| r)
+        .unwrap_or_default()
+        .trim_end_matches('/');
+    let expected = "expected `kafka://host:port[,host:port...]` (credentials go in EVENTBUS_SASL_USERNAME / EVENTBUS_SASL_PASSWORD)";
+    if rest.is_empty() || rest.contains('@') || rest.contains('/') || rest.contains('?') {
+        return Err(expected.to_owned());
+    }
+    let mut servers = Vec::new();
+    for server in rest.split(',').map(str::trim) {
+        let (host, port) = server.rsplit_once(':').ok_or_else(|| expected.to_owned())?;
+        if host.is_empty() || port.parse::<u16>().is_err() {
+            return Err(expected.to_owned());
+        }
+        servers.push(server);
+    }
+    Ok(servers.join(","))
+}
+
+/// A secret setting (a password): `Debug` shows `***`, never the value.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself; hand it to the client library only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
     }
 }
 
@@ -258,7 +320,7 @@ pub enum QueueArgument {
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct Config {
-    /// `EVENTBUS_URL`: `memory://`, `amqp://...`, `amqps://...`, `redis://host:port/db` or `rediss://...`. Default: `amqp://guest:guest@localhost:5672/`.
+    /// `EVENTBUS_URL`: `memory://`, `amqp://...`, `amqps://...`, `redis://host:port/db`, `rediss://...` or `kafka://host:port[,host:port]`. Default: `amqp://guest:guest@localhost:5672/`.
     pub url: BrokerUrl,
     /// `EVENTBUS_EXCHANGE_NAME`. Default: `events`.
     pub exchange_name: String,
@@ -376,6 +438,50 @@ pub struct Config {
     /// Redis: `EVENTBUS_STREAM_MAX_AGE` in seconds: trim entries older than this
     /// on publish (`XADD ... MINID ~ now-age`). Default: none (never trimmed).
     pub stream_max_age: Option<Duration>,
+    /// Kafka: `EVENTBUS_TOPIC_PREFIX`: the topic is `{topic_prefix}.stream`. Default: `events`.
+    pub topic_prefix: String,
+    /// Kafka: `EVENTBUS_DLQ_TOPIC_SUFFIX`: the DLQ topic is `{topic}{suffix}`. Default: `.dlq`.
+    pub dlq_topic_suffix: String,
+    /// Kafka: `EVENTBUS_TOPIC_PARTITIONS`: partitions of the topics the bus
+    /// creates when missing. Default: 3.
+    pub topic_partitions: i32,
+    /// Kafka: `EVENTBUS_TOPIC_REPLICATION_FACTOR` of the topics the bus creates. Default: 1.
+    pub topic_replication_factor: i32,
+    /// Kafka: `EVENTBUS_SECURITY_PROTOCOL`: `PLAINTEXT`, `SSL`, `SASL_PLAINTEXT`
+    /// or `SASL_SSL`. Default: `PLAINTEXT`.
+    pub security_protocol: String,
+    /// Kafka: `EVENTBUS_SASL_MECHANISM`: `PLAIN`, `SCRAM-SHA-256`, `SCRAM-SHA-512`. Default: none.
+    pub sasl_mechanism: Option<String>,
+    /// Kafka: `EVENTBUS_SASL_USERNAME`. Default: none.
+    pub sasl_username: Option<String>,
+    /// Kafka: `EVENTBUS_SASL_PASSWORD` (shown as `***`). Default: none.
+    pub sasl_password: Option<Secret>,
+    /// Kafka: `EVENTBUS_SSL_CAFILE`: PEM CA to trust. Default: none.
+    pub ssl_cafile: Option<PathBuf>,
+    /// Kafka: `EVENTBUS_SSL_CERTFILE`: PEM client certificate. Default: none.
+    pub ssl_certfile: Option<PathBuf>,
+    /// Kafka: `EVENTBUS_SSL_KEYFILE`: PEM client key. Default: none.
+    pub ssl_keyfile: Option<PathBuf>,
+    /// Kafka: `EVENTBUS_SSL_CHECK_HOSTNAME`. Default: true.
+    pub ssl_check_hostname: bool,
+    /// Kafka: `EVENTBUS_COMPRESSION_TYPE`: `none`, `gzip`, `snappy`, `lz4`, `zstd`. Default: `gzip`.
+    pub compression_type: String,
+    /// Kafka: `EVENTBUS_LINGER_MS`: how long the producer waits to fill a batch. Default: 5.
+    pub linger_ms: u32,
+    /// Kafka: `EVENTBUS_BATCH_SIZE` in bytes. Default: 16384.
+    pub batch_size: u32,
+    /// Kafka: `EVENTBUS_AUTO_OFFSET_RESET`: where a new group starts, `earliest`
+    /// or `latest`. Default: `earliest`.
+    pub auto_offset_reset: String,
+    /// Kafka: `EVENTBUS_SESSION_TIMEOUT_MS`. Default: 30000.
+    pub session_timeout_ms: u32,
+    /// Kafka: `EVENTBUS_HEARTBEAT_INTERVAL_MS`. Default: 10000.
+    pub heartbeat_interval_ms: u32,
+    /// Kafka: `EVENTBUS_MAX_POLL_INTERVAL_MS`. Default: 300000.
+    pub max_poll_interval_ms: u32,
+    /// Kafka: `EVENTBUS_COMMIT_INTERVAL_MS`: how often handled offsets are
+    /// committed (also on rebalance and shutdown). Default: 1000.
+    pub commit_interval_ms: u64,
 }
 
 impl Default for Config {
@@ -434,6 +540,26 @@ impl Default for Config {
             socket_connect_timeout: Duration::from_secs(5),
             stream_maxlen: None,
             stream_max_age: None,
+            topic_prefix: "events".to_owned(),
+            dlq_topic_suffix: ".dlq".to_owned(),
+            topic_partitions: 3,
+            topic_replication_factor: 1,
+            security_protocol: "PLAINTEXT".to_owned(),
+            sasl_mechanism: None,
+            sasl_username: None,
+            sasl_password: None,
+            ssl_cafile: None,
+            ssl_certfile: None,
+            ssl_keyfile: None,
+            ssl_check_hostname: true,
+            compression_type: "gzip".to_owned(),
+            linger_ms: 5,
+            batch_size: 16_384,
+            auto_offset_reset: "earliest".to_owned(),
+            session_timeout_ms: 30_000,
+            heartbeat_interval_ms: 10_000,
+            max_poll_interval_ms: 300_000,
+            commit_interval_ms: 1000,
         }
     }
 }
@@ -584,6 +710,60 @@ impl Config {
             env.seconds("STREAM_MAX_AGE", &mut age)?;
             c.stream_max_age = Some(age);
         }
+        env.string("TOPIC_PREFIX", &mut c.topic_prefix)?;
+        env.string("DLQ_TOPIC_SUFFIX", &mut c.dlq_topic_suffix)?;
+        env.parse(
+            "TOPIC_PARTITIONS",
+            &mut c.topic_partitions,
+            "a positive integer",
+        )?;
+        env.parse(
+            "TOPIC_REPLICATION_FACTOR",
+            &mut c.topic_replication_factor,
+            "a positive integer",
+        )?;
+        env.string("SECURITY_PROTOCOL", &mut c.security_protocol)?;
+        if let Some(v) = env.get("SASL_MECHANISM") {
+            c.sasl_mechanism = Some(v.trim().to_owned());
+        }
+        if let Some(v) = env.get("SASL_USERNAME") {
+            c.sasl_username = Some(v);
+        }
+        if let Some(v) = env.get("SASL_PASSWORD") {
+            c.sasl_password = Some(Secret(v));
+        }
+        env.path("SSL_CAFILE", &mut c.ssl_cafile);
+        env.path("SSL_CERTFILE", &mut c.ssl_certfile);
+        env.path("SSL_KEYFILE", &mut c.ssl_keyfile);
+        env.flag("SSL_CHECK_HOSTNAME", &mut c.ssl_check_hostname)?;
+        env.string("COMPRESSION_TYPE", &mut c.compression_type)?;
+        env.parse(
+            "LINGER_MS",
+            &mut c.linger_ms,
+            "milliseconds, a non-negative integer",
+        )?;
+        env.parse("BATCH_SIZE", &mut c.batch_size, "bytes, a positive integer")?;
+        env.string("AUTO_OFFSET_RESET", &mut c.auto_offset_reset)?;
+        env.parse(
+            "SESSION_TIMEOUT_MS",
+            &mut c.session_timeout_ms,
+            "milliseconds, a positive integer",
+        )?;
+        env.parse(
+            "HEARTBEAT_INTERVAL_MS",
+            &mut c.heartbeat_interval_ms,
+            "milliseconds, a positive integer",
+        )?;
+        env.parse(
+            "MAX_POLL_INTERVAL_MS",
+            &mut c.max_poll_interval_ms,
+            "milliseconds, a positive integer",
+        )?;
+        env.parse(
+            "COMMIT_INTERVAL_MS",
+            &mut c.commit_interval_ms,
+            "milliseconds, a positive integer",
+        )?;
         c.validate()?;
         Ok(c)
     }
@@ -634,6 +814,42 @@ impl Config {
                 "METRICS_INTERVAL",
                 "0".into(),
                 "seconds, greater than 0",
+            ));
+        }
+        if self.topic_partitions < 1 {
+            return Err(invalid(
+                "TOPIC_PARTITIONS",
+                self.topic_partitions.to_string(),
+                "a positive integer",
+            ));
+        }
+        if self.topic_replication_factor < 1 {
+            return Err(invalid(
+                "TOPIC_REPLICATION_FACTOR",
+                self.topic_replication_factor.to_string(),
+                "a positive integer",
+            ));
+        }
+        if self.commit_interval_ms == 0 {
+            return Err(invalid(
+                "COMMIT_INTERVAL_MS",
+                "0".into(),
+                "milliseconds, a positive integer",
+            ));
+        }
+        let protocol = self.security_protocol.to_ascii_uppercase();
+        if !["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"].contains(&protocol.as_str()) {
+            return Err(invalid(
+                "SECURITY_PROTOCOL",
+                self.security_protocol.clone(),
+                "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL",
+            ));
+        }
+        if !["earliest", "latest"].contains(&self.auto_offset_reset.to_ascii_lowercase().as_str()) {
+            return Err(invalid(
+                "AUTO_OFFSET_RESET",
+                self.auto_offset_reset.clone(),
+                "earliest or latest",
             ));
         }
         if self.stream_maxlen == Some(0) {
@@ -712,6 +928,25 @@ impl Config {
     /// `eventbus topology` looks for these, to show and remove them.
     pub fn group_retry_queue_name(&self, group: &str, attempt: u32) -> String {
         format!("{}.retry.{attempt}", self.group_queue_name(group))
+    }
+}
+
+/// Kafka topic names (eventsource-py's `KafkaEventBusConfig` for the shared ones).
+impl Config {
+    /// The topic every event goes to: `{topic_prefix}.stream`.
+    pub fn kafka_topic(&self) -> String {
+        format!("{}.stream", self.topic_prefix)
+    }
+
+    /// The dead-letter topic, shared by every group (each record names its
+    /// group in `dlq_consumer_group`): `{topic}{dlq_topic_suffix}`.
+    pub fn kafka_dlq_topic(&self) -> String {
+        format!("{}{}", self.kafka_topic(), self.dlq_topic_suffix)
+    }
+
+    /// Group `group`'s retries, read by that group only: `{topic}.retry.{group}`.
+    pub fn kafka_retry_topic(&self, group: &str) -> String {
+        format!("{}.retry.{group}", self.kafka_topic())
     }
 }
 
@@ -1101,5 +1336,40 @@ mod tests {
             err.to_string().contains("ordering of group `billing`"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn kafka_urls_topics_and_secrets() {
+        let c = Config::from_lookup(|k| match k {
+            "EVENTBUS_URL" => Some("kafka://k1:9092,k2:9093".into()),
+            "EVENTBUS_SASL_PASSWORD" => Some("hunter2".into()),
+            "EVENTBUS_TOPIC_PREFIX" => Some("orders".into()),
+            _ => None,
+        })
+        .expect("valid");
+        assert!(c.url.is_kafka() && !c.url.is_redis() && !c.url.is_memory());
+        assert_eq!(
+            c.url.kafka_bootstrap_servers().as_deref(),
+            Some("k1:9092,k2:9093")
+        );
+        assert_eq!(c.kafka_topic(), "orders.stream");
+        assert_eq!(c.kafka_dlq_topic(), "orders.stream.dlq");
+        assert_eq!(
+            c.kafka_retry_topic("billing"),
+            "orders.stream.retry.billing"
+        );
+        let debug = format!("{c:?}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+        for bad in [
+            "kafka://",
+            "kafka://u:p@k1:9092",
+            "kafka://k1",
+            "kafka://k1:x",
+        ] {
+            assert!(BrokerUrl::parse(bad).is_err(), "{bad}");
+        }
+        let bad =
+            Config::from_lookup(|k| (k == "EVENTBUS_SECURITY_PROTOCOL").then(|| "TLS".to_owned()));
+        assert!(bad.is_err());
     }
 }

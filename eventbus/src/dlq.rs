@@ -27,13 +27,16 @@ impl Dlq {
             group: group.to_owned(),
             queue: if config.url.is_redis() {
                 config.dlq_stream_name()
+            } else if config.url.is_kafka() {
+                config.kafka_dlq_topic()
             } else {
                 config.group_dlq_queue_name(group)
             },
         }
     }
 
-    /// `{exchange}.{group}.dlq` (on Redis: the DLQ stream, `{stream_prefix}:stream_dlq`).
+    /// `{exchange}.{group}.dlq` (on Redis: the DLQ stream, `{stream_prefix}:stream_dlq`;
+    /// on Kafka: the DLQ topic, `{topic_prefix}.stream.dlq`).
     pub fn queue_name(&self) -> &str {
         &self.queue
     }

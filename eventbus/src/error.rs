@@ -167,6 +167,15 @@ pub enum Error {
         /// The transport in use.
         transport: &'static str,
     },
+    /// The configuration asks for something this build of eventbus was
+    /// compiled without (a cargo feature).
+    #[error("{what} needs eventbus's cargo feature `{feature}`, which this build does not have")]
+    FeatureDisabled {
+        /// The cargo feature (`kafka`).
+        feature: &'static str,
+        /// What needed it.
+        what: String,
+    },
 }
 
 impl fmt::Debug for Error {

@@ -105,7 +105,7 @@ pub struct ReadmeDoctests;
 
 pub use bus::{Bus, BusBuilder, shutdown_signal};
 pub use config::{
-    BrokerUrl, Config, DEFAULT_URL, DeliveryOrder, ENV_PREFIX, ExchangeType, QueueArgument,
+    BrokerUrl, Config, DEFAULT_URL, DeliveryOrder, ENV_PREFIX, ExchangeType, QueueArgument, Secret,
 };
 pub use dispatch::SubscriptionId;
 pub use dlq::Dlq;

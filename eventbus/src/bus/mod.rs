@@ -340,7 +340,7 @@ impl Bus {
             })
             .collect();
         // The group descriptions name the stream on Redis: no exchange there.
-        let exchange = if config.url.is_redis() {
+        let exchange = if config.url.is_redis() || config.url.is_kafka() {
             String::new()
         } else {
             format!(
@@ -398,7 +398,17 @@ impl Bus {
 
     /// Redis: the stream, its consumer groups, pending and DLQ counts and the
     /// statistics, shaped like eventsource-py's `get_stream_info()`.
+    /// Kafka: the same for the topic ([`Bus::topic_info`]).
     pub async fn stream_info(&self) -> Result<StreamInfo, Error> {
+        self.transport.stream_info().await
+    }
+
+    /// Kafka: the topic (its length over every partition, and each
+    /// partition's `partition:offset` low and high watermarks as first and
+    /// last entry), this bus's consumer groups with their lag, the DLQ
+    /// topic's length and the statistics, shaped like eventsource-py's
+    /// `get_topic_info()`.
+    pub async fn topic_info(&self) -> Result<StreamInfo, Error> {
         self.transport.stream_info().await
     }
 

@@ -34,6 +34,8 @@ use crate::runtime::{
     BusContext, DlqMessage, HealthStatus, QueueInfo, ReplayFilter, ReplayReport, StreamInfo,
 };
 
+#[cfg(feature = "kafka")]
+pub(crate) mod kafka;
 pub(crate) mod memory;
 pub(crate) mod rabbit;
 pub(crate) mod redis;
@@ -175,6 +177,9 @@ pub(crate) enum AnyTransport {
     Rabbit(rabbit::RabbitTransport),
     /// Redis Streams.
     Redis(Box<redis::RedisTransport>),
+    /// Kafka (cargo feature `kafka`).
+    #[cfg(feature = "kafka")]
+    Kafka(Box<kafka::KafkaTransport>),
 }
 
 impl AnyTransport {
@@ -182,6 +187,20 @@ impl AnyTransport {
     pub(crate) async fn connect(ctx: &Arc<BusContext>) -> Result<Self, Error> {
         if ctx.config.url.is_memory() {
             Ok(Self::Memory(memory::MemoryTransport::new(ctx.clone())))
+        } else if ctx.config.url.is_kafka() {
+            #[cfg(feature = "kafka")]
+            {
+                Ok(Self::Kafka(Box::new(
+                    kafka::KafkaTransport::connect(ctx).await?,
+                )))
+            }
+            #[cfg(not(feature = "kafka"))]
+            {
+                Err(Error::FeatureDisabled {
+                    feature: "kafka",
+                    what: format!("EVENTBUS_URL={}", ctx.config.url),
+                })
+            }
         } else if ctx.config.url.is_redis() {
             Ok(Self::Redis(Box::new(
                 redis::RedisTransport::connect(ctx).await?,
@@ -199,6 +218,8 @@ macro_rules! forward {
             AnyTransport::Memory($t) => $call,
             AnyTransport::Rabbit($t) => $call,
             AnyTransport::Redis($t) => $call,
+            #[cfg(feature = "kafka")]
+            AnyTransport::Kafka($t) => $call,
         }
     };
 }

@@ -1,0 +1,643 @@
+//! Consuming one consumer group: receive, dispatch, settle, commit.
+//!
+//! Each group has one Kafka consumer (group id = the group's name) subscribed
+//! to the main topic and to the group's retry topic. Records run concurrently
+//! (at most `stream_read_count` per group) through the group's sequencer:
+//! per-aggregate order by default, and the key is the aggregate id, so one
+//! aggregate's records are in one partition, in order.
+//!
+//! A record is settled once every handler of the group succeeded, or its
+//! retry copy (on the group's retry topic) or DLQ copy is acknowledged by the
+//! broker. Offsets are committed per partition up to the lowest record not
+//! yet settled ([`AckTracker`]), never past it: every `commit_interval_ms`,
+//! when partitions are revoked (rebalance) and on shutdown. A crash or a
+//! rebalance reprocesses at most the uncommitted tail; nothing is lost.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use uuid::Uuid;
+
+use crate::error::{DecodeError, Error};
+use crate::runtime::{self, BusContext, Sequencer};
+use crate::stats::add;
+use crate::wire::{self, HEADER_AGGREGATE_ID, HEADER_EVENT_TYPE, Incoming};
+
+use super::offsets::AckTracker;
+use super::record::{self, Record};
+use super::{blocking, broker, client_config, produce};
+
+/// Which group consumers are receiving, for health checks.
+pub(crate) type ConsumerStates = Arc<Mutex<BTreeMap<String, bool>>>;
+
+fn set_state(states: &ConsumerStates, group: &str, active: bool) {
+    states
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .insert(group.to_owned(), active);
+}
+
+/// What every group of one consuming run shares.
+pub(crate) struct Run {
+    pub(crate) ctx: Arc<BusContext>,
+    pub(crate) producer: FutureProducer,
+    pub(crate) consumer_name: String,
+    pub(crate) stop: CancellationToken,
+    /// Receive and commit loops.
+    pub(crate) workers: TaskTracker,
+    /// Records being handled.
+    pub(crate) deliveries: TaskTracker,
+    pub(crate) states: ConsumerStates,
+}
+
+impl Run {
+    pub(crate) fn new(
+        ctx: Arc<BusContext>,
+        producer: FutureProducer,
+        consumer_name: String,
+        states: ConsumerStates,
+    ) -> Self {
+        Self {
+            ctx,
+            producer,
+            consumer_name,
+            stop: CancellationToken::new(),
+            workers: TaskTracker::new(),
+            deliveries: TaskTracker::new(),
+            states,
+        }
+    }
+}
+
+/// The tracker of each partition this member holds, with the assignment
+/// generation it belongs to (a record of an earlier assignment settles nothing).
+#[derive(Debug, Default)]
+pub(crate) struct Trackers {
+    partitions: HashMap<(String, i32), (u64, AckTracker)>,
+    generation: u64,
+}
+
+impl Trackers {
+    /// Registers a received record; returns the generation to settle it with.
+    fn received(&mut self, topic: &str, partition: i32, offset: i64) -> u64 {
+        let next = &mut self.generation;
+        let (generation, tracker) = self
+            .partitions
+            .entry((topic.to_owned(), partition))
+            .or_insert_with(|| {
+                *next += 1;
+                (*next, AckTracker::new())
+            });
+        tracker.received(offset);
+        *generation
+    }
+
+    fn handled(&mut self, topic: &str, partition: i32, offset: i64, generation: u64) {
+        if let Some((g, tracker)) = self.partitions.get_mut(&(topic.to_owned(), partition))
+            && *g == generation
+        {
+            tracker.handled(offset);
+        }
+    }
+
+    /// Offsets to commit now (those that moved since the last call).
+    fn take_commits(&mut self) -> TopicPartitionList {
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), (_, tracker)) in &mut self.partitions {
+            if let Some(offset) = tracker.take() {
+                let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(offset));
+            }
+        }
+        tpl
+    }
+
+    /// Forgets revoked partitions; returns their last offsets to commit.
+    fn revoke(&mut self, revoked: &TopicPartitionList) -> TopicPartitionList {
+        let mut tpl = TopicPartitionList::new();
+        for e in revoked.elements() {
+            if let Some((_, mut tracker)) = self
+                .partitions
+                .remove(&(e.topic().to_owned(), e.partition()))
+                && let Some(offset) = tracker.take()
+            {
+                let _ = tpl.add_partition_offset(e.topic(), e.partition(), Offset::Offset(offset));
+            }
+        }
+        tpl
+    }
+}
+
+/// Commits the handled prefix of partitions being revoked, before another
+/// member gets them.
+pub(crate) struct GroupContext {
+    group: Arc<str>,
+    trackers: Arc<Mutex<Trackers>>,
+}
+
+impl ClientContext for GroupContext {}
+
+impl ConsumerContext for GroupContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Revoke(revoked) => {
+                let tpl = self
+                    .trackers
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .revoke(revoked);
+                tracing::debug!(group = %self.group, revoked = revoked.count(), committing = tpl.count(), "partitions revoked");
+                if tpl.count() > 0
+                    && let Err(error) = consumer.commit(&tpl, CommitMode::Sync)
+                {
+                    tracing::warn!(group = %self.group, %error, "cannot commit the handled offsets of revoked partitions; their next owner reprocesses them");
+                }
+            }
+            Rebalance::Assign(assigned) => {
+                tracing::debug!(group = %self.group, assigned = assigned.count(), "partitions assigned");
+            }
+            Rebalance::Error(error) => {
+                tracing::warn!(group = %self.group, %error, "rebalance error");
+            }
+        }
+    }
+}
+
+type GroupConsumer = StreamConsumer<GroupContext>;
+
+/// One consumer group of a run.
+pub(crate) struct Group {
+    pub(crate) run: Arc<Run>,
+    pub(crate) name: Arc<str>,
+    topic: String,
+    retry_topic: String,
+    consumer: Mutex<Option<Arc<GroupConsumer>>>,
+    trackers: Arc<Mutex<Trackers>>,
+    sequencer: Arc<Sequencer<Uuid>>,
+    permits: Arc<Semaphore>,
+}
+
+impl std::fmt::Debug for Group {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Group")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a record goes to the DLQ.
+struct Why {
+    /// eventsource-py's `dlq_reason`: `deserialization_error`, `max_retries_exceeded`, `permanent_error`.
+    reason: &'static str,
+    message: String,
+    error_type: String,
+    handler: Option<String>,
+    failed: Vec<String>,
+}
+
+enum Verdict {
+    Ack,
+    /// Not for this group: settled without counting.
+    NotOurs,
+    Retry {
+        failed: Vec<String>,
+        reason: String,
+    },
+    DeadLetter(Why),
+}
+
+impl Group {
+    /// Creates the group's consumer, subscribes it and starts its loops.
+    pub(crate) async fn start(run: Arc<Run>, name: Arc<str>) -> Result<Arc<Self>, Error> {
+        let config = &run.ctx.config;
+        let topic = config.kafka_topic();
+        let retry_topic = config.kafka_retry_topic(&name);
+        if run.ctx.declare {
+            super::create_topics(
+                config,
+                &run.consumer_name,
+                &[topic.clone(), retry_topic.clone()],
+            )
+            .await?;
+        }
+        let trackers = Arc::new(Mutex::new(Trackers::default()));
+        let mut c = client_config(config, &run.consumer_name)?;
+        c.set("group.id", &*name)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set(
+                "auto.offset.reset",
+                config.auto_offset_reset.to_ascii_lowercase(),
+            )
+            .set("session.timeout.ms", config.session_timeout_ms.to_string())
+            .set(
+                "heartbeat.interval.ms",
+                config.heartbeat_interval_ms.to_string(),
+            )
+            .set(
+                "max.poll.interval.ms",
+                config.max_poll_interval_ms.to_string(),
+            );
+        let consumer: GroupConsumer = c
+            .create_with_context(GroupContext {
+                group: name.clone(),
+                trackers: trackers.clone(),
+            })
+            .map_err(|e| broker(format!("creating the consumer of group `{name}`"), &e))?;
+        consumer
+            .subscribe(&[&topic, &retry_topic])
+            .map_err(|e| broker(format!("subscribing group `{name}` to `{topic}`"), &e))?;
+        let consumer = Arc::new(consumer);
+        let group = Arc::new(Self {
+            sequencer: runtime::sequencer(config.ordering_for(&name)),
+            permits: Arc::new(Semaphore::new(config.stream_read_count.max(1))),
+            consumer: Mutex::new(Some(consumer.clone())),
+            trackers,
+            topic,
+            retry_topic,
+            name,
+            run: run.clone(),
+        });
+        tracing::debug!(group = %group.name, topic = %group.topic, consumer = %run.consumer_name, "consuming");
+        run.workers
+            .spawn(receive_loop(group.clone(), consumer.clone()));
+        run.workers.spawn(commit_loop(group.clone(), consumer));
+        Ok(group)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Trackers> {
+        self.trackers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Commits what is handled, waits for it (bounded), and closes the consumer
+    /// (leaving the group, so its partitions move at once).
+    pub(crate) async fn close(&self, timeout: Duration) {
+        let Some(consumer) = self
+            .consumer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+        else {
+            return;
+        };
+        let tpl = self.lock().take_commits();
+        let name = self.name.clone();
+        let closed = blocking("closing a group consumer", timeout * 2, move || {
+            if tpl.count() > 0
+                && let Err(error) = consumer.commit(&tpl, CommitMode::Sync)
+            {
+                tracing::warn!(group = %name, %error, "cannot commit the handled offsets on shutdown; the group's next member reprocesses them");
+            }
+            consumer.unsubscribe();
+            drop(consumer);
+            Ok(())
+        })
+        .await;
+        if let Err(error) = closed {
+            tracing::warn!(group = %self.name, %error, "the group consumer did not close in time");
+        }
+    }
+
+    /// Handles one record in its turn and settles it.
+    fn spawn(self: &Arc<Self>, record: Record, permit: tokio::sync::OwnedSemaphorePermit) {
+        let ctx = &self.run.ctx;
+        add(&ctx.stats.events_consumed, 1);
+        ctx.stats.last_consume_at.now();
+        let generation = self
+            .lock()
+            .received(&record.topic, record.partition, record.offset);
+        // A retry waits for its time: it keeps no aggregate's turn meanwhile.
+        let key = if record.retry_after().is_some() {
+            None
+        } else {
+            record
+                .header(HEADER_AGGREGATE_ID)
+                .and_then(|id| id.parse().ok())
+        };
+        let mut turn = self.sequencer.enter(key);
+        let group = self.clone();
+        self.run.deliveries.spawn(async move {
+            turn.wait().await;
+            if group.handle(&record).await {
+                group
+                    .lock()
+                    .handled(&record.topic, record.partition, record.offset, generation);
+            }
+            drop(turn);
+            drop(permit);
+        });
+    }
+
+    /// Runs the group's handlers for `record`; `true` once it is settled.
+    async fn handle(&self, record: &Record) -> bool {
+        if let Some(due) = record.retry_after() {
+            let wait = due - chrono::Utc::now().timestamp_micros() as f64 / 1e6;
+            if wait > 0.0 {
+                let wait = Duration::from_secs_f64(wait.min(86_400.0));
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    // Not settled: the record is read again by the group's next member.
+                    () = self.run.stop.cancelled() => return false,
+                }
+            }
+        }
+        let ctx = &self.run.ctx;
+        let config = &ctx.config;
+        let stats = &ctx.stats;
+        let group = &*self.name;
+        let delivered = runtime::traced::Delivered {
+            system: "kafka",
+            destination: &record.topic,
+            source: &record.topic,
+            group,
+            routing_key: None,
+            message_id: record.header(wire::FIELD_EVENT_ID),
+        };
+        let field = |name: &str| record.header(name).map(str::to_owned);
+        let verdict = runtime::traced::consume(
+            config.enable_tracing,
+            delivered,
+            field,
+            self.verdict(record),
+        )
+        .await;
+        match verdict {
+            Verdict::Ack => {
+                add(&stats.events_processed_success, 1);
+                true
+            }
+            Verdict::NotOurs => true,
+            Verdict::Retry { failed, reason } => {
+                let attempt = record.retry_count();
+                let delay = runtime::retry_delay(config, attempt);
+                tracing::warn!(
+                    %group, topic = %record.topic, partition = record.partition, offset = record.offset,
+                    attempt = attempt + 1, max_retries = config.max_retries,
+                    delay_ms = delay.as_millis() as u64, %reason, "handler failed; retrying later"
+                );
+                let due = chrono::Utc::now()
+                    + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::zero());
+                let headers = record.headers_with(
+                    &[],
+                    vec![
+                        (record::RETRY_COUNT.to_owned(), (attempt + 1).to_string()),
+                        (record::RETRY_AFTER.to_owned(), record::posix_seconds(due)),
+                        (
+                            record::FAILED_HANDLERS.to_owned(),
+                            serde_json::to_string(&failed).unwrap_or_default(),
+                        ),
+                        (record::RETRY_GROUP.to_owned(), group.to_owned()),
+                    ],
+                );
+                let written = self.write(&self.retry_topic, record, &headers).await;
+                if written {
+                    stats.metrics.retries.inc();
+                }
+                written
+            }
+            Verdict::DeadLetter(why) => {
+                stats.last_error_at.now();
+                add(&stats.events_processed_failed, 1);
+                if !config.enable_dlq {
+                    tracing::error!(%group, topic = %record.topic, offset = record.offset, reason = %why.message, "record dropped after its last attempt: the DLQ is disabled (EVENTBUS_ENABLE_DLQ=false)");
+                    return true;
+                }
+                tracing::warn!(%group, topic = %record.topic, partition = record.partition, offset = record.offset, retries = record.retry_count(), reason = %why.message, "record dead-lettered");
+                let message = wire::bounded_reason(&record::cut_chars(
+                    &why.message,
+                    record::MAX_ERROR_MESSAGE,
+                ));
+                let mut extra = vec![
+                    (record::DLQ_REASON.to_owned(), why.reason.to_owned()),
+                    (record::DLQ_ERROR_TYPE.to_owned(), why.error_type),
+                    (record::DLQ_ERROR_MESSAGE.to_owned(), message),
+                    (
+                        record::DLQ_RETRY_COUNT.to_owned(),
+                        record.retry_count().to_string(),
+                    ),
+                    (
+                        record::DLQ_TIMESTAMP.to_owned(),
+                        wire::python_isoformat(&chrono::Utc::now()),
+                    ),
+                    (record::DLQ_ORIGINAL_TOPIC.to_owned(), record.topic.clone()),
+                    (
+                        record::DLQ_ORIGINAL_PARTITION.to_owned(),
+                        record.partition.to_string(),
+                    ),
+                    (
+                        record::DLQ_ORIGINAL_OFFSET.to_owned(),
+                        record.offset.to_string(),
+                    ),
+                    (record::DLQ_CONSUMER_GROUP.to_owned(), group.to_owned()),
+                ];
+                if let Some(h) = why.handler {
+                    extra.push((record::DLQ_HANDLER.to_owned(), h));
+                }
+                if !why.failed.is_empty() {
+                    extra.push((
+                        record::FAILED_HANDLERS.to_owned(),
+                        serde_json::to_string(&why.failed).unwrap_or_default(),
+                    ));
+                }
+                let headers = record.headers_with(
+                    &[
+                        record::RETRY_AFTER,
+                        record::RETRY_GROUP,
+                        record::FAILED_HANDLERS,
+                    ],
+                    extra,
+                );
+                let written = self
+                    .write(&config.kafka_dlq_topic(), record, &headers)
+                    .await;
+                if written {
+                    add(&stats.messages_sent_to_dlq, 1);
+                }
+                written
+            }
+        }
+    }
+
+    /// Produces a copy of `record` with `headers` to `topic`, trying again
+    /// (with backoff) until the broker has it or the run stops.
+    async fn write(&self, topic: &str, record: &Record, headers: &[(String, String)]) -> bool {
+        let config = &self.run.ctx.config;
+        let mut delay = config.reconnect_delay;
+        loop {
+            let mut r =
+                FutureRecord::<[u8], [u8]>::to(topic).headers(record::owned_headers(headers));
+            if let Some(k) = &record.key {
+                r = r.key(k);
+            }
+            if let Some(v) = &record.value {
+                r = r.payload(v);
+            }
+            match produce(&self.run.producer, r, config.confirm_timeout).await {
+                Ok(_) => return true,
+                Err(error) => {
+                    self.run.ctx.stats.last_error_at.now();
+                    tracing::error!(group = %self.name, %topic, %error, "cannot write to the topic; trying again (the record stays uncommitted meanwhile)");
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = self.run.stop.cancelled() => return false,
+                    }
+                    delay = (delay * 2).min(config.max_reconnect_delay);
+                }
+            }
+        }
+    }
+
+    async fn verdict(&self, record: &Record) -> Verdict {
+        let ctx = &self.run.ctx;
+        let config = &ctx.config;
+        let group = &*self.name;
+        let Some(value) = record.value.as_deref() else {
+            return Verdict::DeadLetter(Why::undecodable(
+                "record has no value".to_owned(),
+                "DecodeError::MissingValue",
+            ));
+        };
+        let event_types = ctx.event_types();
+        let table = ctx.dispatcher.snapshot();
+        let event_type = record.header(HEADER_EVENT_TYPE);
+        if let Some(t) = event_type
+            && (event_types.get(t).is_none()
+                || !table.groups.get(group).is_some_and(|g| g.takes(t)))
+        {
+            // Every group reads the whole topic: types other services publish are not ours.
+            tracing::debug!(%group, offset = record.offset, event_type = %t, "no handler in this group; settled");
+            return Verdict::NotOurs;
+        }
+        let event = match wire::decode(
+            &event_types,
+            Incoming {
+                content_type: None,
+                event_type,
+                body: value,
+            },
+        ) {
+            Ok(event) => event,
+            Err(DecodeError::UnknownEventType { event_type, .. }) => {
+                tracing::debug!(%group, offset = record.offset, %event_type, "unknown event type; settled");
+                return Verdict::NotOurs;
+            }
+            Err(error) => {
+                tracing::error!(%group, topic = %record.topic, offset = record.offset, %error, "cannot decode record");
+                return Verdict::DeadLetter(Why::undecodable(
+                    format!("undecodable record: {error}"),
+                    error.kind(),
+                ));
+            }
+        };
+        let only = record.failed_handlers();
+        let outcome = ctx
+            .dispatcher
+            .dispatch_only(&table, group, &event, &ctx.stats, only.as_deref())
+            .await;
+        if outcome.failures.is_empty() {
+            return Verdict::Ack;
+        }
+        let failed: Vec<String> = outcome
+            .failures
+            .iter()
+            .map(|(n, _)| n.to_string())
+            .collect();
+        let reason = outcome.describe_failures();
+        let permanent = outcome.failures.iter().find(|(_, e)| e.is_permanent());
+        let (last_name, last_error) = permanent.unwrap_or(&outcome.failures[0]);
+        let attempt = record.retry_count();
+        if permanent.is_some() || attempt >= config.max_retries {
+            Verdict::DeadLetter(Why {
+                reason: if permanent.is_some() {
+                    "permanent_error"
+                } else {
+                    "max_retries_exceeded"
+                },
+                message: reason,
+                error_type: last_error.error_type().to_owned(),
+                handler: Some(last_name.to_string()),
+                failed,
+            })
+        } else {
+            Verdict::Retry { failed, reason }
+        }
+    }
+}
+
+impl Why {
+    fn undecodable(message: String, error_type: &str) -> Self {
+        Self {
+            reason: "deserialization_error",
+            message,
+            error_type: error_type.to_owned(),
+            handler: None,
+            failed: Vec::new(),
+        }
+    }
+}
+
+/// Takes records while a permit is free, and hands each to its own task.
+async fn receive_loop(group: Arc<Group>, consumer: Arc<GroupConsumer>) {
+    let run = &group.run;
+    let config = &run.ctx.config;
+    let name = &*group.name;
+    let mut delay = config.reconnect_delay;
+    loop {
+        let permit = tokio::select! {
+            p = group.permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            () = run.stop.cancelled() => break,
+        };
+        let received = tokio::select! {
+            m = consumer.recv() => m,
+            () = run.stop.cancelled() => break,
+        };
+        match received {
+            Ok(message) => {
+                set_state(&run.states, name, true);
+                delay = config.reconnect_delay;
+                let record = Record::from_message(&message);
+                drop(message);
+                group.spawn(record, permit);
+            }
+            Err(error) => {
+                set_state(&run.states, name, false);
+                run.ctx.stats.last_error_at.now();
+                tracing::warn!(group = %name, %error, retry_in_ms = delay.as_millis() as u64, "receiving failed; retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = run.stop.cancelled() => break,
+                }
+                delay = (delay * 2).min(config.max_reconnect_delay);
+            }
+        }
+    }
+    set_state(&run.states, name, false);
+}
+
+/// Commits the handled prefix of every partition every `commit_interval_ms`.
+async fn commit_loop(group: Arc<Group>, consumer: Arc<GroupConsumer>) {
+    let run = &group.run;
+    let every = Duration::from_millis(run.ctx.config.commit_interval_ms.max(1));
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            () = run.stop.cancelled() => break,
+        }
+        let tpl = group.lock().take_commits();
+        if tpl.count() > 0
+            && let Err(error) = consumer.commit(&tpl, CommitMode::Async)
+        {
+            tracing::warn!(group = %group.name, %error, "cannot commit handled offsets; trying again at the next interval");
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! Kafka records as eventsource-py's `KafkaEventBus` writes and reads them:
+//! key = aggregate id, value = the event JSON, UTF-8 string headers in its order.
+
+use rdkafka::Message;
+use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
+
+use crate::envelope::EventMeta;
+use crate::wire::{self, HeaderValue};
+
+/// Header (eventsource-py): retries so far; absent means 0.
+pub(crate) const RETRY_COUNT: &str = "retry_count";
+/// Header (eventsource-py): POSIX seconds (a float) before which a retry waits.
+pub(crate) const RETRY_AFTER: &str = "retry_after";
+/// Header (eventbus): JSON array of the handlers a retry (or replay) runs.
+pub(crate) const FAILED_HANDLERS: &str = "eventbus_failed_handlers";
+/// Header (eventbus): the consumer group a retry record is for.
+pub(crate) const RETRY_GROUP: &str = "eventbus_retry_group";
+/// DLQ headers (eventsource-py's names, plus `dlq_handler`).
+pub(crate) const DLQ_REASON: &str = "dlq_reason";
+pub(crate) const DLQ_ERROR_TYPE: &str = "dlq_error_type";
+pub(crate) const DLQ_ERROR_MESSAGE: &str = "dlq_error_message";
+pub(crate) const DLQ_RETRY_COUNT: &str = "dlq_retry_count";
+pub(crate) const DLQ_TIMESTAMP: &str = "dlq_timestamp";
+pub(crate) const DLQ_ORIGINAL_TOPIC: &str = "dlq_original_topic";
+pub(crate) const DLQ_ORIGINAL_PARTITION: &str = "dlq_original_partition";
+pub(crate) const DLQ_ORIGINAL_OFFSET: &str = "dlq_original_offset";
+pub(crate) const DLQ_CONSUMER_GROUP: &str = "dlq_consumer_group";
+pub(crate) const DLQ_HANDLER: &str = "dlq_handler";
+pub(crate) const DLQ_REPLAY_COUNT: &str = "dlq_replay_count";
+/// eventsource-py cuts `dlq_error_message` to this many characters.
+pub(crate) const MAX_ERROR_MESSAGE: usize = 1000;
+
+/// The headers of a first publish, in eventsource-py's order, then the
+/// trace context.
+pub(crate) fn publish_headers(
+    meta: &EventMeta,
+    trace: &[(&'static str, HeaderValue)],
+) -> Vec<(String, String)> {
+    let mut h = vec![
+        (wire::FIELD_EVENT_ID.to_owned(), meta.event_id.to_string()),
+        (
+            wire::HEADER_EVENT_TYPE.to_owned(),
+            meta.event_type.to_string(),
+        ),
+        (
+            wire::HEADER_AGGREGATE_ID.to_owned(),
+            meta.aggregate_id.to_string(),
+        ),
+        (
+            wire::HEADER_AGGREGATE_TYPE.to_owned(),
+            meta.aggregate_type.to_string(),
+        ),
+        (
+            wire::HEADER_AGGREGATE_VERSION.to_owned(),
+            meta.aggregate_version.to_string(),
+        ),
+        (
+            wire::FIELD_OCCURRED_AT.to_owned(),
+            wire::python_isoformat(&meta.occurred_at),
+        ),
+        (
+            wire::HEADER_CORRELATION_ID.to_owned(),
+            meta.correlation_id.to_string(),
+        ),
+    ];
+    if let Some(t) = meta.tenant_id {
+        h.push((wire::HEADER_TENANT_ID.to_owned(), t.to_string()));
+    }
+    if let Some(c) = meta.causation_id {
+        h.push((wire::HEADER_CAUSATION_ID.to_owned(), c.to_string()));
+    }
+    if let Some(a) = &meta.actor_id {
+        h.push(("actor_id".to_owned(), a.clone()));
+    }
+    for (name, value) in wire::trace::fields(trace) {
+        h.push((name.to_owned(), value.to_owned()));
+    }
+    h
+}
+
+/// `rdkafka` headers from name/value pairs.
+pub(crate) fn owned_headers(headers: &[(String, String)]) -> OwnedHeaders {
+    headers.iter().fold(
+        OwnedHeaders::new_with_capacity(headers.len()),
+        |acc, (k, v)| {
+            acc.insert(Header {
+                key: k,
+                value: Some(v.as_str()),
+            })
+        },
+    )
+}
+
+/// One record taken from a topic, owned.
+#[derive(Debug, Clone)]
+pub(crate) struct Record {
+    pub(crate) topic: String,
+    pub(crate) partition: i32,
+    pub(crate) offset: i64,
+    pub(crate) key: Option<Vec<u8>>,
+    pub(crate) value: Option<Vec<u8>>,
+    /// Every header, values as (lossy) UTF-8, in record order.
+    pub(crate) headers: Vec<(String, String)>,
+}
+
+impl Record {
+    pub(crate) fn from_message(m: &BorrowedMessage<'_>) -> Self {
+        Self {
+            topic: m.topic().to_owned(),
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m.key().map(<[u8]>::to_vec),
+            value: m.payload().map(<[u8]>::to_vec),
+            headers: m
+                .headers()
+                .map(|hs| {
+                    hs.iter()
+                        .map(|h| {
+                            (
+                                h.key.to_owned(),
+                                h.value
+                                    .map(|v| String::from_utf8_lossy(v).into_owned())
+                                    .unwrap_or_default(),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }
+    }
+
+    /// The header `name` (the last one, when repeated).
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// `retry_count`, 0 when absent or not a number.
+    pub(crate) fn retry_count(&self) -> u32 {
+        self.header(RETRY_COUNT)
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// `retry_after` in POSIX seconds, when set.
+    pub(crate) fn retry_after(&self) -> Option<f64> {
+        self.header(RETRY_AFTER)
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .filter(|t| t.is_finite())
+    }
+
+    /// The handlers a retry or replay runs (`None`: all of the group's).
+    pub(crate) fn failed_handlers(&self) -> Option<Vec<String>> {
+        self.header(FAILED_HANDLERS)
+            .and_then(|v| serde_json::from_str::<Vec<String>>(v).ok())
+            .filter(|v| !v.is_empty())
+    }
+
+    /// Headers without those named in `drop`, then `extra` appended.
+    pub(crate) fn headers_with(
+        &self,
+        drop: &[&str],
+        extra: Vec<(String, String)>,
+    ) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = self
+            .headers
+            .iter()
+            .filter(|(k, _)| !drop.contains(&k.as_str()) && !extra.iter().any(|(e, _)| e == k))
+            .cloned()
+            .collect();
+        out.extend(extra);
+        out
+    }
+}
+
+/// `now` as POSIX seconds with a fraction, as Python's `time.time()` prints.
+pub(crate) fn posix_seconds(at: chrono::DateTime<chrono::Utc>) -> String {
+    format!("{:.6}", at.timestamp_micros() as f64 / 1e6)
+}
+
+/// Cuts `text` to at most `max` characters.
+pub(crate) fn cut_chars(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((end, _)) => text[..end].to_owned(),
+        None => text.to_owned(),
+    }
+}

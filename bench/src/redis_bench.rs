@@ -12,6 +12,7 @@
 //! the next section marker) and keeps the rest.
 
 mod sections;
+mod side;
 
 use std::process::Command;
 use std::sync::Arc;
@@ -23,6 +24,8 @@ use eventbus::{Bus, DomainEvent, Envelope, HandlerError};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
+
+use side::{Figure, over, peak_rss_mb, target};
 
 #[derive(Debug, Clone, Serialize, Deserialize, DomainEvent)]
 #[event(aggregate = "Order")]
@@ -94,23 +97,6 @@ enum System {
 enum Scenario {
     Publish,
     Consume,
-}
-
-#[derive(Debug, Default, Clone, Copy, Serialize, Deserialize)]
-struct Figure {
-    per_second: f64,
-    peak_rss_mb: f64,
-}
-
-fn peak_rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
 }
 
 fn builder(url: &str, prefix: &str) -> eventbus::BusBuilder {
@@ -315,56 +301,46 @@ async fn plain_child(scenario: Scenario, count: usize, prefix: &str, url: &str) 
 }
 
 fn run_child(cli: &Cli, system: System, scenario: Scenario, count: usize, prefix: &str) -> Figure {
-    let exe = std::env::current_exe().expect("own path");
     let system = match system {
         System::Eventbus => "eventbus",
         System::Plain => "plain",
     };
-    let scenario = match scenario {
+    side::run_child(&[
+        "--system",
+        system,
+        "--scenario",
+        scenario_name(scenario),
+        "--count",
+        &count.to_string(),
+        "--prefix",
+        prefix,
+        "--url",
+        &cli.url,
+    ])
+}
+
+fn scenario_name(scenario: Scenario) -> &'static str {
+    match scenario {
         Scenario::Publish => "publish",
         Scenario::Consume => "consume",
-    };
-    let out = Command::new(exe)
-        .args(["child", "--system", system, "--scenario", scenario])
-        .args([
-            "--count",
-            &count.to_string(),
-            "--prefix",
-            prefix,
-            "--url",
-            &cli.url,
-        ])
-        .output()
-        .expect("child runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("a figure")
+    }
 }
 
 fn run_python(cli: &Cli, scenario: Scenario, count: usize, prefix: &str) -> Option<Figure> {
-    let python = cli.python.as_ref()?;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/redis_py_bench.py");
-    let scenario = match scenario {
-        Scenario::Publish => "publish",
-        Scenario::Consume => "consume",
-    };
-    let out = Command::new(python)
-        .args([script, scenario, "--url", &cli.url, "--prefix", prefix])
-        .args(["--count", &count.to_string()])
-        .output()
-        .ok()?;
-    if !out.status.success() {
-        eprintln!(
-            "eventsource-py failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        return None;
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(text.lines().last()?).ok()
+    side::run_python(
+        cli.python.as_deref(),
+        script,
+        &[
+            scenario_name(scenario),
+            "--url",
+            &cli.url,
+            "--prefix",
+            prefix,
+            "--count",
+            &count.to_string(),
+        ],
+    )
 }
 
 fn delete_prefix(url: &str, prefix: &str) {
@@ -394,21 +370,6 @@ async fn prefill(url: &str, prefix: &str, count: usize) {
         assert!(report.errors.is_empty(), "{:?}", report.errors);
     }
     bus.shutdown(Duration::from_secs(10)).await.expect("stops");
-}
-
-fn fmt(v: Option<f64>) -> String {
-    match v {
-        Some(v) if v >= 100.0 => format!("{v:.0}"),
-        Some(v) => format!("{v:.2}"),
-        None => "-".into(),
-    }
-}
-
-fn ratio(a: Option<f64>, b: Option<f64>) -> String {
-    match (a, b) {
-        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
-        _ => "-".into(),
-    }
 }
 
 fn main() {
@@ -505,42 +466,40 @@ fn main() {
         ),
     ]
     .map(|(name, v)| (name.to_owned(), v));
-    let mut table = String::from(
-        "| figure | eventbus | plain redis loop | eventsource-py | eventbus / plain | eventbus / eventsource-py |\n|---|---:|---:|---:|---:|---:|\n",
-    );
-    for (name, v) in &rows {
-        table.push_str(&format!(
-            "| {name} | {} | {} | {} | {} | {} |\n",
-            fmt(v[0]),
-            fmt(v[1]),
-            fmt(v[2]),
-            ratio(v[0], v[1]),
-            ratio(v[0], v[2])
-        ));
-    }
-    let check = |ok: bool| if ok { "met" } else { "MISSED" };
-    let r = |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| a / b);
-    let pub_plain = r(publish[0], publish[1]);
-    let con_plain = r(rate(&consume)[0], rate(&consume)[1]);
-    let pub_py = r(publish[0], publish[2]);
-    let con_py = r(rate(&consume)[0], rate(&consume)[2]);
-    let flat = r(rss(&big)[0], rss(&small)[0]);
-    let targets = format!(
-        "- publish >= 0.9 x the plain loop: {} ({})\n- consume >= 0.9 x the plain loop: {} ({})\n\
-         - publish >= 5 x eventsource-py: {} ({})\n- consume >= 5 x eventsource-py: {} ({})\n\
-         - memory flat from the small to the big backlog (within 10%): {} ({} -> {} MiB)\n",
-        check(pub_plain.is_some_and(|x| x >= 0.9)),
-        fmt(pub_plain),
-        check(con_plain.is_some_and(|x| x >= 0.9)),
-        fmt(con_plain),
-        check(pub_py.is_some_and(|x| x >= 5.0)),
-        fmt(pub_py),
-        check(con_py.is_some_and(|x| x >= 5.0)),
-        fmt(con_py),
-        check(flat.is_some_and(|x| x <= 1.1)),
-        fmt(rss(&small)[0]),
-        fmt(rss(&big)[0]),
-    );
+    let table = side::table("plain redis loop", &rows);
+    let flat = over(rss(&big)[0], rss(&small)[0]);
+    let targets = [
+        target(
+            "publish >= 0.9 x the plain loop",
+            over(publish[0], publish[1]),
+            |x| x >= 0.9,
+        ),
+        target(
+            "consume >= 0.9 x the plain loop",
+            over(rate(&consume)[0], rate(&consume)[1]),
+            |x| x >= 0.9,
+        ),
+        target(
+            "publish >= 5 x eventsource-py",
+            over(publish[0], publish[2]),
+            |x| x >= 5.0,
+        ),
+        target(
+            "consume >= 5 x eventsource-py",
+            over(rate(&consume)[0], rate(&consume)[2]),
+            |x| x >= 5.0,
+        ),
+        target(
+            &format!(
+                "memory flat from the small to the big backlog (within 10%; {} -> {} MiB)",
+                side::fmt(rss(&small)[0]),
+                side::fmt(rss(&big)[0])
+            ),
+            flat,
+            |x| x <= 1.1,
+        ),
+    ]
+    .concat();
     let redis_version = Command::new("redis-server")
         .arg("--version")
         .output()

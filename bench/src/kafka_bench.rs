@@ -1,0 +1,476 @@
+//! `bench-kafka`: eventbus on Kafka vs a plain loop on `rdkafka` vs
+//! eventsource-py's `KafkaEventBus` (aiokafka), in the same run.
+//!
+//! ```text
+//! bash tests/kafka/tansu.sh    # the Kafka-protocol broker the tests use
+//! cargo run --release -p eventbus-bench --bin bench-kafka -- --events 20000 \
+//!     --python target/tmp/interop-venv/bin/python --write BENCHMARKS.md
+//! ```
+//!
+//! Without `--url` it starts Tansu (`target/tmp/tansu`, in-memory storage) on
+//! a free port and stops it by its pid at the end. Each (system, scenario)
+//! runs in a process of its own; consume runs read a topic the harness
+//! pre-filled (a new group reads it from the start). `--write` replaces the
+//! Kafka section of the file and keeps the rest.
+
+mod sections;
+mod side;
+
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand, ValueEnum};
+use eventbus::{Bus, DomainEvent, Envelope, HandlerError};
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+
+use side::{Figure, over, peak_rss_mb, target};
+
+#[derive(Debug, Clone, Serialize, Deserialize, DomainEvent)]
+#[event(aggregate = "Order")]
+struct OrderPlaced {
+    customer_id: String,
+    total_amount: f64,
+    currency: String,
+    note: String,
+}
+
+fn order(i: usize) -> Envelope<OrderPlaced> {
+    Envelope::new(
+        uuid::Uuid::new_v4(),
+        OrderPlaced {
+            customer_id: format!("CUST-{i:08}"),
+            total_amount: 99.99 + i as f64,
+            currency: "EUR".into(),
+            note: "leave the parcel with the neighbour".into(),
+        },
+    )
+}
+
+const MARKER: &str = "<!-- bench-kafka: this section is written by `bench-kafka --write` -->";
+
+#[derive(Debug, Parser)]
+struct Cli {
+    /// `kafka://host:port`; without it, a Tansu of the bench's own.
+    #[arg(long)]
+    url: Option<String>,
+    /// Events for the publish and consume runs.
+    #[arg(long, default_value_t = 20_000)]
+    events: usize,
+    /// Python with eventsource-py[kafka] 0.15.1 (skipped when absent).
+    #[arg(long)]
+    python: Option<String>,
+    /// Replace the Kafka section of this Markdown file.
+    #[arg(long)]
+    write: Option<String>,
+    #[command(subcommand)]
+    child: Option<ChildCmd>,
+}
+
+#[derive(Debug, Subcommand)]
+enum ChildCmd {
+    /// One measurement (run by the harness).
+    Child {
+        #[arg(long)]
+        system: System,
+        #[arg(long)]
+        scenario: Scenario,
+        #[arg(long)]
+        count: usize,
+        #[arg(long)]
+        prefix: String,
+        #[arg(long)]
+        url: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum System {
+    Eventbus,
+    Plain,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum Scenario {
+    Publish,
+    Consume,
+}
+
+fn builder(url: &str, prefix: &str) -> eventbus::BusBuilder {
+    let prefix = prefix.to_owned();
+    Bus::builder()
+        .url(url)
+        .without_discovery()
+        .configure(move |c| c.topic_prefix = prefix)
+}
+
+fn bootstrap(url: &str) -> &str {
+    url.strip_prefix("kafka://").unwrap_or(url)
+}
+
+async fn eventbus_child(scenario: Scenario, count: usize, prefix: &str, url: &str) -> Figure {
+    let seen = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(Notify::new());
+    let first = Arc::new(OnceLock::new());
+    let (s, d, f) = (seen.clone(), done.clone(), first.clone());
+    let bus = builder(url, prefix)
+        .handler::<OrderPlaced, _, _>("count", move |e: Arc<Envelope<OrderPlaced>>| {
+            let _ = &e.customer_id;
+            f.get_or_init(Instant::now);
+            if s.fetch_add(1, Ordering::AcqRel) + 1 == count {
+                d.notify_one();
+            }
+            std::future::ready(Ok::<_, HandlerError>(()))
+        })
+        .build()
+        .await
+        .expect("connects");
+    let per_second = match scenario {
+        Scenario::Publish => {
+            let events: Vec<_> = (0..count).map(order).collect();
+            let start = Instant::now();
+            let report = bus.publish_batch(events, false).await;
+            assert_eq!(report.published, count, "{:?}", report.errors);
+            count as f64 / start.elapsed().as_secs_f64()
+        }
+        Scenario::Consume => {
+            bus.start_consuming().await.expect("consumes");
+            while seen.load(Ordering::Acquire) < count {
+                let _ = tokio::time::timeout(Duration::from_millis(50), done.notified()).await;
+            }
+            // From the first record on: the group join is not what is measured.
+            let start = *first.get().expect("handled");
+            (count - 1) as f64 / start.elapsed().as_secs_f64()
+        }
+    };
+    bus.shutdown(Duration::from_secs(30)).await.expect("stops");
+    Figure {
+        per_second,
+        peak_rss_mb: peak_rss_mb(),
+    }
+}
+
+/// eventsource-py's headers, built the plain way.
+fn headers(e: &Envelope<OrderPlaced>) -> OwnedHeaders {
+    let m = e.meta();
+    let values = [
+        ("event_id", m.event_id().to_string()),
+        ("event_type", m.event_type().to_owned()),
+        ("aggregate_id", m.aggregate_id().to_string()),
+        ("aggregate_type", m.aggregate_type().to_owned()),
+        ("aggregate_version", m.aggregate_version().to_string()),
+        (
+            "occurred_at",
+            m.occurred_at()
+                .format("%Y-%m-%dT%H:%M:%S%.6f+00:00")
+                .to_string(),
+        ),
+        ("correlation_id", m.correlation_id().to_string()),
+    ];
+    values
+        .iter()
+        .fold(OwnedHeaders::new_with_capacity(8), |h, (k, v)| {
+            h.insert(Header {
+                key: k,
+                value: Some(v.as_bytes()),
+            })
+        })
+}
+
+async fn plain_child(scenario: Scenario, count: usize, prefix: &str, url: &str) -> Figure {
+    let topic = format!("{prefix}.stream");
+    let per_second = match scenario {
+        Scenario::Publish => {
+            // The producer settings eventbus uses (eventsource-py's plus idempotence).
+            let producer: FutureProducer = ClientConfig::new()
+                .set("bootstrap.servers", bootstrap(url))
+                .set("enable.idempotence", "true")
+                .set("acks", "all")
+                .set("partitioner", "murmur2_random")
+                .set("compression.type", "gzip")
+                .set("linger.ms", "5")
+                .set("batch.size", "16384")
+                .set("queue.buffering.max.messages", "100000")
+                .create()
+                .expect("producer");
+            let events: Vec<_> = (0..count).map(order).collect();
+            let start = Instant::now();
+            let mut pending: FuturesUnordered<_> = events
+                .iter()
+                .map(|e| {
+                    let key = e.meta().aggregate_id().to_string();
+                    let any = eventbus::AnyEnvelope::from(e.clone());
+                    let value = serde_json::to_vec(&any.to_json().expect("encodes")).expect("JSON");
+                    let producer = producer.clone();
+                    let topic = topic.clone();
+                    let headers = headers(e);
+                    async move {
+                        let record = FutureRecord::to(&topic)
+                            .key(&key)
+                            .payload(&value)
+                            .headers(headers);
+                        producer
+                            .send(record, Duration::from_secs(30))
+                            .await
+                            .expect("delivered");
+                    }
+                })
+                .collect();
+            while pending.next().await.is_some() {}
+            count as f64 / start.elapsed().as_secs_f64()
+        }
+        Scenario::Consume => {
+            let consumer: StreamConsumer = ClientConfig::new()
+                .set("bootstrap.servers", bootstrap(url))
+                .set("group.id", "plain")
+                .set("enable.auto.commit", "false")
+                .set("auto.offset.reset", "earliest")
+                .create()
+                .expect("consumer");
+            consumer.subscribe(&[&topic]).expect("subscribes");
+            let mut start = None;
+            let mut handled = 0;
+            while handled < count {
+                let message = consumer.recv().await.expect("a record");
+                let start = *start.get_or_insert_with(Instant::now);
+                if let Some(value) = message.payload() {
+                    let _: OrderPlaced = serde_json::from_slice(value).expect("JSON");
+                }
+                handled += 1;
+                // Commit every 1,000 records and at the end, as a batch consumer does.
+                if handled % 1000 == 0 || handled == count {
+                    consumer
+                        .commit_message(&message, CommitMode::Async)
+                        .expect("commit");
+                }
+                if handled == count {
+                    return Figure {
+                        per_second: (count - 1) as f64 / start.elapsed().as_secs_f64(),
+                        peak_rss_mb: peak_rss_mb(),
+                    };
+                }
+            }
+            0.0
+        }
+    };
+    Figure {
+        per_second,
+        peak_rss_mb: peak_rss_mb(),
+    }
+}
+
+fn scenario_name(scenario: Scenario) -> &'static str {
+    match scenario {
+        Scenario::Publish => "publish",
+        Scenario::Consume => "consume",
+    }
+}
+
+fn run_child(url: &str, system: System, scenario: Scenario, count: usize, prefix: &str) -> Figure {
+    let system = match system {
+        System::Eventbus => "eventbus",
+        System::Plain => "plain",
+    };
+    side::run_child(&[
+        "--system",
+        system,
+        "--scenario",
+        scenario_name(scenario),
+        "--count",
+        &count.to_string(),
+        "--prefix",
+        prefix,
+        "--url",
+        url,
+    ])
+}
+
+fn run_python(
+    cli: &Cli,
+    url: &str,
+    scenario: Scenario,
+    count: usize,
+    prefix: &str,
+) -> Option<Figure> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/kafka_py_bench.py");
+    side::run_python(
+        cli.python.as_deref(),
+        script,
+        &[
+            scenario_name(scenario),
+            "--bootstrap",
+            bootstrap(url),
+            "--prefix",
+            prefix,
+            "--count",
+            &count.to_string(),
+        ],
+    )
+}
+
+/// A topic of `count` events for a consume run, written by eventbus (which
+/// also creates the topic; publish runs get theirs created the same way).
+async fn prefill(url: &str, prefix: &str, count: usize) {
+    let bus = builder(url, prefix)
+        .event::<OrderPlaced>()
+        .build()
+        .await
+        .expect("connects");
+    for start in (0..count).step_by(10_000) {
+        let events: Vec<_> = (start..(start + 10_000).min(count)).map(order).collect();
+        let report = bus.publish_batch(events, false).await;
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+    }
+    bus.shutdown(Duration::from_secs(10)).await.expect("stops");
+}
+
+/// Tansu on a free port, stopped by its pid when dropped.
+struct Tansu(Child);
+
+impl Tansu {
+    fn start() -> (Self, String) {
+        let bin = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/tmp/tansu");
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let listener = format!("tcp://127.0.0.1:{port}");
+        let child = Command::new(bin)
+            .args(["broker", "--listener-url", &listener])
+            .args(["--advertised-listener-url", &listener])
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{bin} starts (fetch it with tests/kafka/tansu.sh): {e}"));
+        let tansu = Self(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "Tansu did not listen within 20 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        (tansu, format!("kafka://127.0.0.1:{port}"))
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Some(ChildCmd::Child {
+        system,
+        scenario,
+        count,
+        prefix,
+        url,
+    }) = &cli.child
+    {
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        let figure = rt.block_on(async {
+            match system {
+                System::Eventbus => eventbus_child(*scenario, *count, prefix, url).await,
+                System::Plain => plain_child(*scenario, *count, prefix, url).await,
+            }
+        });
+        println!("{}", serde_json::to_string(&figure).expect("JSON"));
+        return;
+    }
+    let (_tansu, url) = match &cli.url {
+        Some(url) => (None, url.clone()),
+        None => {
+            let (tansu, url) = Tansu::start();
+            (Some(tansu), url)
+        }
+    };
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let run_id = uuid::Uuid::new_v4().simple().to_string();
+    let prefix = |what: &str| format!("bench-{}-{what}", &run_id[..8]);
+    let mut publish = Vec::new();
+    for system in [System::Eventbus, System::Plain] {
+        let p = prefix(&format!("p-{system:?}"));
+        rt.block_on(prefill(&url, &p, 0));
+        publish.push(Some(
+            run_child(&url, system, Scenario::Publish, cli.events, &p).per_second,
+        ));
+    }
+    let p = prefix("p-py");
+    rt.block_on(prefill(&url, &p, 0));
+    publish
+        .push(run_python(&cli, &url, Scenario::Publish, cli.events / 4, &p).map(|f| f.per_second));
+    let mut consume = Vec::new();
+    for system in [System::Eventbus, System::Plain] {
+        let p = prefix(&format!("c-{system:?}"));
+        rt.block_on(prefill(&url, &p, cli.events));
+        consume.push(Some(
+            run_child(&url, system, Scenario::Consume, cli.events, &p).per_second,
+        ));
+    }
+    let p = prefix("c-py");
+    rt.block_on(prefill(&url, &p, cli.events / 4));
+    consume
+        .push(run_python(&cli, &url, Scenario::Consume, cli.events / 4, &p).map(|f| f.per_second));
+    let rows = [
+        ("publish throughput (events/s)".to_owned(), publish.clone()),
+        (
+            "consume throughput, ordering per aggregate (events/s)".to_owned(),
+            consume.clone(),
+        ),
+    ];
+    let table = side::table("plain rdkafka loop", &rows);
+    let targets = [
+        target(
+            "publish >= 0.9 x the plain loop",
+            over(publish[0], publish[1]),
+            |x| x >= 0.9,
+        ),
+        target(
+            "consume >= 0.9 x the plain loop",
+            over(consume[0], consume[1]),
+            |x| x >= 0.9,
+        ),
+        target(
+            "consume >= 5 x eventsource-py",
+            over(consume[0], consume[2]),
+            |x| x >= 5.0,
+        ),
+    ]
+    .concat();
+    let broker = if cli.url.is_some() {
+        "the given broker"
+    } else {
+        "Tansu 0.6 (in-memory storage) started by the bench; production runs Apache Kafka, whose figures differ"
+    };
+    let section = format!(
+        "## Kafka\n\nOne run of `bench-kafka` against {broker}: eventbus, a plain loop on `rdkafka` (the same producer \
+settings: idempotent, `acks=all`, gzip, `linger.ms=5`, every send awaited concurrently; a `StreamConsumer` that decodes \
+each record and commits every 1,000), and eventsource-py's `KafkaEventBus` (`bench/kafka_py_bench.py`, aiokafka; its runs \
+use a quarter of the events). One process per (system, scenario); consume runs read a topic the harness pre-filled \
+(3 partitions, eventbus's default) and are timed from the first record handled: joining a group on Tansu takes 15-25 s \
+with librdkafka (about 1 s with aiokafka), which would otherwise swamp the figure.\n\n```sh\nbash tests/kafka/tansu.sh\ncargo run --release -p eventbus-bench \
+--bin bench-kafka -- --events {} --python target/tmp/interop-venv/bin/python --write BENCHMARKS.md\n```\n\n\
+{table}\n### Targets\n\n{targets}",
+        cli.events
+    );
+    println!("{section}");
+    if let Some(path) = &cli.write {
+        sections::write_section(path, Some(MARKER), &section).expect("write");
+    }
+}

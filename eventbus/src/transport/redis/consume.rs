@@ -13,10 +13,13 @@
 //! claims it after `pending_idle_ms`: duplicates are possible, losses are not.
 
 use std::collections::BTreeMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::FutureExt;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use redis::Value;
 use redis::aio::ConnectionManager;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
@@ -32,6 +35,9 @@ use crate::wire::{self, HEADER_AGGREGATE_ID, HEADER_EVENT_TYPE, Incoming};
 use super::conn::{self, broker, is_nogroup};
 use super::entry::{self, Entry, Source};
 use super::retry::{self, RetryState};
+
+/// One entry's handling, ready to run.
+type Delivery = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 /// Which group readers are reading, for health checks.
 pub(crate) type ConsumerStates = Arc<Mutex<BTreeMap<String, bool>>>;
@@ -198,6 +204,39 @@ impl Group {
         state: RetryState,
         permit: OwnedSemaphorePermit,
     ) {
+        let delivery = self.delivery(source, entry, state, permit);
+        self.run.deliveries.spawn(delivery);
+    }
+
+    /// Handles a read batch's entries on one task (concurrently, each in its
+    /// sequencer turn) instead of a task per entry. A panicking handler ends
+    /// only its own entry, which stays pending (claimed after `pending_idle_ms`).
+    fn spawn_batch(self: &Arc<Self>, deliveries: Vec<Delivery>) {
+        if deliveries.is_empty() {
+            return;
+        }
+        let group = self.name.clone();
+        self.run.deliveries.spawn(async move {
+            let mut running: FuturesUnordered<_> = deliveries
+                .into_iter()
+                .map(|d| AssertUnwindSafe(d).catch_unwind())
+                .collect();
+            while let Some(done) = running.next().await {
+                if done.is_err() {
+                    tracing::error!(%group, "a handler panicked; its entry stays pending");
+                }
+            }
+        });
+    }
+
+    /// The work of handling `entry`: its turn is taken now, in read order.
+    fn delivery(
+        self: &Arc<Self>,
+        source: Source,
+        entry: Entry,
+        state: RetryState,
+        permit: OwnedSemaphorePermit,
+    ) -> Delivery {
         let ctx = &self.run.ctx;
         add(&ctx.stats.events_consumed, 1);
         ctx.stats.last_consume_at.now();
@@ -207,12 +246,12 @@ impl Group {
         // Taken here, in read order: the turn fixes this entry's place.
         let mut turn = self.sequencer.enter(key);
         let group = self.clone();
-        self.run.deliveries.spawn(async move {
+        Box::pin(async move {
             turn.wait().await;
             group.handle(source, &entry, state).await;
             drop(turn);
             drop(permit);
-        });
+        })
     }
 
     /// Runs the group's handlers for one entry and settles it.
@@ -561,7 +600,8 @@ async fn read_loop(group: Arc<Group>) {
                 }
                 set_state(&run.states, name, true);
                 delay = config.reconnect_delay;
-                for (key, entries) in entry::read_reply(&reply) {
+                let mut deliveries = Vec::with_capacity(count);
+                for (key, entries) in entry::into_read_reply(reply) {
                     let source = if key == group.keys.replay {
                         Source::Replay
                     } else {
@@ -571,15 +611,21 @@ async fn read_loop(group: Arc<Group>) {
                         // Never more entries than permits: COUNT is the batch's size.
                         let permit = match batch.split(1) {
                             Some(p) => p,
-                            None => match group.permit().await {
-                                Some(p) => p,
-                                None => return,
-                            },
+                            None => {
+                                // Both streams answered: start what holds the
+                                // permits before waiting for another.
+                                group.spawn_batch(std::mem::take(&mut deliveries));
+                                match group.permit().await {
+                                    Some(p) => p,
+                                    None => return,
+                                }
+                            }
                         };
                         let state = RetryState::fresh(source, &entry);
-                        group.spawn(source, entry, state, permit);
+                        deliveries.push(group.delivery(source, entry, state, permit));
                     }
                 }
+                group.spawn_batch(deliveries);
             }
             Err(e) if is_nogroup(&e) => {
                 // Redis lost the group (restarted without persistence, or the

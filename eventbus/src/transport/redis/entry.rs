@@ -129,6 +129,83 @@ pub(crate) fn read_reply(value: &Value) -> Vec<(String, Vec<Entry>)> {
         .collect()
 }
 
+/// A string-like value as text, taking its bytes (no copy when they are UTF-8).
+fn into_text(value: Value) -> Option<String> {
+    match value {
+        Value::BulkString(bytes) => Some(
+            String::from_utf8(bytes)
+                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
+        ),
+        Value::SimpleString(s) => Some(s),
+        Value::VerbatimString { text, .. } => Some(text),
+        other => text(&other),
+    }
+}
+
+fn into_items(value: Value) -> Vec<Value> {
+    match value {
+        Value::Array(items) | Value::Set(items) => items,
+        _ => Vec::new(),
+    }
+}
+
+fn into_entry(value: Value) -> Option<Entry> {
+    let mut parts = into_items(value).into_iter();
+    let (Some(id), Some(fields), None) = (parts.next(), parts.next(), parts.next()) else {
+        return None;
+    };
+    let id = into_text(id)?;
+    let fields = match fields {
+        Value::Nil => None,
+        Value::Map(map) => Some(
+            map.into_iter()
+                .filter_map(|(k, v)| Some((into_text(k)?, into_text(v)?)))
+                .collect(),
+        ),
+        other => {
+            let mut flat = into_items(other).into_iter();
+            let mut fields = Vec::with_capacity(flat.len() / 2);
+            while let (Some(k), Some(v)) = (flat.next(), flat.next()) {
+                if let (Some(k), Some(v)) = (into_text(k), into_text(v)) {
+                    fields.push((k, v));
+                }
+            }
+            Some(fields)
+        }
+    };
+    Some(Entry { id, fields })
+}
+
+/// [`read_reply`] taking the reply: the entries' texts are moved out of it,
+/// not copied (the reader's hot path).
+pub(crate) fn into_read_reply(value: Value) -> Vec<(String, Vec<Entry>)> {
+    let streams: Vec<(Value, Value)> = match value {
+        Value::Map(map) => map,
+        other => into_items(other)
+            .into_iter()
+            .filter_map(|s| {
+                let mut kv = into_items(s).into_iter();
+                match (kv.next(), kv.next(), kv.next()) {
+                    (Some(key), Some(list), None) => Some((key, list)),
+                    _ => None,
+                }
+            })
+            .collect(),
+    };
+    streams
+        .into_iter()
+        .filter_map(|(key, list)| {
+            Some((
+                into_text(key)?,
+                into_items(list)
+                    .into_iter()
+                    .filter_map(into_entry)
+                    .collect(),
+            ))
+        })
+        .collect()
+}
+
 /// An `XAUTOCLAIM` reply: the next cursor and the claimed entries.
 pub(crate) fn autoclaim_reply(value: &Value) -> (String, Vec<Entry>) {
     match items(value) {
@@ -171,6 +248,16 @@ mod tests {
         assert_eq!(list[0].field("a"), Some("1"));
         assert_eq!(list[1].fields, None);
         assert!(read_reply(&Value::Nil).is_empty());
+        assert_eq!(into_read_reply(reply.clone()), streams);
+        assert!(into_read_reply(Value::Nil).is_empty());
+        let resp3 = Value::Map(vec![(
+            bulk("events:stream"),
+            Value::Array(vec![Value::Array(vec![
+                bulk("1-0"),
+                Value::Map(vec![(bulk("a"), bulk("1"))]),
+            ])]),
+        )]);
+        assert_eq!(read_reply(&resp3), into_read_reply(resp3.clone()));
         let (cursor, claimed) = autoclaim_reply(&Value::Array(vec![
             bulk("0-0"),
             Value::Array(vec![Value::Array(vec![bulk("3-0"), Value::Array(vec![])])]),

@@ -20,6 +20,11 @@ struct Listener {
 
 impl Listener {
     fn start(pki: &Pki, require_client_cert: bool) -> Self {
+        Self::serving(pki, "server", require_client_cert)
+    }
+
+    /// A listener presenting `cert` (`{cert}.pem` / `{cert}.key` of `pki`).
+    fn serving(pki: &Pki, cert: &str, require_client_cert: bool) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
@@ -27,8 +32,8 @@ impl Listener {
         let opts = format!(
             "[{{cacertfile,\"{}\"}},{{certfile,\"{}\"}},{{keyfile,\"{}\"}},{{verify,verify_peer}},{{fail_if_no_peer_cert,{require_client_cert}}}]",
             pki.path("ca.pem").display(),
-            pki.path("server.pem").display(),
-            pki.path("server.key").display(),
+            pki.path(&format!("{cert}.pem")).display(),
+            pki.path(&format!("{cert}.key")).display(),
         );
         run(Command::new("rabbitmqctl").args([
             "eval",
@@ -192,4 +197,82 @@ async fn verification_can_be_switched_off_explicitly() {
         .await
         .expect("connects without verification");
     round_trip(bus, &mut rx).await;
+}
+
+/// Building a bus on `url` must fail with `Error::Connect` naming a TLS
+/// failure (and `needle`), well before the 8 s connect timeout, without the
+/// password.
+async fn fails_closed(
+    test: &str,
+    url: String,
+    configure: impl FnOnce(&mut eventbus::Config) + Send + 'static,
+    needle: &str,
+) {
+    let started = std::time::Instant::now();
+    let err = Scope::new(test)
+        .builder()
+        .url(&url)
+        .configure(|c| c.connect_timeout = Duration::from_secs(8))
+        .configure(configure)
+        .build()
+        .await
+        .expect_err("must not connect");
+    let elapsed = started.elapsed();
+    let text = err.to_string();
+    eprintln!("{test}: {text} ({elapsed:?})");
+    assert!(matches!(err, Error::Connect { .. }), "{test}: {text}");
+    assert!(text.contains("TLS"), "{test}: {text}");
+    assert!(text.contains(needle), "{test}: {needle:?} not in {text}");
+    assert!(!text.contains("guest:guest"), "{test}: {text}");
+    assert!(
+        elapsed < Duration::from_secs(5),
+        "{test}: took {elapsed:?}: {text}"
+    );
+}
+
+/// Issue 12, case 15: TLS fails closed, never falling back to plain AMQP.
+#[tokio::test]
+async fn tls_fails_closed_without_a_client_certificate_on_a_wrong_host_and_on_a_plain_port() {
+    let pki = Pki::new();
+    // No client certificate where the listener requires one.
+    let mutual = Listener::start(&pki, true);
+    let ca = pki.path("ca.pem");
+    fails_closed(
+        "no-client-cert",
+        mutual.url(),
+        move |c| c.ca_file = Some(ca),
+        "CertificateRequired",
+    )
+    .await;
+
+    // A certificate signed by the trusted CA, but for another host.
+    let elsewhere = Listener::serving(&pki, "elsewhere", false);
+    let ca = pki.path("ca.pem");
+    fails_closed(
+        "wrong-host",
+        elsewhere.url(),
+        move |c| c.ca_file = Some(ca),
+        "not valid for name",
+    )
+    .await;
+
+    // The plain AMQP port behind amqps://: the handshake fails, verified or not;
+    // nothing is ever spoken in plain AMQP.
+    let plain = format!(
+        "amqps://guest:guest@localhost:{}/%2f",
+        common::url()
+            .rsplit_once(':')
+            .and_then(|(_, rest)| rest.split('/').next())
+            .and_then(|port| port.parse::<u16>().ok())
+            .unwrap_or(5672)
+    );
+    let ca = pki.path("ca.pem");
+    fails_closed(
+        "plain-port",
+        plain.clone(),
+        move |c| c.ca_file = Some(ca),
+        "",
+    )
+    .await;
+    fails_closed("plain-port-unverified", plain, |c| c.verify_ssl = false, "").await;
 }

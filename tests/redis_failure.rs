@@ -394,3 +394,49 @@ async fn dlq_tooling_lists_shows_replays_to_the_failed_group_only_and_purges() {
     assert_eq!(dlq.purge().await.expect("purge"), 2);
     assert_eq!(dlq.count().await.expect("count"), 0);
 }
+
+#[tokio::test]
+async fn a_panicking_handler_leaves_only_its_entry_pending_and_the_batch_goes_on() {
+    let scope = RedisScope::new("panic");
+    let handled = Attempts::default();
+    let h = handled.clone();
+    let bus = scope
+        .builder()
+        .configure(|c| c.pending_idle_ms = 600_000)
+        .handler::<OrderPlaced, _, _>("h", move |e: Arc<Envelope<OrderPlaced>>| {
+            assert_ne!(e.customer_id, "boom", "this handler panics on purpose");
+            record(&h, e.meta().event_id());
+            std::future::ready(Ok::<_, HandlerError>(()))
+        })
+        .build()
+        .await
+        .expect("connects");
+    // One backlog, so the panicking entry is read in the same batch as others.
+    let mut events: Vec<Envelope<OrderPlaced>> =
+        (0..20).map(|i| placed(&format!("P-{i}"))).collect();
+    events.insert(10, placed("boom"));
+    bus.publish(events).await.expect("published");
+    bus.start_consuming().await.expect("consumes");
+    eventually("the other 20 handled", WAIT, || {
+        let n = total(&handled);
+        async move { n == 20 }
+    })
+    .await;
+    // Still consuming after the panic.
+    let after = placed("after");
+    let after_id = after.meta().event_id();
+    bus.publish([after]).await.expect("published");
+    eventually("the next event handled", WAIT, || {
+        let seen = handled.lock().expect("ok").contains_key(&after_id);
+        async move { seen }
+    })
+    .await;
+    // The panicking entry is neither acked nor lost: it stays pending for recovery.
+    eventually("only the panicking entry pending", WAIT, || {
+        let pending = scope.pending("default");
+        async move { pending == 1 }
+    })
+    .await;
+    assert_eq!(total(&handled), 21);
+    bus.shutdown(Duration::from_secs(5)).await.expect("stops");
+}

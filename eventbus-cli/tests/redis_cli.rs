@@ -197,3 +197,44 @@ async fn dlq_queue_and_health_commands_on_redis() {
     assert_eq!(purged["purged"], 3);
     bus.shutdown(Duration::from_secs(10)).await.expect("stops");
 }
+
+#[tokio::test]
+async fn health_over_rediss_with_a_ca_and_fails_closed_without_it() {
+    use common::pki::Pki;
+    use common::tls_redis::TlsRedis;
+
+    let pki = Pki::new();
+    let server = TlsRedis::start(&pki, "server", true);
+    let scope = RedisScope::on("cli-tls", &server.url("localhost"));
+    let ca = pki.path("ca.pem");
+    let cert = pki.path("client.pem");
+    let key = pki.path("client.key");
+    let tls = [
+        ("EVENTBUS_CA_FILE", ca.to_str().expect("UTF-8 path")),
+        ("EVENTBUS_CERT_FILE", cert.to_str().expect("UTF-8 path")),
+        ("EVENTBUS_KEY_FILE", key.to_str().expect("UTF-8 path")),
+    ];
+    let health = json(eventbus(&scope, &tls, &["--json", "health"]));
+    assert_eq!(health["transport"], "redis", "{health}");
+    assert_eq!(health["connected"], true, "{health}");
+    assert_eq!(health["healthy"], true, "{health}");
+    // Without the CA the server is not trusted: a non-zero exit naming TLS, in time.
+    let started = std::time::Instant::now();
+    let out = eventbus(
+        &scope,
+        &[("EVENTBUS_CONNECT_TIMEOUT", "8")],
+        &["--json", "health"],
+    );
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("TLS"), "{text}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}: {text}",
+        started.elapsed()
+    );
+}

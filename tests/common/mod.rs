@@ -322,6 +322,7 @@ pub mod kafka;
 pub mod pki;
 pub mod python;
 pub mod redis_scope;
+pub mod tls_redis;
 
 /// Held by a test for as long as it installs a scoped `tracing` subscriber:
 /// scoped subscribers of parallel tests share tracing's global interest and

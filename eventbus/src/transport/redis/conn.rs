@@ -4,6 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use redis::AsyncConnectionConfig;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{
     Client, ClientTlsConfig, ConnectionAddr, IntoConnectionInfo, RedisError, TlsCertificates,
@@ -223,10 +224,22 @@ pub(crate) async fn connect(
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
         let limit = (config.socket_connect_timeout + config.socket_timeout)
             .min(remaining.max(Duration::from_millis(100)));
-        let attempt = tokio::time::timeout(
-            limit,
-            ConnectionManager::new_with_config(client.clone(), manager_config.clone()),
-        )
+        let attempt = tokio::time::timeout(limit, async {
+            if config.url.is_tls() {
+                // One connection without the manager's own retries first, so
+                // that a handshake rustls rejects is reported now.
+                let probe = AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(config.socket_connect_timeout))
+                    .set_response_timeout(Some(response_timeout));
+                let mut conn = client
+                    .get_multiplexed_async_connection_with_config(&probe)
+                    .await?;
+                redis::cmd("PING")
+                    .query_async::<redis::Value>(&mut conn)
+                    .await?;
+            }
+            ConnectionManager::new_with_config(client.clone(), manager_config.clone()).await
+        })
         .await;
         let reason = match attempt {
             Ok(Ok(manager)) => return Ok(manager),

@@ -1691,3 +1691,224 @@ async fn readiness_probe_flips_during_a_broker_restart() {
         .expect("shuts down");
     drop(node);
 }
+
+// ---------------------------------------------------------------------------
+// Case 15 (second half): a user without configure permission on one group's
+// queue.
+// ---------------------------------------------------------------------------
+
+/// `rabbitmqctl` with `args`, which must succeed.
+fn rabbitmqctl(args: &[&str]) {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .expect("rabbitmqctl runs");
+    assert!(
+        out.status.success(),
+        "rabbitmqctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A user on the shared broker's `/` vhost, deleted when dropped (even when
+/// the test fails), so the shared broker ends as it was.
+struct TestUser {
+    name: String,
+}
+
+impl TestUser {
+    /// Creates the user with `configure` as its configure permission
+    /// (write and read: everything).
+    fn create(name: &str, password: &str, configure: &str) -> Self {
+        rabbitmqctl(&["add_user", name, password]);
+        let user = Self {
+            name: name.to_owned(),
+        };
+        user.permit(configure);
+        user
+    }
+
+    fn permit(&self, configure: &str) {
+        permit(&self.name, configure);
+    }
+}
+
+/// Sets `user`'s permissions on `/`: `configure`, and everything to write
+/// and read.
+fn permit(user: &str, configure: &str) {
+    rabbitmqctl(&["set_permissions", "-p", "/", user, configure, ".*", ".*"]);
+}
+
+impl Drop for TestUser {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("rabbitmqctl")
+            .args(["delete_user", &self.name])
+            .output();
+    }
+}
+
+/// A regex matching every name but `name` (Erlang `re`, which is PCRE).
+fn all_but(name: &str) -> String {
+    let escaped: String = name
+        .chars()
+        .flat_map(|c| {
+            let special = !c.is_ascii_alphanumeric() && c != '_' && c != '-';
+            special.then_some('\\').into_iter().chain([c])
+        })
+        .collect();
+    format!("^(?!{escaped}$).*")
+}
+
+/// Case 15: the broker refuses the user configure permission on one group's
+/// queue: that group gets `Error::AccessRefused` (in its queue info and in
+/// health, which is not ready), without resetting the connection; the other
+/// group consumes everything; a bus with only the refused group fails to
+/// start consuming with the same typed error. Once the permission is granted,
+/// the background retry declares the refused group and it consumes too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn case15_access_refused_to_one_group_leaves_the_others_working() {
+    let scope = common::Scope::new("faults-acl");
+    let (ok, refused) = (scope.group("open"), scope.group("closed"));
+    let refused_queue = scope.queue(&refused);
+    let id = Uuid::new_v4().simple().to_string();
+    let (name, password) = (format!("eventbus-acl-{}", &id[..8]), id[8..].to_owned());
+    let user = tokio::task::spawn_blocking({
+        let (name, password, configure) = (name.clone(), password.clone(), all_but(&refused_queue));
+        move || TestUser::create(&name, &password, &configure)
+    })
+    .await
+    .expect("rabbitmqctl thread");
+    let url = format!("amqp://{name}:{password}@{}/%2f", shared_broker_addr());
+    let (open_ledger, closed_ledger) = (Ledger::default(), Ledger::default());
+    let record = |ledger: &Ledger| {
+        let ledger = ledger.clone();
+        move |e: eventbus::AnyEnvelope| {
+            ledger.delivered(e.meta().event_id());
+            std::future::ready(Ok::<_, HandlerError>(()))
+        }
+    };
+    let bus = scope
+        .builder()
+        .url(&url)
+        .event::<Tick>()
+        .configure(|c| c.max_reconnect_delay = Duration::from_millis(300))
+        .wildcard_handler("open", Some(&ok), record(&open_ledger))
+        .wildcard_handler("closed", Some(&refused), record(&closed_ledger))
+        .build()
+        .await
+        .expect("builds: one refused group does not fail the bus");
+    bus.start_consuming()
+        .await
+        .expect("consumes: only one of two groups is refused");
+
+    let health = bus.health_check().await;
+    assert!(
+        !health.healthy,
+        "a refused group shows in health: {health:?}"
+    );
+    assert_eq!(
+        health.consumers.get(&scope.queue(&ok)),
+        Some(&true),
+        "{health:?}"
+    );
+    assert_eq!(
+        health.consumers.get(&refused_queue),
+        Some(&false),
+        "{health:?}"
+    );
+    let error = health.error.clone().unwrap_or_default();
+    assert!(
+        error.contains("refused access") && error.contains(&refused_queue),
+        "{error}"
+    );
+    match bus.group_queue_info(&refused).await {
+        Err(Error::AccessRefused {
+            group, kind, name, ..
+        }) => {
+            assert_eq!(
+                (group.as_str(), kind, name.as_str()),
+                (refused.as_str(), "queue", refused_queue.as_str())
+            );
+        }
+        other => panic!("expected AccessRefused for the refused group, got {other:?}"),
+    }
+
+    // The open group consumes everything meanwhile, on a connection that
+    // was never reset.
+    let confirm = Duration::from_secs(5);
+    let first = ticks(0, 100);
+    publish_timed(&bus, &open_ledger, first.clone(), confirm + SLACK)
+        .await
+        .expect("published");
+    eventually(
+        "the open group handles all 100",
+        Duration::from_secs(20),
+        || open_ledger.missing() == 0,
+    )
+    .await;
+    assert_eq!(closed_ledger.distinct_delivered(), 0);
+    assert_eq!(bus.stats().reconnections, 0, "no connection was reset");
+
+    // A bus whose only group is refused: start_consuming is the typed error.
+    let alone = scope
+        .builder()
+        .url(&url)
+        .event::<Tick>()
+        .wildcard_handler("closed", Some(&refused), record(&Ledger::default()))
+        .build()
+        .await
+        .expect("builds (the exchange is allowed)");
+    match alone.start_consuming().await {
+        Err(Error::AccessRefused { group, .. }) => assert_eq!(group, refused),
+        other => panic!("every group refused: expected AccessRefused, got {other:?}"),
+    }
+    alone
+        .shutdown(Duration::from_secs(5))
+        .await
+        .expect("shuts down");
+
+    // Granted: the background retry declares the group and consumes it.
+    tokio::task::spawn_blocking({
+        let name = user.name.clone();
+        move || permit(&name, ".*")
+    })
+    .await
+    .expect("rabbitmqctl thread");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let health = bus.health_check().await;
+        if health.healthy && health.consumers.values().all(|up| *up) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not recovered after the grant: {health:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let info = bus.group_queue_info(&refused).await.expect("declared now");
+    assert_eq!(info.consumer_count, 1);
+    let second = ticks(100, 100);
+    publish_timed(&bus, &closed_ledger, second.clone(), confirm + SLACK)
+        .await
+        .expect("published");
+    open_ledger.confirmed(ids(&second));
+    eventually(
+        "both groups handle the next 100",
+        Duration::from_secs(20),
+        || open_ledger.missing() == 0 && closed_ledger.missing() == 0,
+    )
+    .await;
+    assert_eq!(bus.stats().reconnections, 0, "no connection was reset");
+    open_ledger
+        .tally(&BTreeSet::new())
+        .assert_nothing_lost("case 15 open group");
+    closed_ledger
+        .tally(&BTreeSet::new())
+        .assert_nothing_lost("case 15 refused group");
+    eprintln!("case 15: refused group reported as {error}; recovered after the grant");
+    bus.shutdown(Duration::from_secs(5))
+        .await
+        .expect("shuts down");
+    drop(user);
+}

@@ -1912,3 +1912,153 @@ async fn case15_access_refused_to_one_group_leaves_the_others_working() {
         .expect("shuts down");
     drop(user);
 }
+
+// ---------------------------------------------------------------------------
+// Case 7: poison events among 10,000 healthy ones.
+// ---------------------------------------------------------------------------
+
+/// Case 7: 20 poison events (failing every attempt) among 10,000 healthy
+/// ones: each poison event is attempted exactly `max_retries + 1` times, no
+/// sooner than the configured gaps, and dead-lettered once; each healthy event
+/// is handled once; another group (on the same bus) handles every event,
+/// poison included, exactly once. Healthy latency with and without poison is
+/// measured by `bench poison` (RELIABILITY.md), not asserted here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn case07_poison_events_among_10000_are_retried_then_dead_lettered_once() {
+    const HEALTHY: u64 = 10_000;
+    const POISON: u64 = 20;
+    const MAX_RETRIES: u32 = 3;
+    const BASE: Duration = Duration::from_millis(200);
+    let scope = common::Scope::new("faults-poison");
+    let audit = scope.group("audit");
+    let total = HEALTHY + POISON;
+    let events = ticks(0, total);
+    // Spread evenly: every 501st event is poison.
+    let every = total / POISON;
+    let poison: BTreeSet<Uuid> = events
+        .iter()
+        .filter(|e| e.event().seq % every == every / 2)
+        .map(|e| e.meta().event_id())
+        .collect();
+    assert_eq!(poison.len() as u64, POISON);
+    type Attempts = Arc<std::sync::Mutex<std::collections::HashMap<Uuid, Vec<Instant>>>>;
+    let attempts = Attempts::default();
+    let audited = Ledger::default();
+    let (a, p) = (attempts.clone(), Arc::new(poison.clone()));
+    let au = audited.clone();
+    let bus = scope
+        .builder()
+        .event::<Tick>()
+        .configure(|c| {
+            c.max_retries = MAX_RETRIES;
+            c.retry_base_delay = BASE;
+            c.retry_max_delay = Duration::from_secs(10);
+            c.retry_jitter = 0.1;
+            c.prefetch_count = 100;
+            c.confirm_timeout = Duration::from_secs(10);
+        })
+        .handler::<Tick, _, _>("main", move |e: Arc<Envelope<Tick>>| {
+            let id = e.meta().event_id();
+            a.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .entry(id)
+                .or_default()
+                .push(Instant::now());
+            let result = if p.contains(&id) {
+                Err(HandlerError::new(format!("poison {id}")))
+            } else {
+                Ok(())
+            };
+            std::future::ready(result)
+        })
+        .wildcard_handler("audit", Some(&audit), move |e: eventbus::AnyEnvelope| {
+            au.delivered(e.meta().event_id());
+            std::future::ready(Ok::<_, HandlerError>(()))
+        })
+        .build()
+        .await
+        .expect("connects");
+    bus.start_consuming().await.expect("consumes");
+    let started = Instant::now();
+    for chunk in events.chunks(1000) {
+        let batch = chunk.to_vec();
+        bus.publish(batch).await.expect("confirmed");
+        audited.confirmed(ids(chunk));
+    }
+    let dlq = bus.dlq("default");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let handled = attempts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len() as u64;
+        let parked = dlq.count().await.unwrap_or(0);
+        if handled == total && u64::from(parked) == POISON && audited.missing() == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out: {handled} of {total} handled, {parked} of {POISON} dead-lettered, {} missing in the audit group",
+            audited.missing()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let took = started.elapsed();
+    let attempts = attempts
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    let mut late = Duration::ZERO;
+    for (id, times) in &attempts {
+        if poison.contains(id) {
+            assert_eq!(
+                times.len(),
+                MAX_RETRIES as usize + 1,
+                "max_retries + 1 attempts for poison {id}"
+            );
+            for (k, pair) in times.windows(2).enumerate() {
+                let gap = pair[1] - pair[0];
+                let nominal = BASE * 2u32.pow(k as u32);
+                // Jitter 0.1; the timer and the broker's TTL sweep round a little.
+                assert!(
+                    gap.as_secs_f64() >= nominal.as_secs_f64() * 0.9 - 0.005,
+                    "retry {k} of {id} after {gap:?}, before its gap {nominal:?}"
+                );
+                late = late.max(gap.saturating_sub(nominal));
+            }
+        } else {
+            assert_eq!(times.len(), 1, "healthy event {id} handled once");
+        }
+    }
+    let parked = dlq.list(100).await.expect("lists the DLQ");
+    let parked_ids: BTreeSet<Uuid> = parked
+        .iter()
+        .filter_map(|m| m.message_id.as_deref()?.parse().ok())
+        .collect();
+    assert_eq!(parked.len() as u64, POISON, "each dead-lettered once");
+    assert_eq!(parked_ids, poison);
+    assert!(
+        parked
+            .iter()
+            .all(|m| m.retry_count == Some(i64::from(MAX_RETRIES))),
+        "{parked:?}"
+    );
+    let audit_tally = audited.tally(&BTreeSet::new());
+    assert_eq!(
+        audit_tally.duplicates, 0,
+        "the other group handles each event once"
+    );
+    audit_tally.assert_nothing_lost("case 7 audit group");
+    assert_eq!(
+        bus.queue_info().await.expect("queue").message_count,
+        0,
+        "nothing left in the main queue"
+    );
+    eprintln!(
+        "case 7: {total} events ({POISON} poison) in {took:.1?}; each poison attempted {} times, dead-lettered once; retries at most {late:?} past their gap; audit group 0 lost, 0 duplicates",
+        MAX_RETRIES + 1
+    );
+    bus.shutdown(Duration::from_secs(10))
+        .await
+        .expect("shuts down");
+}

@@ -875,12 +875,15 @@ fn shared_unacked(queue: &str) -> Option<u64> {
     })
 }
 
-/// Case 4: every connection cut (RST) twice during steady load: both links
-/// come back each time with their topology, consumers and prefetch (the
-/// broker never shows more unacked deliveries than the prefetch), nothing
-/// confirmed is lost.
+/// Case 4: every connection cut (RST) twice during a minute of steady load
+/// (1,000 events a second): after each cut both links come back with their
+/// topology, consumer and prefetch (with the handlers paused, exactly the
+/// prefetch is unacked on the broker), the broker never shows more unacked
+/// deliveries than the prefetch, nothing confirmed is lost; duplicates are
+/// reported. Throughput is not asserted (a busy 2-core machine).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn case04_connections_cut_twice_under_load_recover_fully() {
+    const RUN: Duration = Duration::from_secs(60);
     let scope = common::Scope::new("faults-cut");
     let proxy = proxy::Proxy::start(shared_broker_addr()).await;
     let confirm = Duration::from_secs(5);
@@ -905,7 +908,6 @@ async fn case04_connections_cut_twice_under_load_recover_fully() {
                         break;
                     }
                 }
-                tokio::time::sleep(Duration::from_millis(2)).await;
                 l.delivered(e.meta().event_id());
                 Ok::<_, HandlerError>(())
             }
@@ -914,64 +916,110 @@ async fn case04_connections_cut_twice_under_load_recover_fully() {
         .await
         .expect("connects through the proxy");
     bus.start_consuming().await.expect("consumes");
+    let bus = Arc::new(bus);
     let queue = scope.queue("default");
-    let started = Instant::now();
-    let mut seq = 0;
-    let mut cuts = 0;
-    // About 500 events a second for 15 s; cuts at 5 s and 10 s.
-    while started.elapsed() < Duration::from_secs(15) {
-        let _ = publish_timed(&bus, &ledger, ticks(seq, 50), confirm + SLACK).await;
-        seq += 50;
-        if (cuts == 0 && started.elapsed() >= Duration::from_secs(5))
-            || (cuts == 1 && started.elapsed() >= Duration::from_secs(10))
-        {
-            proxy.cut_all();
-            cuts += 1;
+
+    // The broker's unacked count, sampled all along: never above the prefetch.
+    let sampling = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = std::thread::spawn({
+        let (queue, sampling) = (queue.clone(), sampling.clone());
+        move || {
+            let (mut max, mut samples) = (0u64, 0usize);
+            while sampling.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Some(n) = shared_unacked(&queue) {
+                    max = max.max(n);
+                    samples += 1;
+                }
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            (max, samples)
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    // After the cuts, with handlers paused: exactly the prefetch is unacked
-    // (the consumer is back, with its prefetch), the rest waits ready.
-    pause.send_replace(true);
-    publish_timed(&bus, &ledger, ticks(seq, 200), confirm + SLACK)
-        .await
-        .expect("confirmed after the cuts");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let unacked = loop {
-        let q = queue.clone();
-        let unacked = tokio::task::spawn_blocking(move || shared_unacked(&q))
+    });
+
+    // 100 events every 100 ms for a minute, on a task of its own.
+    let started = Instant::now();
+    let publisher = tokio::spawn({
+        let (bus, ledger) = (bus.clone(), ledger.clone());
+        async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let (mut seq, mut failed) = (0, 0);
+            while started.elapsed() < RUN {
+                tick.tick().await;
+                if publish_timed(&bus, &ledger, ticks(seq, 100), confirm + SLACK)
+                    .await
+                    .is_err()
+                {
+                    failed += 1;
+                }
+                seq += 100;
+            }
+            (seq, failed)
+        }
+    });
+
+    let unacked_now = |queue: String| async move {
+        tokio::task::spawn_blocking(move || shared_unacked(&queue))
             .await
             .expect("rabbitmqctl thread")
-            .unwrap_or(0);
-        if unacked >= u64::from(prefetch) || Instant::now() >= deadline {
-            break unacked;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+            .unwrap_or(0)
     };
-    pause.send_replace(false);
+    let mut restored = Vec::new();
+    for cut in 1..=2u64 {
+        tokio::time::sleep_until(started + RUN * u32::try_from(cut).expect("small") / 3).await;
+        proxy.cut_all();
+        // Both links (publisher, consumer) come back.
+        eventually("both connections back", Duration::from_secs(30), || {
+            bus.stats().reconnections >= 2 * cut
+        })
+        .await;
+        // The consumer is back with its prefetch: with handlers paused while
+        // events keep coming, exactly the prefetch is unacked.
+        pause.send_replace(true);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let unacked = loop {
+            let n = unacked_now(queue.clone()).await;
+            if n >= u64::from(prefetch) || Instant::now() >= deadline {
+                break n;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        pause.send_replace(false);
+        assert_eq!(
+            unacked,
+            u64::from(prefetch),
+            "after cut {cut}: consumer and prefetch restored ({unacked} unacked with handlers paused)"
+        );
+        restored.push(unacked);
+    }
+    let (published, failed_calls) = publisher.await.expect("publisher task");
     eventually(
         "every confirmed event delivered",
         Duration::from_secs(60),
         || ledger.missing() == 0,
     )
     .await;
+    sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+    let (max_unacked, samples) = tokio::task::spawn_blocking(move || sampler.join())
+        .await
+        .expect("sampler thread")
+        .expect("sampler");
     let health = bus.health_check().await;
     assert!(health.healthy && health.consuming, "{health:?}");
     let reconnections = bus.stats().reconnections;
     assert!(
-        reconnections >= 4,
-        "both connections came back after each of the two cuts: {reconnections}"
+        max_unacked <= u64::from(prefetch),
+        "the broker showed {max_unacked} unacked, above the prefetch {prefetch}"
     );
-    assert_eq!(
-        unacked,
-        u64::from(prefetch),
-        "consumer and prefetch restored: {unacked} unacked with handlers paused"
-    );
+    let tally = ledger.tally(&BTreeSet::new());
     eprintln!(
-        "case 4: {reconnections} reconnections, {unacked} unacked (the prefetch) with handlers paused after the cuts"
+        "case 4: {published} published in {RUN:?} ({failed_calls} calls failed with typed errors), {} confirmed, {} duplicates, {reconnections} reconnections, unacked after each cut with handlers paused {restored:?}, at most {max_unacked} unacked in {samples} samples",
+        tally.confirmed, tally.duplicates
     );
-    ledger.tally(&BTreeSet::new()).assert_nothing_lost("case 4");
-    bus.shutdown(Duration::from_secs(5))
+    tally.assert_nothing_lost("case 4");
+    // Every confirmed event is handled (and acked or about to be): shutdown
+    // drains well within its bound.
+    bus.shutdown(Duration::from_secs(10))
         .await
         .expect("shuts down");
 }

@@ -2110,3 +2110,120 @@ async fn case07_poison_events_among_10000_are_retried_then_dead_lettered_once() 
         .await
         .expect("shuts down");
 }
+
+// ---------------------------------------------------------------------------
+// DLQ tooling on a blackholed broker.
+// ---------------------------------------------------------------------------
+
+/// DLQ operations (count, list, show, replay, replay_all, purge) on a broker
+/// blackholed through the proxy each return a typed error within the confirm
+/// timeout instead of waiting on the stalled broker; after the heal the
+/// dead-lettered message is still there, and replays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dlq_operations_on_a_blackholed_broker_fail_within_the_confirm_timeout() {
+    let scope = common::Scope::new("faults-dlq-blackhole");
+    let proxy = proxy::Proxy::start(shared_broker_addr()).await;
+    let confirm = Duration::from_secs(2);
+    let failing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let ledger = Ledger::default();
+    let (f, l) = (failing.clone(), ledger.clone());
+    let bus = scope
+        .builder()
+        .url(&proxy.url())
+        .event::<Tick>()
+        .configure(move |c| {
+            // Long heartbeats: the link stays "up" for the whole blackhole,
+            // so every call reaches the stalled socket.
+            c.heartbeat = 60;
+            c.confirm_timeout = confirm;
+            c.max_retries = 0;
+        })
+        .handler::<Tick, _, _>("record", move |e: Arc<Envelope<Tick>>| {
+            let result = if f.load(std::sync::atomic::Ordering::SeqCst) {
+                Err(HandlerError::new("parked for the test"))
+            } else {
+                l.delivered(e.meta().event_id());
+                Ok(())
+            };
+            std::future::ready(result)
+        })
+        .build()
+        .await
+        .expect("connects through the proxy");
+    bus.start_consuming().await.expect("consumes");
+    let event = ticks(0, 1);
+    let id = event[0].meta().event_id();
+    publish_timed(&bus, &ledger, event, confirm + SLACK)
+        .await
+        .expect("confirmed");
+    let dlq = bus.dlq("default");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while dlq.count().await.ok() != Some(1) {
+        assert!(Instant::now() < deadline, "the event never reached the DLQ");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bus.stop_consuming().await.expect("stops consuming");
+    failing.store(false, std::sync::atomic::Ordering::SeqCst);
+
+    proxy.set(proxy::Mode::Blackhole);
+    let bound = confirm + SLACK;
+    let mut errors = Vec::new();
+    macro_rules! stalled {
+        ($name:literal, $call:expr) => {{
+            let started = Instant::now();
+            let result = $call.await;
+            let took = started.elapsed();
+            assert!(
+                took <= bound,
+                "{} took {took:?} on a blackholed broker, past {bound:?}: {result:?}",
+                $name
+            );
+            match result {
+                Err(
+                    error @ (Error::Broker { .. } | Error::NotConnected(_) | Error::Blocked { .. }),
+                ) => errors.push(format!("{}: {error} ({took:.1?})", $name)),
+                other => panic!(
+                    "{} on a blackholed broker: expected a typed broker error, got {other:?}",
+                    $name
+                ),
+            }
+        }};
+    }
+    stalled!("count", dlq.count());
+    stalled!("list", dlq.list(10));
+    stalled!("show", dlq.show(&id.to_string()));
+    stalled!("replay", dlq.replay(&id.to_string()));
+    stalled!("replay_all", dlq.replay_all(&eventbus::ReplayFilter::all()));
+    stalled!("purge", dlq.purge());
+    proxy.set(proxy::Mode::Pass);
+
+    // After the heal (the link may rebuild its connection first), the
+    // message is still parked: nothing was removed by the failed calls.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let listed = loop {
+        match dlq.list(10).await {
+            Ok(listed) => break listed,
+            Err(e) => assert!(Instant::now() < deadline, "no recovery after the heal: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(
+        listed[0].message_id.as_deref(),
+        Some(id.to_string().as_str())
+    );
+    assert!(dlq.replay(&id.to_string()).await.expect("replays"));
+    bus.start_consuming().await.expect("consumes again");
+    eventually(
+        "the replayed event is handled",
+        Duration::from_secs(20),
+        || ledger.missing() == 0,
+    )
+    .await;
+    for line in &errors {
+        eprintln!("dlq on a blackholed broker: {line}");
+    }
+    bus.shutdown(Duration::from_secs(5))
+        .await
+        .expect("shuts down");
+}

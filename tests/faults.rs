@@ -875,12 +875,15 @@ fn shared_unacked(queue: &str) -> Option<u64> {
     })
 }
 
-/// Case 4: every connection cut (RST) twice during steady load: both links
-/// come back each time with their topology, consumers and prefetch (the
-/// broker never shows more unacked deliveries than the prefetch), nothing
-/// confirmed is lost.
+/// Case 4: every connection cut (RST) twice during a minute of steady load
+/// (1,000 events a second): after each cut both links come back with their
+/// topology, consumer and prefetch (with the handlers paused, exactly the
+/// prefetch is unacked on the broker), the broker never shows more unacked
+/// deliveries than the prefetch, nothing confirmed is lost; duplicates are
+/// reported. Throughput is not asserted (a busy 2-core machine).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn case04_connections_cut_twice_under_load_recover_fully() {
+    const RUN: Duration = Duration::from_secs(60);
     let scope = common::Scope::new("faults-cut");
     let proxy = proxy::Proxy::start(shared_broker_addr()).await;
     let confirm = Duration::from_secs(5);
@@ -905,7 +908,6 @@ async fn case04_connections_cut_twice_under_load_recover_fully() {
                         break;
                     }
                 }
-                tokio::time::sleep(Duration::from_millis(2)).await;
                 l.delivered(e.meta().event_id());
                 Ok::<_, HandlerError>(())
             }
@@ -914,64 +916,110 @@ async fn case04_connections_cut_twice_under_load_recover_fully() {
         .await
         .expect("connects through the proxy");
     bus.start_consuming().await.expect("consumes");
+    let bus = Arc::new(bus);
     let queue = scope.queue("default");
-    let started = Instant::now();
-    let mut seq = 0;
-    let mut cuts = 0;
-    // About 500 events a second for 15 s; cuts at 5 s and 10 s.
-    while started.elapsed() < Duration::from_secs(15) {
-        let _ = publish_timed(&bus, &ledger, ticks(seq, 50), confirm + SLACK).await;
-        seq += 50;
-        if (cuts == 0 && started.elapsed() >= Duration::from_secs(5))
-            || (cuts == 1 && started.elapsed() >= Duration::from_secs(10))
-        {
-            proxy.cut_all();
-            cuts += 1;
+
+    // The broker's unacked count, sampled all along: never above the prefetch.
+    let sampling = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = std::thread::spawn({
+        let (queue, sampling) = (queue.clone(), sampling.clone());
+        move || {
+            let (mut max, mut samples) = (0u64, 0usize);
+            while sampling.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Some(n) = shared_unacked(&queue) {
+                    max = max.max(n);
+                    samples += 1;
+                }
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            (max, samples)
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    // After the cuts, with handlers paused: exactly the prefetch is unacked
-    // (the consumer is back, with its prefetch), the rest waits ready.
-    pause.send_replace(true);
-    publish_timed(&bus, &ledger, ticks(seq, 200), confirm + SLACK)
-        .await
-        .expect("confirmed after the cuts");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let unacked = loop {
-        let q = queue.clone();
-        let unacked = tokio::task::spawn_blocking(move || shared_unacked(&q))
+    });
+
+    // 100 events every 100 ms for a minute, on a task of its own.
+    let started = Instant::now();
+    let publisher = tokio::spawn({
+        let (bus, ledger) = (bus.clone(), ledger.clone());
+        async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let (mut seq, mut failed) = (0, 0);
+            while started.elapsed() < RUN {
+                tick.tick().await;
+                if publish_timed(&bus, &ledger, ticks(seq, 100), confirm + SLACK)
+                    .await
+                    .is_err()
+                {
+                    failed += 1;
+                }
+                seq += 100;
+            }
+            (seq, failed)
+        }
+    });
+
+    let unacked_now = |queue: String| async move {
+        tokio::task::spawn_blocking(move || shared_unacked(&queue))
             .await
             .expect("rabbitmqctl thread")
-            .unwrap_or(0);
-        if unacked >= u64::from(prefetch) || Instant::now() >= deadline {
-            break unacked;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+            .unwrap_or(0)
     };
-    pause.send_replace(false);
+    let mut restored = Vec::new();
+    for cut in 1..=2u64 {
+        tokio::time::sleep_until(started + RUN * u32::try_from(cut).expect("small") / 3).await;
+        proxy.cut_all();
+        // Both links (publisher, consumer) come back.
+        eventually("both connections back", Duration::from_secs(30), || {
+            bus.stats().reconnections >= 2 * cut
+        })
+        .await;
+        // The consumer is back with its prefetch: with handlers paused while
+        // events keep coming, exactly the prefetch is unacked.
+        pause.send_replace(true);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let unacked = loop {
+            let n = unacked_now(queue.clone()).await;
+            if n >= u64::from(prefetch) || Instant::now() >= deadline {
+                break n;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        pause.send_replace(false);
+        assert_eq!(
+            unacked,
+            u64::from(prefetch),
+            "after cut {cut}: consumer and prefetch restored ({unacked} unacked with handlers paused)"
+        );
+        restored.push(unacked);
+    }
+    let (published, failed_calls) = publisher.await.expect("publisher task");
     eventually(
         "every confirmed event delivered",
         Duration::from_secs(60),
         || ledger.missing() == 0,
     )
     .await;
+    sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+    let (max_unacked, samples) = tokio::task::spawn_blocking(move || sampler.join())
+        .await
+        .expect("sampler thread")
+        .expect("sampler");
     let health = bus.health_check().await;
     assert!(health.healthy && health.consuming, "{health:?}");
     let reconnections = bus.stats().reconnections;
     assert!(
-        reconnections >= 4,
-        "both connections came back after each of the two cuts: {reconnections}"
+        max_unacked <= u64::from(prefetch),
+        "the broker showed {max_unacked} unacked, above the prefetch {prefetch}"
     );
-    assert_eq!(
-        unacked,
-        u64::from(prefetch),
-        "consumer and prefetch restored: {unacked} unacked with handlers paused"
-    );
+    let tally = ledger.tally(&BTreeSet::new());
     eprintln!(
-        "case 4: {reconnections} reconnections, {unacked} unacked (the prefetch) with handlers paused after the cuts"
+        "case 4: {published} published in {RUN:?} ({failed_calls} calls failed with typed errors), {} confirmed, {} duplicates, {reconnections} reconnections, unacked after each cut with handlers paused {restored:?}, at most {max_unacked} unacked in {samples} samples",
+        tally.confirmed, tally.duplicates
     );
-    ledger.tally(&BTreeSet::new()).assert_nothing_lost("case 4");
-    bus.shutdown(Duration::from_secs(5))
+    tally.assert_nothing_lost("case 4");
+    // Every confirmed event is handled (and acked or about to be): shutdown
+    // drains well within its bound.
+    bus.shutdown(Duration::from_secs(10))
         .await
         .expect("shuts down");
 }
@@ -1690,4 +1738,492 @@ async fn readiness_probe_flips_during_a_broker_restart() {
         .await
         .expect("shuts down");
     drop(node);
+}
+
+// ---------------------------------------------------------------------------
+// Case 15 (second half): a user without configure permission on one group's
+// queue.
+// ---------------------------------------------------------------------------
+
+/// `rabbitmqctl` with `args`, which must succeed.
+fn rabbitmqctl(args: &[&str]) {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .expect("rabbitmqctl runs");
+    assert!(
+        out.status.success(),
+        "rabbitmqctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A user on the shared broker's `/` vhost, deleted when dropped (even when
+/// the test fails), so the shared broker ends as it was.
+struct TestUser {
+    name: String,
+}
+
+impl TestUser {
+    /// Creates the user with `configure` as its configure permission
+    /// (write and read: everything).
+    fn create(name: &str, password: &str, configure: &str) -> Self {
+        rabbitmqctl(&["add_user", name, password]);
+        let user = Self {
+            name: name.to_owned(),
+        };
+        user.permit(configure);
+        user
+    }
+
+    fn permit(&self, configure: &str) {
+        permit(&self.name, configure);
+    }
+}
+
+/// Sets `user`'s permissions on `/`: `configure`, and everything to write
+/// and read.
+fn permit(user: &str, configure: &str) {
+    rabbitmqctl(&["set_permissions", "-p", "/", user, configure, ".*", ".*"]);
+}
+
+impl Drop for TestUser {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("rabbitmqctl")
+            .args(["delete_user", &self.name])
+            .output();
+    }
+}
+
+/// A regex matching every name but `name` (Erlang `re`, which is PCRE).
+fn all_but(name: &str) -> String {
+    let escaped: String = name
+        .chars()
+        .flat_map(|c| {
+            let special = !c.is_ascii_alphanumeric() && c != '_' && c != '-';
+            special.then_some('\\').into_iter().chain([c])
+        })
+        .collect();
+    format!("^(?!{escaped}$).*")
+}
+
+/// Case 15: the broker refuses the user configure permission on one group's
+/// queue: that group gets `Error::AccessRefused` (in its queue info and in
+/// health, which is not ready), without resetting the connection; the other
+/// group consumes everything; a bus with only the refused group fails to
+/// start consuming with the same typed error. Once the permission is granted,
+/// the background retry declares the refused group and it consumes too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn case15_access_refused_to_one_group_leaves_the_others_working() {
+    let scope = common::Scope::new("faults-acl");
+    let (ok, refused) = (scope.group("open"), scope.group("closed"));
+    let refused_queue = scope.queue(&refused);
+    let id = Uuid::new_v4().simple().to_string();
+    let (name, password) = (format!("eventbus-acl-{}", &id[..8]), id[8..].to_owned());
+    let user = tokio::task::spawn_blocking({
+        let (name, password, configure) = (name.clone(), password.clone(), all_but(&refused_queue));
+        move || TestUser::create(&name, &password, &configure)
+    })
+    .await
+    .expect("rabbitmqctl thread");
+    let url = format!("amqp://{name}:{password}@{}/%2f", shared_broker_addr());
+    let (open_ledger, closed_ledger) = (Ledger::default(), Ledger::default());
+    let record = |ledger: &Ledger| {
+        let ledger = ledger.clone();
+        move |e: eventbus::AnyEnvelope| {
+            ledger.delivered(e.meta().event_id());
+            std::future::ready(Ok::<_, HandlerError>(()))
+        }
+    };
+    let bus = scope
+        .builder()
+        .url(&url)
+        .event::<Tick>()
+        .configure(|c| c.max_reconnect_delay = Duration::from_millis(300))
+        .wildcard_handler("open", Some(&ok), record(&open_ledger))
+        .wildcard_handler("closed", Some(&refused), record(&closed_ledger))
+        .build()
+        .await
+        .expect("builds: one refused group does not fail the bus");
+    bus.start_consuming()
+        .await
+        .expect("consumes: only one of two groups is refused");
+
+    let health = bus.health_check().await;
+    assert!(
+        !health.healthy,
+        "a refused group shows in health: {health:?}"
+    );
+    assert_eq!(
+        health.consumers.get(&scope.queue(&ok)),
+        Some(&true),
+        "{health:?}"
+    );
+    assert_eq!(
+        health.consumers.get(&refused_queue),
+        Some(&false),
+        "{health:?}"
+    );
+    let error = health.error.clone().unwrap_or_default();
+    assert!(
+        error.contains("refused access") && error.contains(&refused_queue),
+        "{error}"
+    );
+    match bus.group_queue_info(&refused).await {
+        Err(Error::AccessRefused {
+            group, kind, name, ..
+        }) => {
+            assert_eq!(
+                (group.as_str(), kind, name.as_str()),
+                (refused.as_str(), "queue", refused_queue.as_str())
+            );
+        }
+        other => panic!("expected AccessRefused for the refused group, got {other:?}"),
+    }
+
+    // The open group consumes everything meanwhile, on a connection that
+    // was never reset.
+    let confirm = Duration::from_secs(5);
+    let first = ticks(0, 100);
+    publish_timed(&bus, &open_ledger, first.clone(), confirm + SLACK)
+        .await
+        .expect("published");
+    eventually(
+        "the open group handles all 100",
+        Duration::from_secs(20),
+        || open_ledger.missing() == 0,
+    )
+    .await;
+    assert_eq!(closed_ledger.distinct_delivered(), 0);
+    assert_eq!(bus.stats().reconnections, 0, "no connection was reset");
+
+    // A bus whose only group is refused: start_consuming is the typed error.
+    let alone = scope
+        .builder()
+        .url(&url)
+        .event::<Tick>()
+        .wildcard_handler("closed", Some(&refused), record(&Ledger::default()))
+        .build()
+        .await
+        .expect("builds (the exchange is allowed)");
+    match alone.start_consuming().await {
+        Err(Error::AccessRefused { group, .. }) => assert_eq!(group, refused),
+        other => panic!("every group refused: expected AccessRefused, got {other:?}"),
+    }
+    alone
+        .shutdown(Duration::from_secs(5))
+        .await
+        .expect("shuts down");
+
+    // Granted: the background retry declares the group and consumes it.
+    tokio::task::spawn_blocking({
+        let name = user.name.clone();
+        move || permit(&name, ".*")
+    })
+    .await
+    .expect("rabbitmqctl thread");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let health = bus.health_check().await;
+        if health.healthy && health.consumers.values().all(|up| *up) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not recovered after the grant: {health:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let info = bus.group_queue_info(&refused).await.expect("declared now");
+    assert_eq!(info.consumer_count, 1);
+    let second = ticks(100, 100);
+    publish_timed(&bus, &closed_ledger, second.clone(), confirm + SLACK)
+        .await
+        .expect("published");
+    open_ledger.confirmed(ids(&second));
+    eventually(
+        "both groups handle the next 100",
+        Duration::from_secs(20),
+        || open_ledger.missing() == 0 && closed_ledger.missing() == 0,
+    )
+    .await;
+    assert_eq!(bus.stats().reconnections, 0, "no connection was reset");
+    open_ledger
+        .tally(&BTreeSet::new())
+        .assert_nothing_lost("case 15 open group");
+    closed_ledger
+        .tally(&BTreeSet::new())
+        .assert_nothing_lost("case 15 refused group");
+    eprintln!("case 15: refused group reported as {error}; recovered after the grant");
+    bus.shutdown(Duration::from_secs(5))
+        .await
+        .expect("shuts down");
+    drop(user);
+}
+
+// ---------------------------------------------------------------------------
+// Case 7: poison events among 10,000 healthy ones.
+// ---------------------------------------------------------------------------
+
+/// Case 7: 20 poison events (failing every attempt) among 10,000 healthy
+/// ones: each poison event is attempted exactly `max_retries + 1` times, no
+/// sooner than the configured gaps, and dead-lettered once; each healthy event
+/// is handled once; another group (on the same bus) handles every event,
+/// poison included, exactly once. Healthy latency with and without poison is
+/// measured by `bench poison` (RELIABILITY.md), not asserted here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn case07_poison_events_among_10000_are_retried_then_dead_lettered_once() {
+    const HEALTHY: u64 = 10_000;
+    const POISON: u64 = 20;
+    const MAX_RETRIES: u32 = 3;
+    const BASE: Duration = Duration::from_millis(200);
+    let scope = common::Scope::new("faults-poison");
+    let audit = scope.group("audit");
+    let total = HEALTHY + POISON;
+    let events = ticks(0, total);
+    // Spread evenly: every 501st event is poison.
+    let every = total / POISON;
+    let poison: BTreeSet<Uuid> = events
+        .iter()
+        .filter(|e| e.event().seq % every == every / 2)
+        .map(|e| e.meta().event_id())
+        .collect();
+    assert_eq!(poison.len() as u64, POISON);
+    type Attempts = Arc<std::sync::Mutex<std::collections::HashMap<Uuid, Vec<Instant>>>>;
+    let attempts = Attempts::default();
+    let audited = Ledger::default();
+    let (a, p) = (attempts.clone(), Arc::new(poison.clone()));
+    let au = audited.clone();
+    let bus = scope
+        .builder()
+        .event::<Tick>()
+        .configure(|c| {
+            c.max_retries = MAX_RETRIES;
+            c.retry_base_delay = BASE;
+            c.retry_max_delay = Duration::from_secs(10);
+            c.retry_jitter = 0.1;
+            c.prefetch_count = 100;
+            c.confirm_timeout = Duration::from_secs(10);
+        })
+        .handler::<Tick, _, _>("main", move |e: Arc<Envelope<Tick>>| {
+            let id = e.meta().event_id();
+            a.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .entry(id)
+                .or_default()
+                .push(Instant::now());
+            let result = if p.contains(&id) {
+                Err(HandlerError::new(format!("poison {id}")))
+            } else {
+                Ok(())
+            };
+            std::future::ready(result)
+        })
+        .wildcard_handler("audit", Some(&audit), move |e: eventbus::AnyEnvelope| {
+            au.delivered(e.meta().event_id());
+            std::future::ready(Ok::<_, HandlerError>(()))
+        })
+        .build()
+        .await
+        .expect("connects");
+    bus.start_consuming().await.expect("consumes");
+    let started = Instant::now();
+    for chunk in events.chunks(1000) {
+        let batch = chunk.to_vec();
+        bus.publish(batch).await.expect("confirmed");
+        audited.confirmed(ids(chunk));
+    }
+    let dlq = bus.dlq("default");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let handled = attempts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len() as u64;
+        let parked = dlq.count().await.unwrap_or(0);
+        if handled == total && u64::from(parked) == POISON && audited.missing() == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out: {handled} of {total} handled, {parked} of {POISON} dead-lettered, {} missing in the audit group",
+            audited.missing()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let took = started.elapsed();
+    let attempts = attempts
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    let mut late = Duration::ZERO;
+    for (id, times) in &attempts {
+        if poison.contains(id) {
+            assert_eq!(
+                times.len(),
+                MAX_RETRIES as usize + 1,
+                "max_retries + 1 attempts for poison {id}"
+            );
+            for (k, pair) in times.windows(2).enumerate() {
+                let gap = pair[1] - pair[0];
+                let nominal = BASE * 2u32.pow(k as u32);
+                // Jitter 0.1; the timer and the broker's TTL sweep round a little.
+                assert!(
+                    gap.as_secs_f64() >= nominal.as_secs_f64() * 0.9 - 0.005,
+                    "retry {k} of {id} after {gap:?}, before its gap {nominal:?}"
+                );
+                late = late.max(gap.saturating_sub(nominal));
+            }
+        } else {
+            assert_eq!(times.len(), 1, "healthy event {id} handled once");
+        }
+    }
+    let parked = dlq.list(100).await.expect("lists the DLQ");
+    let parked_ids: BTreeSet<Uuid> = parked
+        .iter()
+        .filter_map(|m| m.message_id.as_deref()?.parse().ok())
+        .collect();
+    assert_eq!(parked.len() as u64, POISON, "each dead-lettered once");
+    assert_eq!(parked_ids, poison);
+    assert!(
+        parked
+            .iter()
+            .all(|m| m.retry_count == Some(i64::from(MAX_RETRIES))),
+        "{parked:?}"
+    );
+    let audit_tally = audited.tally(&BTreeSet::new());
+    assert_eq!(
+        audit_tally.duplicates, 0,
+        "the other group handles each event once"
+    );
+    audit_tally.assert_nothing_lost("case 7 audit group");
+    assert_eq!(
+        bus.queue_info().await.expect("queue").message_count,
+        0,
+        "nothing left in the main queue"
+    );
+    eprintln!(
+        "case 7: {total} events ({POISON} poison) in {took:.1?}; each poison attempted {} times, dead-lettered once; retries at most {late:?} past their gap; audit group 0 lost, 0 duplicates",
+        MAX_RETRIES + 1
+    );
+    bus.shutdown(Duration::from_secs(10))
+        .await
+        .expect("shuts down");
+}
+
+// ---------------------------------------------------------------------------
+// DLQ tooling on a blackholed broker.
+// ---------------------------------------------------------------------------
+
+/// DLQ operations (count, list, show, replay, replay_all, purge) on a broker
+/// blackholed through the proxy each return a typed error within the confirm
+/// timeout instead of waiting on the stalled broker; after the heal the
+/// dead-lettered message is still there, and replays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dlq_operations_on_a_blackholed_broker_fail_within_the_confirm_timeout() {
+    let scope = common::Scope::new("faults-dlq-blackhole");
+    let proxy = proxy::Proxy::start(shared_broker_addr()).await;
+    let confirm = Duration::from_secs(2);
+    let failing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let ledger = Ledger::default();
+    let (f, l) = (failing.clone(), ledger.clone());
+    let bus = scope
+        .builder()
+        .url(&proxy.url())
+        .event::<Tick>()
+        .configure(move |c| {
+            // Long heartbeats: the link stays "up" for the whole blackhole,
+            // so every call reaches the stalled socket.
+            c.heartbeat = 60;
+            c.confirm_timeout = confirm;
+            c.max_retries = 0;
+        })
+        .handler::<Tick, _, _>("record", move |e: Arc<Envelope<Tick>>| {
+            let result = if f.load(std::sync::atomic::Ordering::SeqCst) {
+                Err(HandlerError::new("parked for the test"))
+            } else {
+                l.delivered(e.meta().event_id());
+                Ok(())
+            };
+            std::future::ready(result)
+        })
+        .build()
+        .await
+        .expect("connects through the proxy");
+    bus.start_consuming().await.expect("consumes");
+    let event = ticks(0, 1);
+    let id = event[0].meta().event_id();
+    publish_timed(&bus, &ledger, event, confirm + SLACK)
+        .await
+        .expect("confirmed");
+    let dlq = bus.dlq("default");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while dlq.count().await.ok() != Some(1) {
+        assert!(Instant::now() < deadline, "the event never reached the DLQ");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bus.stop_consuming().await.expect("stops consuming");
+    failing.store(false, std::sync::atomic::Ordering::SeqCst);
+
+    proxy.set(proxy::Mode::Blackhole);
+    let bound = confirm + SLACK;
+    let mut errors = Vec::new();
+    macro_rules! stalled {
+        ($name:literal, $call:expr) => {{
+            let started = Instant::now();
+            let result = $call.await;
+            let took = started.elapsed();
+            assert!(
+                took <= bound,
+                "{} took {took:?} on a blackholed broker, past {bound:?}: {result:?}",
+                $name
+            );
+            match result {
+                Err(
+                    error @ (Error::Broker { .. } | Error::NotConnected(_) | Error::Blocked { .. }),
+                ) => errors.push(format!("{}: {error} ({took:.1?})", $name)),
+                other => panic!(
+                    "{} on a blackholed broker: expected a typed broker error, got {other:?}",
+                    $name
+                ),
+            }
+        }};
+    }
+    stalled!("count", dlq.count());
+    stalled!("list", dlq.list(10));
+    stalled!("show", dlq.show(&id.to_string()));
+    stalled!("replay", dlq.replay(&id.to_string()));
+    stalled!("replay_all", dlq.replay_all(&eventbus::ReplayFilter::all()));
+    stalled!("purge", dlq.purge());
+    proxy.set(proxy::Mode::Pass);
+
+    // After the heal (the link may rebuild its connection first), the
+    // message is still parked: nothing was removed by the failed calls.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let listed = loop {
+        match dlq.list(10).await {
+            Ok(listed) => break listed,
+            Err(e) => assert!(Instant::now() < deadline, "no recovery after the heal: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(
+        listed[0].message_id.as_deref(),
+        Some(id.to_string().as_str())
+    );
+    assert!(dlq.replay(&id.to_string()).await.expect("replays"));
+    bus.start_consuming().await.expect("consumes again");
+    eventually(
+        "the replayed event is handled",
+        Duration::from_secs(20),
+        || ledger.missing() == 0,
+    )
+    .await;
+    for line in &errors {
+        eprintln!("dlq on a blackholed broker: {line}");
+    }
+    bus.shutdown(Duration::from_secs(5))
+        .await
+        .expect("shuts down");
 }

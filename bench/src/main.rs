@@ -10,6 +10,7 @@
 //! memory is that system's alone.
 
 mod many;
+mod poison;
 mod raw;
 mod sections;
 mod soak;
@@ -124,6 +125,24 @@ enum Child {
         /// Seconds between broker restarts (stop_app / start_app).
         #[arg(long, default_value_t = 40.0)]
         restart_every: f64,
+    },
+    /// Fault case 7's latency figure (RELIABILITY.md): COUNT healthy events
+    /// at RATE per second, publish-to-handler latency without and then with
+    /// POISON events among them (each fails every attempt and is
+    /// dead-lettered); exits non-zero unless each poison event was attempted
+    /// max_retries + 1 times and dead-lettered once.
+    Poison {
+        #[arg(long, default_value_t = 10_000)]
+        count: usize,
+        #[arg(long, default_value_t = 20)]
+        poison: usize,
+        #[arg(long, default_value_t = 1000)]
+        rate: u64,
+        #[arg(long, default_value_t = 3)]
+        max_retries: u32,
+        /// Milliseconds before the first retry (doubling after).
+        #[arg(long, default_value_t = 200)]
+        retry_base_ms: u64,
     },
 }
 
@@ -459,6 +478,26 @@ fn main() {
             restart_every: Duration::from_secs_f64(restart_every),
         };
         if !rt.block_on(soak::run(plan)) {
+            std::process::exit(1);
+        }
+        return;
+    }
+    if let Some(Child::Poison {
+        count,
+        poison,
+        rate,
+        max_retries,
+        retry_base_ms,
+    }) = cli.command
+    {
+        let plan = poison::Plan {
+            count,
+            poison,
+            rate,
+            max_retries,
+            base_delay: Duration::from_millis(retry_base_ms),
+        };
+        if !rt.block_on(poison::run(&cli.url, plan)) {
             std::process::exit(1);
         }
         return;

@@ -117,6 +117,24 @@ pub enum Error {
         /// What the broker said.
         detail: String,
     },
+    /// The broker refused this user access to one group's topology (a
+    /// channel-level 403, `ACCESS_REFUSED`): the user lacks the configure,
+    /// write or read permission it needs. Only that group is affected: the
+    /// other groups consume, and the refused one is declared again in the
+    /// background until the permission is granted.
+    #[error(
+        "the broker refused access to {kind} `{name}` of group `{group}` (check the user's permissions on it): {reason}"
+    )]
+    AccessRefused {
+        /// The consumer group whose topology was refused.
+        group: String,
+        /// `queue`, `exchange` or `binding`.
+        kind: &'static str,
+        /// The queue or exchange name (for a binding, the queue's).
+        name: String,
+        /// What the broker said.
+        reason: String,
+    },
     /// Any other broker error, with what we were doing.
     #[error("broker error while {context}: {reason}")]
     Broker {

@@ -84,7 +84,12 @@ pub(crate) async fn start_group(
             FieldTable::default(),
         )
         .await
-        .map_err(|e| super::errors::declare_failure(&e, "consumer on queue", &queue))?;
+        .map_err(|e| {
+            super::errors::of_group(
+                super::errors::declare_failure(&e, "consumer on queue", &queue),
+                &group,
+            )
+        })?;
     set_state(&ctx.states, &queue, true);
     let order = config.ordering_for(&group);
     tracing::debug!(%queue, %tag, prefetch = config.prefetch_count, %order, "consuming");

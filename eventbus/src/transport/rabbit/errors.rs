@@ -82,10 +82,23 @@ pub(crate) fn declare_failure(error: &lapin::Error, kind: &'static str, name: &s
             })
         }
         ErrorKind::ProtocolError(e)
-            if matches!(
-                e.kind(),
-                AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED | AMQPSoftError::NOTFOUND)
-            ) =>
+            if matches!(e.kind(), AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED)) =>
+        {
+            // The group is filled in by the caller that knows it
+            // (`topology::declare_group`, `consume::start_group`).
+            Failure::Fatal(Error::AccessRefused {
+                group: String::new(),
+                kind: match kind {
+                    "binding of queue" => "binding",
+                    "consumer on queue" => "queue",
+                    other => other,
+                },
+                name: name.to_owned(),
+                reason: e.get_message().as_str().to_owned(),
+            })
+        }
+        ErrorKind::ProtocolError(e)
+            if matches!(e.kind(), AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND)) =>
         {
             Failure::Fatal(Error::Broker {
                 context: format!("declaring {kind} `{name}`"),
@@ -93,6 +106,21 @@ pub(crate) fn declare_failure(error: &lapin::Error, kind: &'static str, name: &s
             })
         }
         _ => Failure::Retry(format!("declaring {kind} `{name}`: {reason}")),
+    }
+}
+
+/// `failure` as the failure of `group`: an access refusal names the group.
+pub(crate) fn of_group(failure: Failure, group: &str) -> Failure {
+    match failure {
+        Failure::Fatal(Error::AccessRefused {
+            kind, name, reason, ..
+        }) => Failure::Fatal(Error::AccessRefused {
+            group: group.to_owned(),
+            kind,
+            name,
+            reason,
+        }),
+        other => other,
     }
 }
 

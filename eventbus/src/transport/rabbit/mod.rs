@@ -12,7 +12,7 @@ mod settle;
 mod tls;
 mod topology;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -47,6 +47,10 @@ pub(crate) struct RabbitTransport {
     deliveries: TaskTracker,
     states: ConsumerStates,
     extra: ExtraBindings,
+    /// Groups the broker refused to the publisher's declares.
+    publisher_refused: Refused,
+    /// Groups the broker refused to the consumer's declares or consume.
+    consumer_refused: Refused,
     consumer_tag: String,
     watcher: CancellationToken,
 }
@@ -75,24 +79,173 @@ fn default_consumer_name() -> String {
     format!("{host}-{}", &suffix[..8])
 }
 
-/// Declares everything the registry implies, on the session's main channel.
+/// An access refusal of one group's topology: what [`Error::AccessRefused`] says.
+#[derive(Debug, Clone)]
+pub(crate) struct Refusal {
+    kind: &'static str,
+    name: String,
+    reason: String,
+}
+
+impl Refusal {
+    fn error(&self, group: &str) -> Error {
+        Error::AccessRefused {
+            group: group.to_owned(),
+            kind: self.kind,
+            name: self.name.clone(),
+            reason: self.reason.clone(),
+        }
+    }
+}
+
+/// Groups whose topology (or consumer) the broker refused this user, by group.
+pub(crate) type Refused = Arc<Mutex<BTreeMap<String, Refusal>>>;
+
+/// Records `failure` of `group` when it is an access refusal (and returns
+/// `None`); any other failure comes back.
+fn refuse(refused: &Refused, group: &str, failure: Failure) -> Option<Failure> {
+    match failure {
+        Failure::Fatal(Error::AccessRefused {
+            kind, name, reason, ..
+        }) => {
+            let refusal = Refusal { kind, name, reason };
+            let error = refusal.error(group);
+            let first = lock(refused).insert(group.to_owned(), refusal).is_none();
+            if first {
+                tracing::error!(%group, %error, "group refused by the broker; the other groups go on, this one is retried in the background");
+            } else {
+                tracing::debug!(%group, %error, "group still refused by the broker");
+            }
+            None
+        }
+        other => Some(other),
+    }
+}
+
+/// Declares `group` on a channel of its own, so that a refusal (a
+/// channel-level error) closes only that channel.
+async fn declare_group_alone(
+    session: &Session,
+    shared: &BusContext,
+    group: &str,
+    bindings: &[topology::Binding],
+) -> Result<(), Failure> {
+    let channel = session
+        .connection
+        .create_channel()
+        .await
+        .map_err(|e| Failure::Retry(errors::scrub(&e.to_string())))?;
+    let result = topology::declare_group(&channel, &shared.config, group, bindings).await;
+    if channel.status().connected() {
+        let _ = channel.close(200, "declared".into()).await;
+    }
+    result
+}
+
+/// Declares everything the registry implies: the exchange on the session's
+/// main channel, each group on a channel of its own. A group the broker
+/// refuses is recorded in `refused` (and retried in the background by the
+/// caller); the others are declared.
 async fn declare_topology(
     session: &Session,
     shared: &BusContext,
     extra: &ExtraBindings,
+    refused: &Refused,
 ) -> Result<(), Failure> {
     if !shared.declare {
         return Ok(());
     }
     let extra = lock(extra).clone();
-    topology::declare_all(
-        &session.channel,
+    topology::declare_exchange(&session.channel, &shared.config).await?;
+    let plan = topology::plan(
         &shared.config,
         &shared.dispatcher.snapshot(),
         &shared.event_types(),
         &extra,
-    )
-    .await
+    );
+    for (group, bindings) in plan {
+        match declare_group_alone(session, shared, &group, &bindings).await {
+            Ok(()) => {
+                lock(refused).remove(&group);
+            }
+            Err(failure) => {
+                if let Some(failure) = refuse(refused, &group, failure) {
+                    return Err(failure);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Declares the refused `group` again in the background, with backoff
+/// (`reconnect_delay` doubling up to `max_reconnect_delay`), until the broker
+/// accepts it; then, with `consume`, starts its consumer. Ends when the
+/// session breaks (its next setup starts over) or consuming stops.
+fn redeclare_refused(
+    session: Arc<Session>,
+    shared: Arc<BusContext>,
+    extra: ExtraBindings,
+    refused: Refused,
+    group: String,
+    consume: Option<(Arc<consume::ConsumeRun>, String)>,
+) {
+    tokio::spawn(async move {
+        let config = &shared.config;
+        let stop = consume
+            .as_ref()
+            .map_or_else(CancellationToken::new, |(ctx, _)| ctx.stop.clone());
+        let mut delay = config.reconnect_delay;
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = session.broken.cancelled() => return,
+                () = stop.cancelled() => return,
+            }
+            if !session.connection.status().connected() {
+                return;
+            }
+            delay = (delay * 2).min(config.max_reconnect_delay);
+            let bindings = topology::group_bindings(
+                config,
+                &shared.dispatcher.snapshot(),
+                &shared.event_types(),
+                &lock(&extra).clone(),
+                &group,
+            );
+            let attempt = async {
+                if shared.declare {
+                    declare_group_alone(&session, &shared, &group, &bindings).await?;
+                }
+                if let Some((ctx, tag)) = &consume {
+                    consume::start_group(
+                        session.clone(),
+                        ctx.clone(),
+                        group.as_str().into(),
+                        tag.clone(),
+                    )
+                    .await
+                    .map_err(|f| errors::of_group(f, &group))?;
+                }
+                Ok::<_, Failure>(())
+            };
+            match tokio::time::timeout(config.connect_timeout, attempt).await {
+                Ok(Ok(())) => {
+                    lock(&refused).remove(&group);
+                    tracing::info!(%group, consuming = consume.is_some(), "the broker accepts the group now; declared");
+                    return;
+                }
+                Ok(Err(failure)) => {
+                    if let Some(failure) = refuse(&refused, &group, failure) {
+                        tracing::warn!(%group, error = ?failure, "declaring the refused group again failed; retrying");
+                    }
+                }
+                Err(_) => {
+                    tracing::warn!(%group, timeout = ?config.connect_timeout, "declaring the refused group again timed out; retrying");
+                }
+            }
+        }
+    });
 }
 
 impl RabbitTransport {
@@ -100,19 +253,34 @@ impl RabbitTransport {
     /// `connect_timeout`), enables confirms and declares the topology.
     pub(crate) async fn connect(shared: &Arc<BusContext>) -> Result<Self, Error> {
         let extra: ExtraBindings = Arc::default();
+        let publisher_refused: Refused = Arc::default();
         let setup: Setup = {
             let shared = shared.clone();
             let extra = extra.clone();
+            let refused = publisher_refused.clone();
             Arc::new(move |session: Arc<Session>| {
                 let shared = shared.clone();
                 let extra = extra.clone();
+                let refused = refused.clone();
                 Box::pin(async move {
                     session
                         .channel
                         .confirm_select(lapin::options::ConfirmSelectOptions::default())
                         .await
                         .map_err(|e| Failure::Retry(errors::scrub(&e.to_string())))?;
-                    declare_topology(&session, &shared, &extra).await
+                    declare_topology(&session, &shared, &extra, &refused).await?;
+                    let groups: Vec<String> = lock(&refused).keys().cloned().collect();
+                    for group in groups {
+                        redeclare_refused(
+                            session.clone(),
+                            shared.clone(),
+                            extra.clone(),
+                            refused.clone(),
+                            group,
+                            None,
+                        );
+                    }
+                    Ok(())
                 })
             })
         };
@@ -125,6 +293,8 @@ impl RabbitTransport {
             deliveries: TaskTracker::new(),
             states: ConsumerStates::default(),
             extra,
+            publisher_refused,
+            consumer_refused: Arc::default(),
             consumer_tag: shared
                 .config
                 .consumer_name
@@ -141,6 +311,7 @@ impl RabbitTransport {
         let mut changes = shared.dispatcher.changes();
         let publisher = self.publisher.link.clone();
         let extra = self.extra.clone();
+        let refused = self.publisher_refused.clone();
         let stop = self.watcher.clone();
         let consuming = self.consuming.clone();
         let consumer_groups = {
@@ -157,8 +328,11 @@ impl RabbitTransport {
                 // comes back up.
                 if let LinkState::Up(session) = publisher.state() {
                     let timeout = shared.config.confirm_timeout;
-                    match tokio::time::timeout(timeout, declare_topology(&session, &shared, &extra))
-                        .await
+                    match tokio::time::timeout(
+                        timeout,
+                        declare_topology(&session, &shared, &extra, &refused),
+                    )
+                    .await
                     {
                         Ok(Ok(())) => {}
                         Ok(Err(e)) => {
@@ -197,6 +371,18 @@ impl RabbitTransport {
                 }
             }
         });
+    }
+
+    /// The groups the broker refuses this user (consumer side first), each
+    /// with its [`Error::AccessRefused`].
+    fn refused(&self) -> Vec<(String, Error)> {
+        let mut out: BTreeMap<String, Error> = BTreeMap::new();
+        for refused in [&self.publisher_refused, &self.consumer_refused] {
+            for (group, refusal) in lock(refused).iter() {
+                out.insert(group.clone(), refusal.error(group));
+            }
+        }
+        out.into_iter().collect()
     }
 
     /// A fresh channel on the publisher connection, for one-off operations whose
@@ -293,16 +479,19 @@ impl Transport for RabbitTransport {
             states: self.states.clone(),
             publisher: self.publisher.clone(),
         });
+        let refused = self.consumer_refused.clone();
         let setup: Setup = {
             let extra = self.extra.clone();
             let base_tag = self.consumer_tag.clone();
+            let refused = refused.clone();
             Arc::new(move |session: Arc<Session>| {
                 let ctx = ctx.clone();
                 let extra = extra.clone();
                 let base_tag = base_tag.clone();
+                let refused = refused.clone();
                 Box::pin(async move {
                     let shared = &ctx.shared;
-                    declare_topology(&session, shared, &extra).await?;
+                    declare_topology(&session, shared, &extra, &refused).await?;
                     let groups: Vec<Arc<str>> = shared
                         .dispatcher
                         .snapshot()
@@ -316,7 +505,39 @@ impl Transport for RabbitTransport {
                         } else {
                             format!("{base_tag}.{group}")
                         };
-                        consume::start_group(session.clone(), ctx.clone(), group, tag).await?;
+                        // A group refused by the broker waits in the
+                        // background; the others consume.
+                        let declared = !lock(&refused).contains_key(&*group);
+                        if declared {
+                            match consume::start_group(
+                                session.clone(),
+                                ctx.clone(),
+                                group.clone(),
+                                tag.clone(),
+                            )
+                            .await
+                            {
+                                Ok(()) => continue,
+                                Err(failure) => {
+                                    if let Some(failure) = refuse(&refused, &group, failure) {
+                                        return Err(failure);
+                                    }
+                                }
+                            }
+                        }
+                        consume::set_state(
+                            &ctx.states,
+                            &shared.config.group_queue_name(&group),
+                            false,
+                        );
+                        redeclare_refused(
+                            session.clone(),
+                            shared.clone(),
+                            extra.clone(),
+                            refused.clone(),
+                            group.to_string(),
+                            Some((ctx.clone(), tag)),
+                        );
                     }
                     Ok(())
                 })
@@ -324,6 +545,27 @@ impl Transport for RabbitTransport {
         };
         let link = Link::start("consumer", shared.clone(), setup);
         link.wait_up(shared.config.connect_timeout).await?;
+        // Consuming goes on with the groups the broker accepts; when it
+        // refuses every one, there is nothing to consume.
+        let groups: Vec<String> = shared
+            .dispatcher
+            .snapshot()
+            .groups
+            .keys()
+            .map(ToString::to_string)
+            .collect();
+        let all_refused = {
+            let refused = lock(&refused);
+            groups
+                .first()
+                .and_then(|g| refused.get(g).map(|r| r.error(g)))
+                .filter(|_| groups.iter().all(|g| refused.contains_key(g)))
+        };
+        if let Some(error) = all_refused {
+            stop.cancel();
+            link.close().await;
+            return Err(error);
+        }
         *consuming = Some(Consuming { link, stop });
         Ok(())
     }
@@ -392,7 +634,11 @@ impl Transport for RabbitTransport {
             }
             None => false,
         };
-        let consumers = lock(&self.states).clone();
+        let mut consumers = lock(&self.states).clone();
+        for (group, error) in self.refused() {
+            consumers.insert(self.ctx.config.group_queue_name(&group), false);
+            errors.push(error.to_string());
+        }
         let connected = matches!(self.publisher.link.state(), LinkState::Up(ref s) if !s.broken.is_cancelled() && s.connection.status().connected());
         HealthStatus {
             healthy: errors.is_empty(),
@@ -427,6 +673,9 @@ impl Transport for RabbitTransport {
     }
 
     async fn queue_info(&self, group: &str) -> Result<QueueInfo, Error> {
+        if let Some((_, error)) = self.refused().into_iter().find(|(g, _)| g == group) {
+            return Err(error);
+        }
         self.queue_state(&self.ctx.config.group_queue_name(group))
             .await
     }

@@ -17,7 +17,9 @@ use crate::dispatch::{DispatchTable, GroupTable};
 use crate::registry::EventTypes;
 
 use super::amqp::long_string as string;
-use super::errors::{Failure, declare_failure};
+use crate::error::Error;
+
+use super::errors::{Failure, declare_failure, of_group};
 
 /// One binding of a group queue to the main exchange.
 #[derive(Debug, Clone, PartialEq)]
@@ -144,8 +146,23 @@ fn exchange_kind(kind: ExchangeType) -> ExchangeKind {
     }
 }
 
-/// Declares the main exchange.
+/// Declares the main exchange (and the alternate exchange, if configured).
+/// A refusal here concerns every group: it stays fatal.
 pub(crate) async fn declare_exchange(channel: &Channel, config: &Config) -> Result<(), Failure> {
+    declare_exchanges(channel, config)
+        .await
+        .map_err(|f| match f {
+            Failure::Fatal(Error::AccessRefused {
+                kind, name, reason, ..
+            }) => Failure::Fatal(Error::Broker {
+                context: format!("declaring {kind} `{name}` (access refused)"),
+                reason,
+            }),
+            other => other,
+        })
+}
+
+async fn declare_exchanges(channel: &Channel, config: &Config) -> Result<(), Failure> {
     let mut arguments = FieldTable::default();
     if let Some(alternate) = &config.alternate_exchange {
         declare_alternate(channel, config, alternate).await?;
@@ -230,8 +247,20 @@ pub(crate) fn queue_arguments(config: &Config, queue: &str) -> FieldTable {
     args
 }
 
-/// Declares a group's queue, its dead-letter queue and its bindings.
+/// Declares a group's queue, its dead-letter queue and its bindings. A
+/// refusal is [`Error::AccessRefused`] naming the group.
 pub(crate) async fn declare_group(
+    channel: &Channel,
+    config: &Config,
+    group: &str,
+    bindings: &[Binding],
+) -> Result<(), Failure> {
+    declare_group_objects(channel, config, group, bindings)
+        .await
+        .map_err(|f| of_group(f, group))
+}
+
+async fn declare_group_objects(
     channel: &Channel,
     config: &Config,
     group: &str,
@@ -407,26 +436,38 @@ pub(crate) fn group_bindings(
     out
 }
 
-/// Declares everything: the exchange, then every group with its bindings.
-pub(crate) async fn declare_all(
-    channel: &Channel,
+/// Every group to declare, with its bindings: the registry's groups, then
+/// groups that only have runtime bindings (`bind_routing_key` before any
+/// handler).
+pub(crate) fn plan(
     config: &Config,
     table: &DispatchTable,
     event_types: &EventTypes,
     extra: &[(String, String)],
-) -> Result<(), Failure> {
-    declare_exchange(channel, config).await?;
-    for group in table.groups.keys() {
-        let group_bindings = group_bindings(config, table, event_types, extra, group);
-        declare_group(channel, config, group, &group_bindings).await?;
-    }
-    // Groups that only have runtime bindings (bind_routing_key before any handler).
+) -> Vec<(String, Vec<Binding>)> {
+    let mut out: Vec<(String, Vec<Binding>)> = table
+        .groups
+        .keys()
+        .map(|group| {
+            let bindings = group_bindings(config, table, event_types, extra, group);
+            (group.to_string(), bindings)
+        })
+        .collect();
     for (g, key) in extra {
-        if !table.groups.contains_key(g.as_str()) {
-            declare_group(channel, config, g, &[binding_for_key(config, key)]).await?;
+        if table.groups.contains_key(g.as_str()) {
+            continue;
+        }
+        let binding = binding_for_key(config, key);
+        match out.iter_mut().find(|(group, _)| group == g) {
+            Some((_, bindings)) => {
+                if !bindings.contains(&binding) {
+                    bindings.push(binding);
+                }
+            }
+            None => out.push((g.clone(), vec![binding])),
         }
     }
-    Ok(())
+    out
 }
 
 #[cfg(test)]

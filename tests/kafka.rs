@@ -186,7 +186,6 @@ async fn several_groups_each_receive_every_event_once() {
 }
 
 #[tokio::test]
-#[ignore = "under investigation: the joining member is not given partitions on Tansu"]
 async fn competing_members_share_the_partitions_and_lose_nothing() {
     let tansu = Tansu::start();
     let prefix = prefix("compete");
@@ -214,9 +213,24 @@ async fn competing_members_share_the_partitions_and_lose_nothing() {
         .await
         .expect("connects");
     second.start_consuming().await.expect("consumes");
-    let batch2: Vec<_> = (0..200).map(|i| placed(&format!("B-{i}"))).collect();
-    ids.extend(batch2.iter().map(|e| e.meta().event_id()));
-    assert_eq!(second.publish_batch(batch2, false).await.published, 200);
+    // Publish until the group has rebalanced and the newcomer handles some.
+    let published: Arc<Mutex<BTreeSet<Uuid>>> = Arc::default();
+    eventually("the joining member is given partitions", WAIT, || {
+        let batch: Vec<_> = (0..10).map(|i| placed(&format!("B-{i}"))).collect();
+        published
+            .lock()
+            .expect("not poisoned")
+            .extend(batch.iter().map(|e| e.meta().event_id()));
+        let second = &second;
+        let b = b.clone();
+        async move {
+            assert_eq!(second.publish_batch(batch, false).await.published, 10);
+            count(&b) > 0
+        }
+    })
+    .await;
+    ids.extend(published.lock().expect("not poisoned").iter().copied());
+    let expected = ids.len();
     let all_seen = |a: &Seen, b: &Seen| -> BTreeSet<Uuid> {
         let mut s: BTreeSet<Uuid> = a.lock().expect("not poisoned").iter().copied().collect();
         s.extend(b.lock().expect("not poisoned").iter().copied());
@@ -227,7 +241,7 @@ async fn competing_members_share_the_partitions_and_lose_nothing() {
         WAIT,
         || {
             let done = all_seen(&a, &b).len();
-            async move { done == 300 }
+            async move { done == expected }
         },
     )
     .await;
@@ -237,7 +251,11 @@ async fn competing_members_share_the_partitions_and_lose_nothing() {
         "competing members: first {} second {} duplicates {}",
         count(&a),
         count(&b),
-        total - 300
+        total - expected
+    );
+    assert!(
+        count(&a) > 100,
+        "the first member handled more than the first batch"
     );
     // The first member leaves: the second takes every partition and
     // handles what is published next.
@@ -663,4 +681,163 @@ async fn shutdown_with_a_stuck_handler_returns_by_its_timeout_and_commits_the_re
         [(0, 2)],
         "committed up to the stuck record, not past it"
     );
+}
+
+/// The child side of [`a_member_killed_mid_handler_loses_nothing`]: a member
+/// of group `workers` that records each event it handled in a file and
+/// hangs forever in the handler of the event for customer `block`. Does
+/// nothing unless the parent test started it.
+#[test]
+#[ignore = "run by a_member_killed_mid_handler_loses_nothing as a child process"]
+fn kafka_child_member() {
+    let (Ok(url), Ok(prefix), Ok(out)) = (
+        std::env::var("KAFKA_CHILD_URL"),
+        std::env::var("KAFKA_CHILD_PREFIX"),
+        std::env::var("KAFKA_CHILD_OUT"),
+    ) else {
+        return;
+    };
+    // The parent holds our stdin: when it goes away, so do we.
+    std::thread::spawn(|| {
+        let mut sink = String::new();
+        let _ = std::io::stdin().read_line(&mut sink);
+        std::process::exit(0);
+    });
+    let rt = tokio::runtime::Runtime::new().expect("a runtime");
+    rt.block_on(async move {
+        let log = Arc::new(Mutex::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&out)
+                .expect("the output file"),
+        ));
+        let bus = eventbus::Bus::builder()
+            .url(&url)
+            .without_discovery()
+            .configure(move |c| {
+                c.topic_prefix = prefix;
+                c.consumer_group = "workers".into();
+                c.commit_interval_ms = 100;
+                c.session_timeout_ms = 6000;
+                c.heartbeat_interval_ms = 500;
+                c.max_poll_interval_ms = 10_000;
+            })
+            .handler::<OrderPlaced, _, _>("work", move |e: Arc<Envelope<OrderPlaced>>| {
+                let log = log.clone();
+                async move {
+                    use std::io::Write as _;
+                    let id = e.meta().event_id();
+                    if e.customer_id == "block" {
+                        let _ = writeln!(log.lock().expect("not poisoned"), "started {id}");
+                        std::future::pending::<()>().await;
+                    }
+                    let _ = writeln!(log.lock().expect("not poisoned"), "done {id}");
+                    Ok::<_, HandlerError>(())
+                }
+            })
+            .build()
+            .await
+            .expect("connects");
+        bus.start_consuming().await.expect("consumes");
+        std::future::pending::<()>().await;
+    });
+}
+
+#[tokio::test]
+async fn a_member_killed_mid_handler_loses_nothing() {
+    let tansu = Tansu::start();
+    let prefix = prefix("killed");
+    let publisher = builder(&tansu, &prefix)
+        .configure(|c| c.topic_partitions = 1)
+        .build()
+        .await
+        .expect("connects");
+    let events: Vec<_> = (0..20)
+        .map(|i| placed(if i == 10 { "block" } else { "ok" }))
+        .collect();
+    let ids: Vec<Uuid> = events.iter().map(|e| e.meta().event_id()).collect();
+    assert_eq!(publisher.publish_batch(events, true).await.published, 20);
+    let out = std::env::temp_dir().join(format!("{prefix}.log"));
+    let mut child = std::process::Command::new(std::env::current_exe().expect("the test binary"))
+        .args(["--exact", "kafka_child_member", "--ignored", "--nocapture"])
+        .env("KAFKA_CHILD_URL", tansu.url())
+        .env("KAFKA_CHILD_PREFIX", &prefix)
+        .env("KAFKA_CHILD_OUT", &out)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("the child member starts");
+    let lines = |out: &std::path::Path| -> Vec<String> {
+        std::fs::read_to_string(out)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    };
+    let topic = format!("{prefix}.stream");
+    eventually(
+        "the child handled all but the blocked event and committed up to it",
+        WAIT,
+        || {
+            let l = lines(&out);
+            let c = committed(&tansu, "workers", &topic);
+            async move {
+                l.iter().filter(|l| l.starts_with("done")).count() == 19
+                    && l.iter().any(|l| l.starts_with("started"))
+                    && c == [(0, 10)]
+            }
+        },
+    )
+    .await;
+    child.kill().expect("killed");
+    let _ = child.wait();
+    let child_done: BTreeSet<Uuid> = lines(&out)
+        .iter()
+        .filter_map(|l| l.strip_prefix("done "))
+        .filter_map(|id| id.parse().ok())
+        .collect();
+    let _ = std::fs::remove_file(&out);
+    // A new member takes the group over once the broker has given up on the dead one.
+    let seen = Seen::default();
+    let survivor = builder(&tansu, &prefix)
+        .configure(|c| c.consumer_group = "workers".into())
+        .handler::<OrderPlaced, _, _>("work", seen_handler(&seen))
+        .build()
+        .await
+        .expect("connects");
+    survivor.start_consuming().await.expect("consumes");
+    eventually("the survivor handles the blocked event", WAIT, || {
+        let got = seen.lock().expect("not poisoned").contains(&ids[10]);
+        async move { got }
+    })
+    .await;
+    eventually("and everything after it", WAIT, || {
+        let n = count(&seen);
+        async move { n >= 10 }
+    })
+    .await;
+    let again: BTreeSet<Uuid> = seen.lock().expect("not poisoned").iter().copied().collect();
+    let mut all = child_done.clone();
+    all.extend(again.iter().copied());
+    assert_eq!(all, ids.iter().copied().collect(), "nothing lost");
+    assert!(
+        again.iter().all(|id| ids[10..].contains(id)),
+        "only the uncommitted tail is reprocessed"
+    );
+    let duplicates = child_done.intersection(&again).count();
+    eprintln!(
+        "killed member: child handled {}, survivor {}, duplicates {duplicates}",
+        child_done.len(),
+        again.len()
+    );
+    assert_eq!(
+        duplicates, 9,
+        "the nine handled after the blocked one run again"
+    );
+    survivor
+        .shutdown(Duration::from_secs(10))
+        .await
+        .expect("stops");
 }

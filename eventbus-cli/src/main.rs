@@ -344,6 +344,12 @@ async fn command(cli: &Cli, bus: &Bus, group_of: &dyn Fn(&Group) -> String) -> R
             bus.config().stream_name(),
             bus.config().stream_name()
         ))),
+        Command::Topology(_) if bus.config().url.is_kafka() => Err(Failure::Error(format!(
+            "`eventbus topology` shows RabbitMQ exchanges and queues; on Kafka the topic is `{}` with one retry topic per group (`{}`) and the DLQ topic `{}` (see `eventbus queue info`)",
+            bus.config().kafka_topic(),
+            bus.config().kafka_retry_topic("{group}"),
+            bus.config().kafka_dlq_topic()
+        ))),
         Command::Topology(TopologyCommand::Show(target)) => {
             topology::show(bus.config(), target, cli.json).await
         }
@@ -414,6 +420,8 @@ async fn dlq(
             let config = bus.config();
             let target = if config.url.is_redis() {
                 format!("consumer group {group} of {}", config.stream_name())
+            } else if config.url.is_kafka() {
+                config.kafka_retry_topic(&group)
             } else {
                 config.group_queue_name(&group)
             };

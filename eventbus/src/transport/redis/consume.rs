@@ -13,12 +13,13 @@
 //! claims it after `pending_idle_ms`: duplicates are possible, losses are not.
 
 use std::collections::BTreeMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
 use redis::Value;
 use redis::aio::ConnectionManager;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
@@ -480,13 +481,21 @@ async fn acker(group: Arc<Group>, mut rx: mpsc::UnboundedReceiver<AckMsg>) {
     }
 }
 
-/// Runs `handling` to the end on one task of `tracker`.
+/// Runs `handling` to the end on one task of `tracker`. A panicking handler
+/// ends only its own entry (its turn and permit are released), which stays
+/// pending and is claimed again after `pending_idle_ms`.
 fn spawn_all<F>(tracker: &TaskTracker, mut handling: FuturesUnordered<F>)
 where
-    F: Future<Output = ()> + Send + 'static,
+    F: Future<Output = std::thread::Result<()>> + Send + 'static,
 {
     if !handling.is_empty() {
-        tracker.spawn(async move { while handling.next().await.is_some() {} });
+        tracker.spawn(async move {
+            while let Some(done) = handling.next().await {
+                if done.is_err() {
+                    tracing::error!("a handler panicked; its entry stays pending");
+                }
+            }
+        });
     }
 }
 
@@ -610,7 +619,10 @@ async fn read_loop(group: Arc<Group>) {
                             }
                         };
                         let state = RetryState::fresh(source, &entry);
-                        handling.push(group.prepare(source, entry, state, permit));
+                        handling.push(
+                            AssertUnwindSafe(group.prepare(source, entry, state, permit))
+                                .catch_unwind(),
+                        );
                     }
                 }
                 spawn_all(&run.deliveries, handling);

@@ -92,13 +92,17 @@ pub(crate) async fn run(
                 ackers.insert(tag, acker);
             }
             Settle::Requeue => {
-                let requeued = acker
-                    .nack(BasicNackOptions {
+                let requeued = unless_broken(
+                    &session,
+                    acker.nack(BasicNackOptions {
                         multiple: false,
                         requeue: true,
-                    })
-                    .await;
-                report(&session, &message_id, requeued);
+                    }),
+                )
+                .await;
+                if let Some(requeued) = requeued {
+                    report(&session, &message_id, requeued);
+                }
             }
         }
         tracker.settle(tag);
@@ -131,8 +135,30 @@ async fn flush(tracker: &mut AckTracker, ackers: &mut BTreeMap<u64, Acker>, sess
     let rest = ackers.split_off(&(upto + 1));
     let prefix = std::mem::replace(ackers, rest);
     if let Some((tag, acker)) = prefix.into_iter().next_back() {
-        let acked = acker.ack(BasicAckOptions { multiple: true }).await;
-        report(session, &format!("up to delivery {tag}"), acked);
+        let acked = unless_broken(session, acker.ack(BasicAckOptions { multiple: true })).await;
+        if let Some(acked) = acked {
+            report(session, &format!("up to delivery {tag}"), acked);
+        }
+    }
+}
+
+/// `settle` (an ack or nack), or `None` once the session broke. lapin checks
+/// the channel's state before queueing the frame, but a connection that dies
+/// around that moment can leave the frame queued on an I/O loop that has
+/// exited, and its promise never resolves: found by fault case 4 (a cut under
+/// load), where such a settler kept stopping waiting until ShutdownTimeout.
+/// Once the session broke the ack is moot: the broker returns every unacked
+/// delivery of the dead connection to the queue.
+async fn unless_broken(
+    session: &Session,
+    settle: impl Future<Output = lapin::Result<bool>>,
+) -> Option<lapin::Result<bool>> {
+    tokio::select! {
+        result = settle => Some(result),
+        () = session.broken.cancelled() => {
+            tracing::debug!(generation = session.generation, "session broke before the ack was written; the broker redelivers");
+            None
+        }
     }
 }
 

@@ -266,6 +266,8 @@ impl Group {
             name,
             run: run.clone(),
         });
+        // Subscribed: receiving until an error says otherwise (an idle group is healthy).
+        set_state(&run.states, &group.name, true);
         tracing::debug!(group = %group.name, topic = %group.topic, consumer = %run.consumer_name, "consuming");
         run.workers
             .spawn(receive_loop(group.clone(), consumer.clone()));

@@ -120,6 +120,18 @@ impl Trackers {
         tpl
     }
 
+    /// The commit of `offsets` failed: send them again at the next interval.
+    fn commit_failed(&mut self, offsets: &TopicPartitionList) {
+        for e in offsets.elements() {
+            if let Some((_, tracker)) = self
+                .partitions
+                .get_mut(&(e.topic().to_owned(), e.partition()))
+            {
+                tracker.commit_failed();
+            }
+        }
+    }
+
     /// Forgets revoked partitions; returns their last offsets to commit.
     fn revoke(&mut self, revoked: &TopicPartitionList) -> TopicPartitionList {
         let mut tpl = TopicPartitionList::new();
@@ -167,6 +179,20 @@ impl ConsumerContext for GroupContext {
             Rebalance::Error(error) => {
                 tracing::warn!(group = %self.group, %error, "rebalance error");
             }
+        }
+    }
+
+    fn commit_callback(
+        &self,
+        result: rdkafka::error::KafkaResult<()>,
+        offsets: &TopicPartitionList,
+    ) {
+        if let Err(error) = result {
+            tracing::warn!(group = %self.group, %error, "committing handled offsets failed; trying again at the next interval");
+            self.trackers
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .commit_failed(offsets);
         }
     }
 }

@@ -153,6 +153,8 @@ impl Trackers {
 pub(crate) struct GroupContext {
     group: Arc<str>,
     trackers: Arc<Mutex<Trackers>>,
+    /// Set once the group has given this member its (possibly empty) share.
+    assigned: tokio::sync::watch::Sender<bool>,
 }
 
 impl ClientContext for GroupContext {}
@@ -179,6 +181,12 @@ impl ConsumerContext for GroupContext {
             Rebalance::Error(error) => {
                 tracing::warn!(group = %self.group, %error, "rebalance error");
             }
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if matches!(rebalance, Rebalance::Assign(_)) {
+            self.assigned.send_replace(true);
         }
     }
 
@@ -209,6 +217,7 @@ pub(crate) struct Group {
     trackers: Arc<Mutex<Trackers>>,
     sequencer: Arc<Sequencer<Uuid>>,
     permits: Arc<Semaphore>,
+    assigned: tokio::sync::watch::Receiver<bool>,
 }
 
 impl std::fmt::Debug for Group {
@@ -255,6 +264,7 @@ impl Group {
             .await?;
         }
         let trackers = Arc::new(Mutex::new(Trackers::default()));
+        let (assigned, assigned_rx) = tokio::sync::watch::channel(false);
         let mut c = client_config(config, &run.consumer_name)?;
         c.set("group.id", &*name)
             .set("enable.auto.commit", "false")
@@ -276,6 +286,7 @@ impl Group {
             .create_with_context(GroupContext {
                 group: name.clone(),
                 trackers: trackers.clone(),
+                assigned,
             })
             .map_err(|e| broker(format!("creating the consumer of group `{name}`"), &e))?;
         consumer
@@ -286,6 +297,7 @@ impl Group {
             sequencer: runtime::sequencer(config.ordering_for(&name)),
             permits: Arc::new(Semaphore::new(config.stream_read_count.max(1))),
             consumer: Mutex::new(Some(consumer.clone())),
+            assigned: assigned_rx,
             trackers,
             topic,
             retry_topic,
@@ -299,6 +311,18 @@ impl Group {
             .spawn(receive_loop(group.clone(), consumer.clone()));
         run.workers.spawn(commit_loop(group.clone(), consumer));
         Ok(group)
+    }
+
+    /// Waits (at most `timeout`) until the group has assigned this member
+    /// its partitions, so what is published next is consumed promptly.
+    pub(crate) async fn assigned(&self, timeout: Duration) {
+        let mut rx = self.assigned.clone();
+        if tokio::time::timeout(timeout, rx.wait_for(|a| *a))
+            .await
+            .is_err()
+        {
+            tracing::warn!(group = %self.name, ?timeout, "no partitions assigned yet; consuming once the group has rebalanced");
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Trackers> {

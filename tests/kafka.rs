@@ -55,6 +55,11 @@ async fn round_trip_writes_eventsource_py_records_and_commits() {
         .await
         .expect("connects");
     assert_eq!(bus.transport_name(), "kafka");
+    let idle = bus.health_check().await;
+    assert!(
+        idle.healthy && !idle.consuming,
+        "before consuming: {idle:?}"
+    );
     let topic = format!("{prefix}.stream");
     assert_eq!(
         kafka::watermarks(&tansu, &topic).len(),
@@ -62,6 +67,11 @@ async fn round_trip_writes_eventsource_py_records_and_commits() {
         "the topic is created with the configured partitions"
     );
     bus.start_consuming().await.expect("consumes");
+    let idle = bus.health_check().await;
+    assert!(
+        idle.healthy && idle.consuming,
+        "consuming, nothing received yet: {idle:?}"
+    );
     let tenant = Uuid::new_v4();
     let event = placed("C-1").with_actor("tester").with_tenant(tenant);
     bus.publish([event.clone()]).await.expect("published");

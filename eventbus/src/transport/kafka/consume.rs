@@ -120,6 +120,18 @@ impl Trackers {
         tpl
     }
 
+    /// The commit of `offsets` failed: send them again at the next interval.
+    fn commit_failed(&mut self, offsets: &TopicPartitionList) {
+        for e in offsets.elements() {
+            if let Some((_, tracker)) = self
+                .partitions
+                .get_mut(&(e.topic().to_owned(), e.partition()))
+            {
+                tracker.commit_failed();
+            }
+        }
+    }
+
     /// Forgets revoked partitions; returns their last offsets to commit.
     fn revoke(&mut self, revoked: &TopicPartitionList) -> TopicPartitionList {
         let mut tpl = TopicPartitionList::new();
@@ -141,6 +153,8 @@ impl Trackers {
 pub(crate) struct GroupContext {
     group: Arc<str>,
     trackers: Arc<Mutex<Trackers>>,
+    /// Set once the group has given this member its (possibly empty) share.
+    assigned: tokio::sync::watch::Sender<bool>,
 }
 
 impl ClientContext for GroupContext {}
@@ -169,6 +183,26 @@ impl ConsumerContext for GroupContext {
             }
         }
     }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if matches!(rebalance, Rebalance::Assign(_)) {
+            self.assigned.send_replace(true);
+        }
+    }
+
+    fn commit_callback(
+        &self,
+        result: rdkafka::error::KafkaResult<()>,
+        offsets: &TopicPartitionList,
+    ) {
+        if let Err(error) = result {
+            tracing::warn!(group = %self.group, %error, "committing handled offsets failed; trying again at the next interval");
+            self.trackers
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .commit_failed(offsets);
+        }
+    }
 }
 
 type GroupConsumer = StreamConsumer<GroupContext>;
@@ -183,6 +217,7 @@ pub(crate) struct Group {
     trackers: Arc<Mutex<Trackers>>,
     sequencer: Arc<Sequencer<Uuid>>,
     permits: Arc<Semaphore>,
+    assigned: tokio::sync::watch::Receiver<bool>,
 }
 
 impl std::fmt::Debug for Group {
@@ -229,6 +264,7 @@ impl Group {
             .await?;
         }
         let trackers = Arc::new(Mutex::new(Trackers::default()));
+        let (assigned, assigned_rx) = tokio::sync::watch::channel(false);
         let mut c = client_config(config, &run.consumer_name)?;
         c.set("group.id", &*name)
             .set("enable.auto.commit", "false")
@@ -250,6 +286,7 @@ impl Group {
             .create_with_context(GroupContext {
                 group: name.clone(),
                 trackers: trackers.clone(),
+                assigned,
             })
             .map_err(|e| broker(format!("creating the consumer of group `{name}`"), &e))?;
         consumer
@@ -260,17 +297,32 @@ impl Group {
             sequencer: runtime::sequencer(config.ordering_for(&name)),
             permits: Arc::new(Semaphore::new(config.stream_read_count.max(1))),
             consumer: Mutex::new(Some(consumer.clone())),
+            assigned: assigned_rx,
             trackers,
             topic,
             retry_topic,
             name,
             run: run.clone(),
         });
+        // Subscribed: receiving until an error says otherwise (an idle group is healthy).
+        set_state(&run.states, &group.name, true);
         tracing::debug!(group = %group.name, topic = %group.topic, consumer = %run.consumer_name, "consuming");
         run.workers
             .spawn(receive_loop(group.clone(), consumer.clone()));
         run.workers.spawn(commit_loop(group.clone(), consumer));
         Ok(group)
+    }
+
+    /// Waits (at most `timeout`) until the group has assigned this member
+    /// its partitions, so what is published next is consumed promptly.
+    pub(crate) async fn assigned(&self, timeout: Duration) {
+        let mut rx = self.assigned.clone();
+        if tokio::time::timeout(timeout, rx.wait_for(|a| *a))
+            .await
+            .is_err()
+        {
+            tracing::warn!(group = %self.name, ?timeout, "no partitions assigned yet; consuming once the group has rebalanced");
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Trackers> {

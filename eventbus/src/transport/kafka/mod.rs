@@ -589,6 +589,10 @@ impl Transport for KafkaTransport {
                 }
             }
         }
+        // Returns once every group has joined (bounded by connect_timeout).
+        let started: Vec<Arc<Group>> = groups.lock().await.values().cloned().collect();
+        let timeout = self.ctx.config.connect_timeout;
+        futures_util::future::join_all(started.iter().map(|g| g.assigned(timeout))).await;
         let watcher = CancellationToken::new();
         self.watch_subscriptions(changes, run.clone(), groups.clone(), watcher.clone());
         *consuming = Some(Consuming {

@@ -56,6 +56,12 @@ impl AckTracker {
         Some(point)
     }
 
+    /// A commit of this partition failed: the next [`AckTracker::take`]
+    /// returns the commit point again.
+    pub(crate) fn commit_failed(&mut self) {
+        self.committed = None;
+    }
+
     /// Records received and not yet handled.
     #[cfg(test)]
     pub(crate) fn in_flight(&self) -> usize {
@@ -81,6 +87,8 @@ mod tests {
         assert_eq!(t.take(), None);
         t.handled(10);
         assert_eq!(t.take(), Some(14));
+        t.commit_failed();
+        assert_eq!(t.take(), Some(14), "a failed commit is sent again");
         t.handled(14);
         assert_eq!(t.take(), Some(15));
         assert_eq!(t.in_flight(), 0);

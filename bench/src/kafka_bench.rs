@@ -18,43 +18,21 @@ mod side;
 
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use clap::{Parser, Subcommand, ValueEnum};
-use eventbus::{Bus, DomainEvent, Envelope, HandlerError};
+use clap::Parser;
+use eventbus::{Bus, Envelope};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use serde::{Deserialize, Serialize};
-use tokio::sync::Notify;
 
-use side::{Figure, over, peak_rss_mb, target};
-
-#[derive(Debug, Clone, Serialize, Deserialize, DomainEvent)]
-#[event(aggregate = "Order")]
-struct OrderPlaced {
-    customer_id: String,
-    total_amount: f64,
-    currency: String,
-    note: String,
-}
-
-fn order(i: usize) -> Envelope<OrderPlaced> {
-    Envelope::new(
-        uuid::Uuid::new_v4(),
-        OrderPlaced {
-            customer_id: format!("CUST-{i:08}"),
-            total_amount: 99.99 + i as f64,
-            currency: "EUR".into(),
-            note: "leave the parcel with the neighbour".into(),
-        },
-    )
-}
+use side::{
+    ChildCmd, Figure, OrderPlaced, Scenario, System, order, over, peak_rss_mb, scenario_name,
+    target,
+};
 
 const MARKER: &str = "<!-- bench-kafka: this section is written by `bench-kafka --write` -->";
 
@@ -66,7 +44,7 @@ struct Cli {
     /// Events for the publish and consume runs.
     #[arg(long, default_value_t = 20_000)]
     events: usize,
-    /// Python with eventsource-py[kafka] 0.15.1 (skipped when absent).
+    /// Python with `eventsource-py[kafka]` 0.15.1 (skipped when absent).
     #[arg(long)]
     python: Option<String>,
     /// Replace the Kafka section of this Markdown file.
@@ -74,35 +52,6 @@ struct Cli {
     write: Option<String>,
     #[command(subcommand)]
     child: Option<ChildCmd>,
-}
-
-#[derive(Debug, Subcommand)]
-enum ChildCmd {
-    /// One measurement (run by the harness).
-    Child {
-        #[arg(long)]
-        system: System,
-        #[arg(long)]
-        scenario: Scenario,
-        #[arg(long)]
-        count: usize,
-        #[arg(long)]
-        prefix: String,
-        #[arg(long)]
-        url: String,
-    },
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
-enum System {
-    Eventbus,
-    Plain,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
-enum Scenario {
-    Publish,
-    Consume,
 }
 
 fn builder(url: &str, prefix: &str) -> eventbus::BusBuilder {
@@ -115,48 +64,6 @@ fn builder(url: &str, prefix: &str) -> eventbus::BusBuilder {
 
 fn bootstrap(url: &str) -> &str {
     url.strip_prefix("kafka://").unwrap_or(url)
-}
-
-async fn eventbus_child(scenario: Scenario, count: usize, prefix: &str, url: &str) -> Figure {
-    let seen = Arc::new(AtomicUsize::new(0));
-    let done = Arc::new(Notify::new());
-    let first = Arc::new(OnceLock::new());
-    let (s, d, f) = (seen.clone(), done.clone(), first.clone());
-    let bus = builder(url, prefix)
-        .handler::<OrderPlaced, _, _>("count", move |e: Arc<Envelope<OrderPlaced>>| {
-            let _ = &e.customer_id;
-            f.get_or_init(Instant::now);
-            if s.fetch_add(1, Ordering::AcqRel) + 1 == count {
-                d.notify_one();
-            }
-            std::future::ready(Ok::<_, HandlerError>(()))
-        })
-        .build()
-        .await
-        .expect("connects");
-    let per_second = match scenario {
-        Scenario::Publish => {
-            let events: Vec<_> = (0..count).map(order).collect();
-            let start = Instant::now();
-            let report = bus.publish_batch(events, false).await;
-            assert_eq!(report.published, count, "{:?}", report.errors);
-            count as f64 / start.elapsed().as_secs_f64()
-        }
-        Scenario::Consume => {
-            bus.start_consuming().await.expect("consumes");
-            while seen.load(Ordering::Acquire) < count {
-                let _ = tokio::time::timeout(Duration::from_millis(50), done.notified()).await;
-            }
-            // From the first record on: the group join is not what is measured.
-            let start = *first.get().expect("handled");
-            (count - 1) as f64 / start.elapsed().as_secs_f64()
-        }
-    };
-    bus.shutdown(Duration::from_secs(30)).await.expect("stops");
-    Figure {
-        per_second,
-        peak_rss_mb: peak_rss_mb(),
-    }
 }
 
 /// eventsource-py's headers, built the plain way.
@@ -268,32 +175,6 @@ async fn plain_child(scenario: Scenario, count: usize, prefix: &str, url: &str) 
     }
 }
 
-fn scenario_name(scenario: Scenario) -> &'static str {
-    match scenario {
-        Scenario::Publish => "publish",
-        Scenario::Consume => "consume",
-    }
-}
-
-fn run_child(url: &str, system: System, scenario: Scenario, count: usize, prefix: &str) -> Figure {
-    let system = match system {
-        System::Eventbus => "eventbus",
-        System::Plain => "plain",
-    };
-    side::run_child(&[
-        "--system",
-        system,
-        "--scenario",
-        scenario_name(scenario),
-        "--count",
-        &count.to_string(),
-        "--prefix",
-        prefix,
-        "--url",
-        url,
-    ])
-}
-
 fn run_python(
     cli: &Cli,
     url: &str,
@@ -386,7 +267,9 @@ fn main() {
         let rt = tokio::runtime::Runtime::new().expect("runtime");
         let figure = rt.block_on(async {
             match system {
-                System::Eventbus => eventbus_child(*scenario, *count, prefix, url).await,
+                System::Eventbus => {
+                    side::eventbus_child(builder(url, prefix), *scenario, *count, true).await
+                }
                 System::Plain => plain_child(*scenario, *count, prefix, url).await,
             }
         });
@@ -408,7 +291,7 @@ fn main() {
         let p = prefix(&format!("p-{system:?}"));
         rt.block_on(prefill(&url, &p, 0));
         publish.push(Some(
-            run_child(&url, system, Scenario::Publish, cli.events, &p).per_second,
+            side::run_measurement(&url, system, Scenario::Publish, cli.events, &p).per_second,
         ));
     }
     let p = prefix("p-py");
@@ -420,7 +303,7 @@ fn main() {
         let p = prefix(&format!("c-{system:?}"));
         rt.block_on(prefill(&url, &p, cli.events));
         consume.push(Some(
-            run_child(&url, system, Scenario::Consume, cli.events, &p).per_second,
+            side::run_measurement(&url, system, Scenario::Consume, cli.events, &p).per_second,
         ));
     }
     let p = prefix("c-py");

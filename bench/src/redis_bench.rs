@@ -15,38 +15,17 @@ mod sections;
 mod side;
 
 use std::process::Command;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use clap::{Parser, Subcommand, ValueEnum};
-use eventbus::{Bus, DomainEvent, Envelope, HandlerError};
+use clap::Parser;
+use eventbus::{Bus, Envelope};
 use futures_util::StreamExt;
-use serde::{Deserialize, Serialize};
-use tokio::sync::Notify;
+use serde::Serialize;
 
-use side::{Figure, over, peak_rss_mb, target};
-
-#[derive(Debug, Clone, Serialize, Deserialize, DomainEvent)]
-#[event(aggregate = "Order")]
-struct OrderPlaced {
-    customer_id: String,
-    total_amount: f64,
-    currency: String,
-    note: String,
-}
-
-fn order(i: usize) -> Envelope<OrderPlaced> {
-    Envelope::new(
-        uuid::Uuid::new_v4(),
-        OrderPlaced {
-            customer_id: format!("CUST-{i:08}"),
-            total_amount: 99.99 + i as f64,
-            currency: "EUR".into(),
-            note: "leave the parcel with the neighbour".into(),
-        },
-    )
-}
+use side::{
+    ChildCmd, Figure, OrderPlaced, Scenario, System, order, over, peak_rss_mb, scenario_name,
+    target,
+};
 
 const MARKER: &str = "<!-- bench-redis: this section is written by `bench-redis --write` -->";
 
@@ -60,7 +39,7 @@ struct Cli {
     /// The big backlog for the memory run (the small one is a tenth).
     #[arg(long, default_value_t = 100_000)]
     backlog: usize,
-    /// Python with eventsource-py[redis] 0.15.1 (skipped when absent).
+    /// Python with `eventsource-py[redis]` 0.15.1 (skipped when absent).
     #[arg(long)]
     python: Option<String>,
     /// Replace the Redis section of this Markdown file.
@@ -68,35 +47,6 @@ struct Cli {
     write: Option<String>,
     #[command(subcommand)]
     child: Option<ChildCmd>,
-}
-
-#[derive(Debug, Subcommand)]
-enum ChildCmd {
-    /// One measurement (run by the harness).
-    Child {
-        #[arg(long)]
-        system: System,
-        #[arg(long)]
-        scenario: Scenario,
-        #[arg(long)]
-        count: usize,
-        #[arg(long)]
-        prefix: String,
-        #[arg(long)]
-        url: String,
-    },
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
-enum System {
-    Eventbus,
-    Plain,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
-enum Scenario {
-    Publish,
-    Consume,
 }
 
 fn builder(url: &str, prefix: &str) -> eventbus::BusBuilder {
@@ -169,45 +119,6 @@ impl<'a> Body<'a> {
             metadata: m.metadata(),
             event: e.event(),
         }
-    }
-}
-
-async fn eventbus_child(scenario: Scenario, count: usize, prefix: &str, url: &str) -> Figure {
-    let seen = Arc::new(AtomicUsize::new(0));
-    let done = Arc::new(Notify::new());
-    let (s, d) = (seen.clone(), done.clone());
-    let bus = builder(url, prefix)
-        .handler::<OrderPlaced, _, _>("count", move |e: Arc<Envelope<OrderPlaced>>| {
-            let _ = &e.customer_id;
-            if s.fetch_add(1, Ordering::AcqRel) + 1 == count {
-                d.notify_one();
-            }
-            std::future::ready(Ok::<_, HandlerError>(()))
-        })
-        .build()
-        .await
-        .expect("connects");
-    let per_second = match scenario {
-        Scenario::Publish => {
-            let events: Vec<_> = (0..count).map(order).collect();
-            let start = Instant::now();
-            let report = bus.publish_batch(events, false).await;
-            assert_eq!(report.published, count, "{:?}", report.errors);
-            count as f64 / start.elapsed().as_secs_f64()
-        }
-        Scenario::Consume => {
-            let start = Instant::now();
-            bus.start_consuming().await.expect("consumes");
-            while seen.load(Ordering::Acquire) < count {
-                let _ = tokio::time::timeout(Duration::from_millis(50), done.notified()).await;
-            }
-            count as f64 / start.elapsed().as_secs_f64()
-        }
-    };
-    bus.shutdown(Duration::from_secs(30)).await.expect("stops");
-    Figure {
-        per_second,
-        peak_rss_mb: peak_rss_mb(),
     }
 }
 
@@ -300,32 +211,6 @@ async fn plain_child(scenario: Scenario, count: usize, prefix: &str, url: &str) 
     }
 }
 
-fn run_child(cli: &Cli, system: System, scenario: Scenario, count: usize, prefix: &str) -> Figure {
-    let system = match system {
-        System::Eventbus => "eventbus",
-        System::Plain => "plain",
-    };
-    side::run_child(&[
-        "--system",
-        system,
-        "--scenario",
-        scenario_name(scenario),
-        "--count",
-        &count.to_string(),
-        "--prefix",
-        prefix,
-        "--url",
-        &cli.url,
-    ])
-}
-
-fn scenario_name(scenario: Scenario) -> &'static str {
-    match scenario {
-        Scenario::Publish => "publish",
-        Scenario::Consume => "consume",
-    }
-}
-
 fn run_python(cli: &Cli, scenario: Scenario, count: usize, prefix: &str) -> Option<Figure> {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/redis_py_bench.py");
     side::run_python(
@@ -385,7 +270,9 @@ fn main() {
         let rt = tokio::runtime::Runtime::new().expect("runtime");
         let figure = rt.block_on(async {
             match system {
-                System::Eventbus => eventbus_child(*scenario, *count, prefix, url).await,
+                System::Eventbus => {
+                    side::eventbus_child(builder(url, prefix), *scenario, *count, false).await
+                }
                 System::Plain => plain_child(*scenario, *count, prefix, url).await,
             }
         });
@@ -404,7 +291,8 @@ fn main() {
     for system in [System::Eventbus, System::Plain] {
         let prefix = fresh();
         publish.push(Some(
-            run_child(&cli, system, Scenario::Publish, cli.events, &prefix).per_second,
+            side::run_measurement(&cli.url, system, Scenario::Publish, cli.events, &prefix)
+                .per_second,
         ));
         delete_prefix(&cli.url, &prefix);
     }
@@ -418,8 +306,8 @@ fn main() {
         for system in [System::Eventbus, System::Plain] {
             let prefix = format!("bench-{}-c{count}-{system:?}", &run_id[..8]);
             rt.block_on(prefill(&cli.url, &prefix, count));
-            out.push(Some(run_child(
-                &cli,
+            out.push(Some(side::run_measurement(
+                &cli.url,
                 system,
                 Scenario::Consume,
                 count,

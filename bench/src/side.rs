@@ -3,8 +3,152 @@
 //! eventsource-py's script run the same way, and the Markdown table.
 
 use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
+use clap::{Subcommand, ValueEnum};
+use eventbus::{BusBuilder, DomainEvent, Envelope, HandlerError};
 use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+
+/// The seed's OrderPlaced, about 400 bytes of JSON with its envelope.
+#[derive(Debug, Clone, Serialize, Deserialize, DomainEvent)]
+#[event(aggregate = "Order")]
+pub(crate) struct OrderPlaced {
+    pub(crate) customer_id: String,
+    pub(crate) total_amount: f64,
+    pub(crate) currency: String,
+    pub(crate) note: String,
+}
+
+pub(crate) fn order(i: usize) -> Envelope<OrderPlaced> {
+    Envelope::new(
+        uuid::Uuid::new_v4(),
+        OrderPlaced {
+            customer_id: format!("CUST-{i:08}"),
+            total_amount: 99.99 + i as f64,
+            currency: "EUR".into(),
+            note: "leave the parcel with the neighbour".into(),
+        },
+    )
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ChildCmd {
+    /// One measurement (run by the harness).
+    Child {
+        #[arg(long)]
+        system: System,
+        #[arg(long)]
+        scenario: Scenario,
+        #[arg(long)]
+        count: usize,
+        #[arg(long)]
+        prefix: String,
+        #[arg(long)]
+        url: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub(crate) enum System {
+    Eventbus,
+    Plain,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub(crate) enum Scenario {
+    Publish,
+    Consume,
+}
+
+pub(crate) fn scenario_name(scenario: Scenario) -> &'static str {
+    match scenario {
+        Scenario::Publish => "publish",
+        Scenario::Consume => "consume",
+    }
+}
+
+/// eventbus's side of one measurement: `count` events published in one
+/// `publish_batch`, or handled from a pre-filled stream (timed from the first
+/// event handled when `from_first_event`, so that a group join is not measured).
+pub(crate) async fn eventbus_child(
+    builder: BusBuilder,
+    scenario: Scenario,
+    count: usize,
+    from_first_event: bool,
+) -> Figure {
+    let seen = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(Notify::new());
+    let first = Arc::new(OnceLock::new());
+    let (s, d, f) = (seen.clone(), done.clone(), first.clone());
+    let bus = builder
+        .handler::<OrderPlaced, _, _>("count", move |e: Arc<Envelope<OrderPlaced>>| {
+            let _ = &e.customer_id;
+            f.get_or_init(Instant::now);
+            if s.fetch_add(1, Ordering::AcqRel) + 1 == count {
+                d.notify_one();
+            }
+            std::future::ready(Ok::<_, HandlerError>(()))
+        })
+        .build()
+        .await
+        .expect("connects");
+    let per_second = match scenario {
+        Scenario::Publish => {
+            let events: Vec<_> = (0..count).map(order).collect();
+            let start = Instant::now();
+            let report = bus.publish_batch(events, false).await;
+            assert_eq!(report.published, count, "{:?}", report.errors);
+            count as f64 / start.elapsed().as_secs_f64()
+        }
+        Scenario::Consume => {
+            let start = Instant::now();
+            bus.start_consuming().await.expect("consumes");
+            while seen.load(Ordering::Acquire) < count {
+                let _ = tokio::time::timeout(Duration::from_millis(50), done.notified()).await;
+            }
+            if from_first_event {
+                let first = *first.get().expect("handled");
+                (count - 1) as f64 / first.elapsed().as_secs_f64()
+            } else {
+                count as f64 / start.elapsed().as_secs_f64()
+            }
+        }
+    };
+    bus.shutdown(Duration::from_secs(30)).await.expect("stops");
+    Figure {
+        per_second,
+        peak_rss_mb: peak_rss_mb(),
+    }
+}
+
+/// Runs one measurement in a child process of this executable.
+pub(crate) fn run_measurement(
+    url: &str,
+    system: System,
+    scenario: Scenario,
+    count: usize,
+    prefix: &str,
+) -> Figure {
+    let system = match system {
+        System::Eventbus => "eventbus",
+        System::Plain => "plain",
+    };
+    run_child(&[
+        "--system",
+        system,
+        "--scenario",
+        scenario_name(scenario),
+        "--count",
+        &count.to_string(),
+        "--prefix",
+        prefix,
+        "--url",
+        url,
+    ])
+}
 
 /// One measurement, printed by a child process as one JSON line.
 #[derive(Debug, Default, Clone, Copy, Serialize, Deserialize)]

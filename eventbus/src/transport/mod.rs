@@ -34,6 +34,51 @@ use crate::runtime::{
     BusContext, DlqMessage, HealthStatus, QueueInfo, ReplayFilter, ReplayReport, StreamInfo,
 };
 
+/// The running consumer groups of a stream transport, by name.
+pub(crate) type Groups<G> = Arc<tokio::sync::Mutex<std::collections::BTreeMap<Arc<str>, Arc<G>>>>;
+
+/// Starts the groups subscribed at runtime (Redis, Kafka): on every change
+/// of the subscriptions, each group of the dispatcher not in `groups` yet is
+/// started with `start`, until `stop` (or `stopped()`, the run's own stop).
+pub(crate) fn watch_new_groups<G, S, F, Fut>(
+    mut changes: tokio::sync::watch::Receiver<u64>,
+    ctx: Arc<BusContext>,
+    groups: Groups<G>,
+    stop: tokio_util::sync::CancellationToken,
+    stopped: S,
+    start: F,
+) where
+    G: Send + Sync + 'static,
+    S: Fn() -> bool + Send + 'static,
+    F: Fn(Arc<str>) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<Arc<G>, Error>> + Send,
+{
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                changed = changes.changed() => if changed.is_err() { break },
+                () = stop.cancelled() => break,
+            }
+            let wanted: Vec<Arc<str>> = ctx.dispatcher.snapshot().groups.keys().cloned().collect();
+            let mut running = groups.lock().await;
+            for name in wanted {
+                if running.contains_key(&name) || stopped() {
+                    continue;
+                }
+                match start(name.clone()).await {
+                    Ok(g) => {
+                        tracing::info!(group = %name, "new consumer group subscribed; consuming it");
+                        running.insert(name, g);
+                    }
+                    Err(error) => {
+                        tracing::error!(group = %name, %error, "cannot start consuming a new group")
+                    }
+                }
+            }
+        }
+    });
+}
+
 #[cfg(feature = "kafka")]
 pub(crate) mod kafka;
 pub(crate) mod memory;

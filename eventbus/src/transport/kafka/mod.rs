@@ -396,47 +396,6 @@ impl KafkaTransport {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
     }
-
-    /// Starts groups subscribed at runtime.
-    fn watch_subscriptions(
-        &self,
-        mut changes: tokio::sync::watch::Receiver<u64>,
-        run: Arc<Run>,
-        groups: Arc<tokio::sync::Mutex<BTreeMap<Arc<str>, Arc<Group>>>>,
-        stop: CancellationToken,
-    ) {
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    changed = changes.changed() => if changed.is_err() { break },
-                    () = stop.cancelled() => break,
-                }
-                let wanted: Vec<Arc<str>> = run
-                    .ctx
-                    .dispatcher
-                    .snapshot()
-                    .groups
-                    .keys()
-                    .cloned()
-                    .collect();
-                let mut running = groups.lock().await;
-                for name in wanted {
-                    if running.contains_key(&name) || run.stop.is_cancelled() {
-                        continue;
-                    }
-                    match Group::start(run.clone(), name.clone()).await {
-                        Ok(g) => {
-                            tracing::info!(group = %name, "new consumer group subscribed; consuming it");
-                            running.insert(name, g);
-                        }
-                        Err(error) => {
-                            tracing::error!(group = %name, %error, "cannot start consuming a new group")
-                        }
-                    }
-                }
-            }
-        });
-    }
 }
 
 /// Creates the `topics` that do not exist yet, with the configured
@@ -594,7 +553,15 @@ impl Transport for KafkaTransport {
         let timeout = self.ctx.config.connect_timeout;
         futures_util::future::join_all(started.iter().map(|g| g.assigned(timeout))).await;
         let watcher = CancellationToken::new();
-        self.watch_subscriptions(changes, run.clone(), groups.clone(), watcher.clone());
+        let (r, rs) = (run.clone(), run.clone());
+        super::watch_new_groups(
+            changes,
+            self.ctx.clone(),
+            groups.clone(),
+            watcher.clone(),
+            move || rs.stop.is_cancelled(),
+            move |name| Group::start(r.clone(), name),
+        );
         *consuming = Some(Consuming {
             run,
             groups,

@@ -7,37 +7,14 @@ once its queue exists and waits for "go" on stdin (the harness fills the queue).
 import argparse
 import asyncio
 import json
-import resource
 import sys
 import time
 from datetime import UTC, datetime
-from uuid import uuid4
 
-from eventsource import DomainEvent, EventRegistry, InMemoryEventBus
+from eventsource import DomainEvent, InMemoryEventBus
 from eventsource.adapters.rabbitmq import RabbitMQEventBus, RabbitMQEventBusConfig
 
-
-class OrderPlaced(DomainEvent):
-    event_type: str = "OrderPlaced"
-    aggregate_type: str = "Order"
-    customer_id: str
-    total_amount: float
-    currency: str
-    note: str
-
-
-registry = EventRegistry()
-registry.register(OrderPlaced)
-
-
-def order(i):
-    return OrderPlaced(
-        aggregate_id=uuid4(),
-        customer_id=f"CUST-{i:08d}",
-        total_amount=99.99 + i,
-        currency="EUR",
-        note="leave the parcel with the neighbour",
-    )
+from py_common import OrderPlaced, order, peak_rss_mb, registry
 
 
 def make_bus(args):
@@ -49,10 +26,6 @@ def make_bus(args):
         enable_tracing=False,
     )
     return RabbitMQEventBus(config=config, event_registry=registry)
-
-
-def peak_rss_mb():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def percentiles(ms):

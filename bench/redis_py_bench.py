@@ -9,35 +9,10 @@ Prints one JSON line: {"per_second": ..., "peak_rss_mb": ...}.
 import argparse
 import asyncio
 import json
-import resource
-import time
-from uuid import uuid4
 
-from eventsource import DomainEvent, EventRegistry
 from eventsource.adapters.redis import RedisEventBus, RedisEventBusConfig
 
-
-class OrderPlaced(DomainEvent):
-    event_type: str = "OrderPlaced"
-    aggregate_type: str = "Order"
-    customer_id: str
-    total_amount: float
-    currency: str
-    note: str
-
-
-registry = EventRegistry()
-registry.register(OrderPlaced)
-
-
-def order(i):
-    return OrderPlaced(
-        aggregate_id=uuid4(),
-        customer_id=f"CUST-{i:08d}",
-        total_amount=99.99 + i,
-        currency="EUR",
-        note="leave the parcel with the neighbour",
-    )
+from py_common import consume, publish, registry
 
 
 def make_bus(args):
@@ -51,45 +26,6 @@ def make_bus(args):
     return RedisEventBus(config=config, event_registry=registry)
 
 
-def peak_rss_mb():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-async def publish(args):
-    bus = make_bus(args)
-    await bus.connect()
-    events = [order(i) for i in range(args.count)]
-    start = time.perf_counter()
-    for k in range(0, len(events), 1000):
-        await bus.publish(events[k : k + 1000])
-    elapsed = time.perf_counter() - start
-    await bus.disconnect()
-    return {"per_second": args.count / elapsed, "peak_rss_mb": peak_rss_mb()}
-
-
-async def consume(args):
-    bus = make_bus(args)
-    done = asyncio.Event()
-    count = 0
-
-    async def handler(event):
-        nonlocal count
-        count += 1
-        if count >= args.count:
-            done.set()
-
-    bus.subscribe(OrderPlaced, handler)
-    await bus.connect()
-    start = time.perf_counter()
-    task = bus.start_consuming_in_background()
-    await done.wait()
-    elapsed = time.perf_counter() - start
-    await bus.stop_consuming()
-    task.cancel()
-    await bus.disconnect()
-    return {"per_second": args.count / elapsed, "peak_rss_mb": peak_rss_mb()}
-
-
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("scenario", choices=["publish", "consume"])
@@ -97,8 +33,9 @@ def main():
     p.add_argument("--prefix", required=True)
     p.add_argument("--count", type=int, default=10000)
     args = p.parse_args()
-    result = asyncio.run({"publish": publish, "consume": consume}[args.scenario](args))
-    print(json.dumps(result), flush=True)
+    bus = make_bus(args)
+    run = publish(bus, args.count) if args.scenario == "publish" else consume(bus, args.count)
+    print(json.dumps(asyncio.run(run)), flush=True)
 
 
 if __name__ == "__main__":

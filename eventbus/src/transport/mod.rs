@@ -34,6 +34,56 @@ use crate::runtime::{
     BusContext, DlqMessage, HealthStatus, QueueInfo, ReplayFilter, ReplayReport, StreamInfo,
 };
 
+/// Which consumers of a transport are receiving, by group (or queue), for
+/// health checks.
+pub(crate) type ConsumerStates = Arc<std::sync::Mutex<std::collections::BTreeMap<String, bool>>>;
+
+/// Records whether the consumer of `name` is receiving.
+pub(crate) fn set_state(states: &ConsumerStates, name: &str, active: bool) {
+    states
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .insert(name.to_owned(), active);
+}
+
+/// A copy of `states` as they are now.
+pub(crate) fn states_now(states: &ConsumerStates) -> std::collections::BTreeMap<String, bool> {
+    states
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone()
+}
+
+/// The health of a stream transport (Redis, Kafka): `error` is what its
+/// connection probe found; while consuming, each consumer that is not
+/// receiving is reported as `the {what} of group `g` is {why}`.
+pub(crate) fn stream_health(
+    transport: &'static str,
+    error: Option<String>,
+    consuming: bool,
+    consumers: std::collections::BTreeMap<String, bool>,
+    down: impl Fn(&str) -> String,
+) -> HealthStatus {
+    let connected = error.is_none();
+    let mut errors: Vec<String> = error.into_iter().collect();
+    if consuming {
+        errors.extend(
+            consumers
+                .iter()
+                .filter(|(_, up)| !**up)
+                .map(|(g, _)| down(g)),
+        );
+    }
+    HealthStatus {
+        healthy: errors.is_empty(),
+        transport,
+        connected,
+        consuming: consuming && consumers.values().all(|up| *up),
+        consumers,
+        error: (!errors.is_empty()).then(|| errors.join("; ")),
+    }
+}
+
 /// The running consumer groups of a stream transport, by name.
 pub(crate) type Groups<G> = Arc<tokio::sync::Mutex<std::collections::BTreeMap<Arc<str>, Arc<G>>>>;
 

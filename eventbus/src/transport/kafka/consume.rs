@@ -13,7 +13,7 @@
 //! when partitions are revoked (rebalance) and on shutdown. A crash or a
 //! rebalance reprocesses at most the uncommitted tail; nothing is lost.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -35,16 +35,7 @@ use crate::wire::{self, HEADER_AGGREGATE_ID, HEADER_EVENT_TYPE, Incoming};
 use super::offsets::AckTracker;
 use super::record::{self, Record};
 use super::{blocking, broker, client_config, produce};
-
-/// Which group consumers are receiving, for health checks.
-pub(crate) type ConsumerStates = Arc<Mutex<BTreeMap<String, bool>>>;
-
-fn set_state(states: &ConsumerStates, group: &str, active: bool) {
-    states
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .insert(group.to_owned(), active);
-}
+pub(crate) use crate::transport::{ConsumerStates, set_state};
 
 /// What every group of one consuming run shares.
 pub(crate) struct Run {

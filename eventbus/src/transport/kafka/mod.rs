@@ -391,10 +391,7 @@ impl KafkaTransport {
     }
 
     fn states_now(&self) -> BTreeMap<String, bool> {
-        self.states
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        super::states_now(&self.states)
     }
 }
 
@@ -637,26 +634,10 @@ impl Transport for KafkaTransport {
             Ok(_) => None,
             Err(e) => Some(e.to_string()),
         };
-        let connected = error.is_none();
         let consuming_now = self.consuming.lock().await.is_some();
-        let consumers = self.states_now();
-        let mut errors: Vec<String> = error.into_iter().collect();
-        if consuming_now {
-            errors.extend(
-                consumers
-                    .iter()
-                    .filter(|(_, up)| !**up)
-                    .map(|(g, _)| format!("the consumer of group `{g}` is not receiving")),
-            );
-        }
-        HealthStatus {
-            healthy: errors.is_empty(),
-            transport: "kafka",
-            connected,
-            consuming: consuming_now && consumers.values().all(|up| *up),
-            consumers,
-            error: (!errors.is_empty()).then(|| errors.join("; ")),
-        }
+        super::stream_health("kafka", error, consuming_now, self.states_now(), |g| {
+            format!("the consumer of group `{g}` is not receiving")
+        })
     }
 
     fn describe_group(&self, group: &str) -> String {

@@ -12,9 +12,8 @@
 //! or an event type it does not know) is left to the other members of its
 //! group, never acked away. Nothing is dropped silently.
 
-use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use futures_util::StreamExt;
 use lapin::message::Delivery;
@@ -34,16 +33,7 @@ use super::link::Session;
 use super::publish::{Outgoing, Publisher};
 use super::retry::{self, DeadLetter};
 use super::settle::{self, Settle, Settled};
-
-/// Which group consumers are active, for health checks.
-pub(crate) type ConsumerStates = Arc<Mutex<BTreeMap<String, bool>>>;
-
-pub(crate) fn set_state(states: &ConsumerStates, queue: &str, active: bool) {
-    states
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .insert(queue.to_owned(), active);
-}
+pub(crate) use crate::transport::{ConsumerStates, set_state};
 
 /// What every group consumer of one consuming run shares.
 pub(crate) struct ConsumeRun {

@@ -12,10 +12,9 @@
 //! the `XACK`. A crash at any point leaves the entry pending; a live member
 //! claims it after `pending_idle_ms`: duplicates are possible, losses are not.
 
-use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::stream::FuturesUnordered;
@@ -35,16 +34,7 @@ use crate::wire::{self, HEADER_AGGREGATE_ID, HEADER_EVENT_TYPE, Incoming};
 use super::conn::{self, broker, is_nogroup};
 use super::entry::{self, Entry, Source};
 use super::retry::{self, RetryState};
-
-/// Which group readers are reading, for health checks.
-pub(crate) type ConsumerStates = Arc<Mutex<BTreeMap<String, bool>>>;
-
-fn set_state(states: &ConsumerStates, group: &str, active: bool) {
-    states
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .insert(group.to_owned(), active);
-}
+pub(crate) use crate::transport::{ConsumerStates, set_state};
 
 /// What every group of one consuming run shares.
 pub(crate) struct Run {

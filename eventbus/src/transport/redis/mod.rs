@@ -402,30 +402,14 @@ impl Transport for RedisTransport {
                 config.socket_timeout
             )),
         };
-        let connected = error.is_none();
         let consuming_now = self.consuming.lock().await.is_some();
-        let consumers = self
-            .states
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
-        let mut errors: Vec<String> = error.into_iter().collect();
-        if consuming_now {
-            errors.extend(
-                consumers
-                    .iter()
-                    .filter(|(_, up)| !**up)
-                    .map(|(g, _)| format!("the reader of group `{g}` is reconnecting")),
-            );
-        }
-        HealthStatus {
-            healthy: errors.is_empty(),
-            transport: "redis",
-            connected,
-            consuming: consuming_now && consumers.values().all(|up| *up),
-            consumers,
-            error: (!errors.is_empty()).then(|| errors.join("; ")),
-        }
+        super::stream_health(
+            "redis",
+            error,
+            consuming_now,
+            super::states_now(&self.states),
+            |g| format!("the reader of group `{g}` is reconnecting"),
+        )
     }
 
     fn describe_group(&self, group: &str) -> String {

@@ -52,6 +52,13 @@ pub(crate) async fn consume<'f, F: Future>(
         eventsource.aggregate.type = field(wire::HEADER_AGGREGATE_TYPE),
         eventsource.tenant.id = field(wire::HEADER_TENANT_ID),
     );
+    // No span to record and no context to carry on: nothing to wrap (the
+    // common case without a debug-level subscriber; it saves a context
+    // switch per poll).
+    if span.is_disabled() && cx.is_none() {
+        return work.await;
+    }
+    let cx = cx.unwrap_or_default();
     // Fails only when no OpenTelemetry layer is installed: nothing to link then.
     let _ = span.set_parent(cx.clone());
     work.instrument(span).with_context(cx).await

@@ -46,6 +46,29 @@ pub(crate) fn set_state(states: &ConsumerStates, name: &str, active: bool) {
         .insert(name.to_owned(), active);
 }
 
+/// Runs `handling` (the deliveries of one read, already in their sequencer's
+/// order) to the end on one task of `tracker`. A panicking handler ends only
+/// its own delivery (its turn and permit are released); `not_settled` says
+/// what then happens to it.
+pub(crate) fn spawn_all<F>(
+    tracker: &tokio_util::task::TaskTracker,
+    mut handling: futures_util::stream::FuturesUnordered<F>,
+    not_settled: &'static str,
+) where
+    F: Future<Output = std::thread::Result<()>> + Send + 'static,
+{
+    use futures_util::StreamExt as _;
+    if !handling.is_empty() {
+        tracker.spawn(async move {
+            while let Some(done) = handling.next().await {
+                if done.is_err() {
+                    tracing::error!("a handler panicked; {not_settled}");
+                }
+            }
+        });
+    }
+}
+
 /// A copy of `states` as they are now.
 pub(crate) fn states_now(states: &ConsumerStates) -> std::collections::BTreeMap<String, bool> {
     states

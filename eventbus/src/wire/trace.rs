@@ -93,7 +93,8 @@ pub(crate) fn fields<'a>(
 }
 
 /// The context carried by a message whose header `name` is `get(name)`.
-pub(crate) fn extract(get: impl Fn(&str) -> Option<String>) -> Context {
+/// `None` when the message carries no trace header at all.
+pub(crate) fn extract(get: impl Fn(&str) -> Option<String>) -> Option<Context> {
     let carrier: HashMap<String, String> = TRACE_HEADERS
         .iter()
         .filter_map(|name| get(name).map(|v| ((*name).to_owned(), v)))
@@ -107,9 +108,9 @@ pub(crate) fn extract(get: impl Fn(&str) -> Option<String>) -> Context {
         })
         .collect();
     if carrier.is_empty() {
-        return Context::new();
+        return None;
     }
-    PROPAGATOR.extract(&carrier)
+    Some(PROPAGATOR.extract(&carrier))
 }
 
 #[cfg(test)]
@@ -123,7 +124,8 @@ mod tests {
             HEADER_TRACEPARENT => Some(parent.to_owned()),
             HEADER_BAGGAGE => Some("tenant=acme".to_owned()),
             _ => None,
-        });
+        })
+        .expect("a context");
         assert!(cx.span().span_context().is_remote());
         let headers = inject(&cx);
         let get = |n: &str| {
@@ -142,7 +144,8 @@ mod tests {
         let cx = extract(|name| {
             (name == HEADER_TRACEPARENT)
                 .then(|| "00-00167eb33bc911e4de310aa44576bb3f-3b20f1e7c7d37eab-03".to_owned())
-        });
+        })
+        .expect("a context");
         let span = cx.span();
         let context = span.span_context();
         assert!(context.is_valid());
@@ -156,6 +159,6 @@ mod tests {
     #[test]
     fn no_context_no_headers() {
         assert!(inject(&Context::new()).is_empty());
-        assert!(!extract(|_| None).span().span_context().is_valid());
+        assert!(extract(|_| None).is_none());
     }
 }

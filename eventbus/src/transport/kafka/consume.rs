@@ -14,15 +14,18 @@
 //! rebalance reprocesses at most the uncommitted tail; nothing is lost.
 
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::FutureExt as _;
+use futures_util::stream::FuturesUnordered;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
@@ -35,7 +38,7 @@ use crate::wire::{self, HEADER_AGGREGATE_ID, HEADER_EVENT_TYPE, Incoming};
 use super::offsets::AckTracker;
 use super::record::{self, Record};
 use super::{blocking, broker, client_config, produce};
-pub(crate) use crate::transport::{ConsumerStates, set_state};
+pub(crate) use crate::transport::{ConsumerStates, set_state, spawn_all};
 
 /// What every group of one consuming run shares.
 pub(crate) struct Run {
@@ -73,17 +76,17 @@ impl Run {
 /// generation it belongs to (a record of an earlier assignment settles nothing).
 #[derive(Debug, Default)]
 pub(crate) struct Trackers {
-    partitions: HashMap<(String, i32), (u64, AckTracker)>,
+    partitions: HashMap<(Arc<str>, i32), (u64, AckTracker)>,
     generation: u64,
 }
 
 impl Trackers {
     /// Registers a received record; returns the generation to settle it with.
-    fn received(&mut self, topic: &str, partition: i32, offset: i64) -> u64 {
+    fn received(&mut self, topic: &Arc<str>, partition: i32, offset: i64) -> u64 {
         let next = &mut self.generation;
         let (generation, tracker) = self
             .partitions
-            .entry((topic.to_owned(), partition))
+            .entry((topic.clone(), partition))
             .or_insert_with(|| {
                 *next += 1;
                 (*next, AckTracker::new())
@@ -92,8 +95,8 @@ impl Trackers {
         *generation
     }
 
-    fn handled(&mut self, topic: &str, partition: i32, offset: i64, generation: u64) {
-        if let Some((g, tracker)) = self.partitions.get_mut(&(topic.to_owned(), partition))
+    fn handled(&mut self, topic: &Arc<str>, partition: i32, offset: i64, generation: u64) {
+        if let Some((g, tracker)) = self.partitions.get_mut(&(topic.clone(), partition))
             && *g == generation
         {
             tracker.handled(offset);
@@ -116,7 +119,7 @@ impl Trackers {
         for e in offsets.elements() {
             if let Some((_, tracker)) = self
                 .partitions
-                .get_mut(&(e.topic().to_owned(), e.partition()))
+                .get_mut(&(Arc::from(e.topic()), e.partition()))
             {
                 tracker.commit_failed();
             }
@@ -129,7 +132,7 @@ impl Trackers {
         for e in revoked.elements() {
             if let Some((_, mut tracker)) = self
                 .partitions
-                .remove(&(e.topic().to_owned(), e.partition()))
+                .remove(&(Arc::from(e.topic()), e.partition()))
                 && let Some(offset) = tracker.take()
             {
                 let _ = tpl.add_partition_offset(e.topic(), e.partition(), Offset::Offset(offset));
@@ -351,34 +354,45 @@ impl Group {
         }
     }
 
-    /// Handles one record in its turn and settles it.
-    fn spawn(self: &Arc<Self>, record: Record, permit: tokio::sync::OwnedSemaphorePermit) {
+    /// The handling of each record of `batch` (received in this order), its
+    /// place in the sequencer taken now; they run when polled.
+    fn prepare(
+        self: &Arc<Self>,
+        batch: Vec<(Record, OwnedSemaphorePermit)>,
+    ) -> FuturesUnordered<impl Future<Output = std::thread::Result<()>> + Send + 'static> {
         let ctx = &self.run.ctx;
-        add(&ctx.stats.events_consumed, 1);
+        add(&ctx.stats.events_consumed, batch.len() as u64);
         ctx.stats.last_consume_at.now();
-        let generation = self
-            .lock()
-            .received(&record.topic, record.partition, record.offset);
-        // A retry waits for its time: it keeps no aggregate's turn meanwhile.
-        let key = if record.retry_after().is_some() {
-            None
-        } else {
-            record
-                .header(HEADER_AGGREGATE_ID)
-                .and_then(|id| id.parse().ok())
-        };
-        let mut turn = self.sequencer.enter(key);
-        let group = self.clone();
-        self.run.deliveries.spawn(async move {
-            turn.wait().await;
-            if group.handle(&record).await {
-                group
-                    .lock()
-                    .handled(&record.topic, record.partition, record.offset, generation);
-            }
-            drop(turn);
-            drop(permit);
-        });
+        let mut trackers = self.lock();
+        let handling = FuturesUnordered::new();
+        for (record, permit) in batch {
+            let generation = trackers.received(&record.topic, record.partition, record.offset);
+            // A retry waits for its time: it keeps no aggregate's turn meanwhile.
+            let key = if record.retry_after().is_some() {
+                None
+            } else {
+                record
+                    .header(HEADER_AGGREGATE_ID)
+                    .and_then(|id| id.parse().ok())
+            };
+            let mut turn = self.sequencer.enter(key);
+            let group = self.clone();
+            let handle = async move {
+                turn.wait().await;
+                if group.handle(&record).await {
+                    group.lock().handled(
+                        &record.topic,
+                        record.partition,
+                        record.offset,
+                        generation,
+                    );
+                }
+                drop(turn);
+                drop(permit);
+            };
+            handling.push(AssertUnwindSafe(handle).catch_unwind());
+        }
+        handling
     }
 
     /// Runs the group's handlers for `record`; `true` once it is settled.
@@ -472,7 +486,10 @@ impl Group {
                         record::DLQ_TIMESTAMP.to_owned(),
                         wire::python_isoformat(&chrono::Utc::now()),
                     ),
-                    (record::DLQ_ORIGINAL_TOPIC.to_owned(), record.topic.clone()),
+                    (
+                        record::DLQ_ORIGINAL_TOPIC.to_owned(),
+                        record.topic.to_string(),
+                    ),
                     (
                         record::DLQ_ORIGINAL_PARTITION.to_owned(),
                         record.partition.to_string(),
@@ -629,12 +646,20 @@ impl Why {
     }
 }
 
-/// Takes records while a permit is free, and hands each to its own task.
+/// At most this many records are taken at once (each still needs a permit).
+const MAX_BATCH: usize = 256;
+
+/// Takes records while a permit is free, those already fetched in one batch,
+/// and runs each batch on one task (a spawn per record costs more than
+/// handling a fast one); records of a batch still run concurrently, in their
+/// sequencer's order.
 async fn receive_loop(group: Arc<Group>, consumer: Arc<GroupConsumer>) {
     let run = &group.run;
     let config = &run.ctx.config;
     let name = &*group.name;
     let mut delay = config.reconnect_delay;
+    let mut receiving = true;
+    let mut topic: Option<Arc<str>> = None;
     loop {
         let permit = tokio::select! {
             p = group.permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
@@ -644,28 +669,55 @@ async fn receive_loop(group: Arc<Group>, consumer: Arc<GroupConsumer>) {
             m = consumer.recv() => m,
             () = run.stop.cancelled() => break,
         };
+        let mut failed = None;
         match received {
             Ok(message) => {
-                set_state(&run.states, name, true);
-                delay = config.reconnect_delay;
-                let record = Record::from_message(&message);
+                let mut batch = vec![(Record::from_message(&message, topic.as_ref()), permit)];
                 drop(message);
-                group.spawn(record, permit);
-            }
-            Err(error) => {
-                set_state(&run.states, name, false);
-                run.ctx.stats.last_error_at.now();
-                tracing::warn!(group = %name, %error, retry_in_ms = delay.as_millis() as u64, "receiving failed; retrying");
-                tokio::select! {
-                    () = tokio::time::sleep(delay) => {}
-                    () = run.stop.cancelled() => break,
+                while batch.len() < MAX_BATCH
+                    && let Ok(permit) = group.permits.clone().try_acquire_owned()
+                {
+                    match consumer.recv().now_or_never() {
+                        Some(Ok(message)) => {
+                            let record =
+                                Record::from_message(&message, batch.last().map(|(r, _)| &r.topic));
+                            batch.push((record, permit));
+                        }
+                        Some(Err(error)) => {
+                            failed = Some(error);
+                            break;
+                        }
+                        None => break,
+                    }
                 }
-                delay = (delay * 2).min(config.max_reconnect_delay);
+                topic = batch.last().map(|(r, _)| r.topic.clone());
+                if !receiving {
+                    receiving = true;
+                    delay = config.reconnect_delay;
+                    set_state(&run.states, name, true);
+                }
+                spawn_all(&run.deliveries, group.prepare(batch), NOT_SETTLED);
             }
+            Err(error) => failed = Some(error),
+        }
+        if let Some(error) = failed {
+            receiving = false;
+            set_state(&run.states, name, false);
+            run.ctx.stats.last_error_at.now();
+            tracing::warn!(group = %name, %error, retry_in_ms = delay.as_millis() as u64, "receiving failed; retrying");
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = run.stop.cancelled() => break,
+            }
+            delay = (delay * 2).min(config.max_reconnect_delay);
         }
     }
     set_state(&run.states, name, false);
 }
+
+/// What happens to a record whose handler panicked.
+const NOT_SETTLED: &str =
+    "its record is not committed and is read again after a restart or rebalance";
 
 /// Commits the handled prefix of every partition every `commit_interval_ms`.
 async fn commit_loop(group: Arc<Group>, consumer: Arc<GroupConsumer>) {

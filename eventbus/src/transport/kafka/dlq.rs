@@ -65,7 +65,7 @@ fn read_all(consumer: BaseConsumer, topic: &str, timeout: Duration) -> Result<Ve
             });
         }
         match consumer.poll(Timeout::After(left.min(Duration::from_millis(500)))) {
-            Some(Ok(m)) => out.push(Record::from_message(&m)),
+            Some(Ok(m)) => out.push(Record::from_message(&m, None)),
             Some(Err(KafkaError::PartitionEOF(p))) => {
                 open.remove(&p);
             }
@@ -92,11 +92,8 @@ fn group_of<'a>(r: &'a Record, default: &'a str) -> &'a str {
 
 pub(super) fn to_message(r: &Record) -> DlqMessage {
     let text = |name: &str| r.header(name).map(str::to_owned);
-    let mut headers: std::collections::BTreeMap<String, serde_json::Value> = r
-        .headers
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone().into()))
-        .collect();
+    let mut headers: std::collections::BTreeMap<String, serde_json::Value> =
+        r.headers().map(|(k, v)| (k.to_owned(), v.into())).collect();
     headers.insert("dlq_partition".to_owned(), r.partition.into());
     headers.insert("dlq_offset".to_owned(), r.offset.into());
     DlqMessage {
@@ -230,13 +227,14 @@ impl KafkaTransport {
                 continue;
             }
             let headers: Vec<(String, String)> = r
-                .headers
-                .iter()
+                .headers()
                 .filter(|(k, _)| {
-                    (!k.starts_with("dlq_") && k != record::RETRY_COUNT && k != record::RETRY_AFTER)
-                        || k == record::FAILED_HANDLERS
+                    (!k.starts_with("dlq_")
+                        && *k != record::RETRY_COUNT
+                        && *k != record::RETRY_AFTER)
+                        || *k == record::FAILED_HANDLERS
                 })
-                .cloned()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
                 .chain([
                     (record::RETRY_COUNT.to_owned(), "0".to_owned()),
                     (

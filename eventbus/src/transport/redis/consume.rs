@@ -17,8 +17,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use futures_util::stream::FuturesUnordered;
-use futures_util::{FutureExt, StreamExt};
 use redis::Value;
 use redis::aio::ConnectionManager;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
@@ -34,6 +34,7 @@ use crate::wire::{self, HEADER_AGGREGATE_ID, HEADER_EVENT_TYPE, Incoming};
 use super::conn::{self, broker, is_nogroup};
 use super::entry::{self, Entry, Source};
 use super::retry::{self, RetryState};
+use crate::transport::spawn_all;
 pub(crate) use crate::transport::{ConsumerStates, set_state};
 
 /// What every group of one consuming run shares.
@@ -471,23 +472,8 @@ async fn acker(group: Arc<Group>, mut rx: mpsc::UnboundedReceiver<AckMsg>) {
     }
 }
 
-/// Runs `handling` to the end on one task of `tracker`. A panicking handler
-/// ends only its own entry (its turn and permit are released), which stays
-/// pending and is claimed again after `pending_idle_ms`.
-fn spawn_all<F>(tracker: &TaskTracker, mut handling: FuturesUnordered<F>)
-where
-    F: Future<Output = std::thread::Result<()>> + Send + 'static,
-{
-    if !handling.is_empty() {
-        tracker.spawn(async move {
-            while let Some(done) = handling.next().await {
-                if done.is_err() {
-                    tracing::error!("a handler panicked; its entry stays pending");
-                }
-            }
-        });
-    }
-}
+/// What happens to an entry whose handler panicked.
+const NOT_SETTLED: &str = "its entry stays pending and is claimed again after pending_idle_ms";
 
 /// Sleeps `delay` unless stopped first; `false` when stopped.
 pub(crate) async fn pause(stop: &CancellationToken, delay: Duration) -> bool {
@@ -601,7 +587,11 @@ async fn read_loop(group: Arc<Group>) {
                             Some(p) => p,
                             None => {
                                 // Those taken so far hold permits: let them run first.
-                                spawn_all(&run.deliveries, std::mem::take(&mut handling));
+                                spawn_all(
+                                    &run.deliveries,
+                                    std::mem::take(&mut handling),
+                                    NOT_SETTLED,
+                                );
                                 match group.permit().await {
                                     Some(p) => p,
                                     None => return,
@@ -615,7 +605,7 @@ async fn read_loop(group: Arc<Group>) {
                         );
                     }
                 }
-                spawn_all(&run.deliveries, handling);
+                spawn_all(&run.deliveries, handling, NOT_SETTLED);
             }
             Err(e) if is_nogroup(&e) => {
                 // Redis lost the group (restarted without persistence, or the

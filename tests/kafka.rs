@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::kafka::{self, Tansu, builder, committed, records};
+use common::kafka::{self, Tansu, builder, committed, prefix, records};
 use common::{OrderPlaced, eventually, placed};
 use eventbus::{Envelope, HandlerError};
 use uuid::Uuid;
@@ -34,10 +34,6 @@ fn seen_handler(
 
 fn count(seen: &Seen) -> usize {
     seen.lock().expect("not poisoned").len()
-}
-
-fn prefix(test: &str) -> String {
-    format!("t-{test}-{}", &Uuid::new_v4().simple().to_string()[..8])
 }
 
 #[tokio::test]

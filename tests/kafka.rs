@@ -399,6 +399,11 @@ async fn failures_retry_in_their_group_only_rerun_failed_handlers_then_dead_lett
     assert_eq!(d.header("dlq_retry_count"), Some("2"));
     assert_eq!(d.header("dlq_handler"), Some("always_fails"));
     assert_eq!(
+        d.header("eventbus_retry_group"),
+        Some("flaky"),
+        "made by eventbus: replayed to the group's retry topic"
+    );
+    assert_eq!(
         d.header("dlq_original_topic"),
         Some(format!("{prefix}.stream.retry.flaky").as_str())
     );

@@ -306,7 +306,7 @@ fn placed_by_rust() -> OrderPlaced {
 }
 
 #[tokio::test]
-async fn dead_letters_made_by_python_are_listed_by_rust() {
+async fn dead_letters_made_by_python_are_listed_and_replayed_by_rust() {
     let tansu = Tansu::start();
     let prefix = prefix("dlq");
     // No handlers: it publishes and reads the DLQ (creating the topic and the DLQ topic).
@@ -368,13 +368,60 @@ async fn dead_letters_made_by_python_are_listed_by_rust() {
         assert_eq!(body, event.to_json().expect("encodes"));
     }
     // eventsource-py retries on the main topic: each event is there twice.
-    let main = records(&tansu, &format!("{prefix}.stream"));
+    let topic = format!("{prefix}.stream");
+    let main = records(&tansu, &topic);
     assert_eq!(main.len(), 4);
     assert_eq!(
         main.iter()
             .filter(|r| r.header("retry_count") == Some("1"))
             .count(),
         2
+    );
+
+    // Rust replays one: to the main topic, as eventsource-py replays (its
+    // members read no retry topic), and the Python group handles it again.
+    let (mut python, out) = python_consumer(
+        peer(
+            &tansu,
+            &prefix,
+            &["consume", "--group", "py", "--count", "1"],
+        ),
+        WAIT,
+    );
+    let replayed = &events[0];
+    let id = replayed.meta().event_id().to_string();
+    assert!(dlq.replay(&id).await.expect("replay"), "replayed");
+    let status = python.0.wait().expect("python exits");
+    let lines: Vec<String> = out.try_iter().collect();
+    assert!(
+        status.success(),
+        "the Python group got the replay: {lines:?}"
+    );
+    assert_eq!(
+        by_id(lines),
+        BTreeMap::from([(id.clone(), replayed.to_json().expect("encodes"))])
+    );
+    let main = records(&tansu, &topic);
+    assert_eq!(main.len(), 5);
+    let copy = main
+        .iter()
+        .find(|r| r.header("dlq_replay_count").is_some())
+        .expect("the replayed copy");
+    assert_eq!(copy.header("event_id"), Some(id.as_str()));
+    assert_eq!(copy.header("dlq_replay_count"), Some("1"));
+    assert_eq!(copy.header("retry_count"), Some("0"));
+    assert_eq!(copy.header("retry_after"), None);
+    assert!(
+        copy.headers
+            .iter()
+            .all(|(k, _)| !k.starts_with("dlq_") || k == "dlq_replay_count"),
+        "{:?}",
+        copy.headers
+    );
+    assert_eq!(
+        dlq.count().await.expect("count"),
+        1,
+        "the replayed one is settled"
     );
     bus.shutdown(Duration::from_secs(10)).await.expect("stops");
 }

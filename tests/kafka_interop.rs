@@ -14,7 +14,8 @@ use common::OrderPlaced;
 use common::interop::{by_id, collect, python_consumer, rich_events, rust_consumer};
 use common::kafka::{self, Tansu, builder, prefix, records};
 use common::python::{python, script};
-use eventbus::{AnyEnvelope, Envelope};
+use eventbus::{AnyEnvelope, DomainEvent, Envelope};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -298,6 +299,13 @@ async fn the_same_key_lands_on_the_same_partition_from_both() {
     bus.shutdown(Duration::from_secs(10)).await.expect("stops");
 }
 
+/// An event type eventsource-py's side does not register.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, DomainEvent)]
+#[event(aggregate = "Invoice")]
+struct InvoiceSent {
+    number: String,
+}
+
 fn placed_by_rust() -> OrderPlaced {
     OrderPlaced {
         customer_id: "rust".to_owned(),
@@ -320,7 +328,7 @@ async fn dead_letters_made_by_python_are_listed_and_replayed_by_rust() {
                 "--group",
                 "py",
                 "--count",
-                "2",
+                "3",
                 "--max-retries",
                 "1",
             ],
@@ -328,15 +336,34 @@ async fn dead_letters_made_by_python_are_listed_and_replayed_by_rust() {
         WAIT,
     );
     let events = rich_events(2);
-    bus.publish(events.clone()).await.expect("published");
+    // A type the Python side does not know: dead-lettered at once.
+    let unknown = Envelope::new(
+        Uuid::new_v4(),
+        InvoiceSent {
+            number: "INV-1".to_owned(),
+        },
+    );
+    let mut all = events.clone();
+    all.push(AnyEnvelope::from(unknown.clone()));
+    bus.publish(all).await.expect("published");
     let status = python.0.wait().expect("python exits");
     let lines: Vec<String> = out.try_iter().collect();
     assert!(status.success(), "{lines:?}");
-    assert_eq!(lines, [r#"{"dead_lettered": 2}"#]);
+    assert_eq!(lines, [r#"{"dead_lettered": 3}"#]);
     let dlq = bus.dlq("py");
     let listed = dlq.list(10).await.expect("list");
-    assert_eq!(listed.len(), 2, "{listed:?}");
-    assert_eq!(dlq.count().await.expect("count"), 2);
+    assert_eq!(listed.len(), 3, "{listed:?}");
+    assert_eq!(dlq.count().await.expect("count"), 3);
+    let id = unknown.meta().event_id().to_string();
+    let m = dlq.show(&id).await.expect("show").expect("listed");
+    assert_eq!(m.event_type.as_deref(), Some("InvoiceSent"));
+    assert_eq!(m.error_type.as_deref(), Some("DeserializationError"));
+    assert_eq!(m.reason.as_deref(), Some("Unknown event type: InvoiceSent"));
+    assert_eq!(m.retry_count, Some(0), "no retry");
+    assert_eq!(
+        m.headers.get("dlq_reason"),
+        Some(&Value::from("deserialization_error"))
+    );
     assert_eq!(bus.dlq("default").count().await.expect("count"), 0);
     for event in &events {
         let id = event.meta().event_id().to_string();
@@ -367,10 +394,10 @@ async fn dead_letters_made_by_python_are_listed_and_replayed_by_rust() {
         let body: Value = serde_json::from_str(&m.body).expect("JSON");
         assert_eq!(body, event.to_json().expect("encodes"));
     }
-    // eventsource-py retries on the main topic: each event is there twice.
+    // eventsource-py retries on the main topic: each failed event is there twice.
     let topic = format!("{prefix}.stream");
     let main = records(&tansu, &topic);
-    assert_eq!(main.len(), 4);
+    assert_eq!(main.len(), 5);
     assert_eq!(
         main.iter()
             .filter(|r| r.header("retry_count") == Some("1"))
@@ -402,7 +429,7 @@ async fn dead_letters_made_by_python_are_listed_and_replayed_by_rust() {
         BTreeMap::from([(id.clone(), replayed.to_json().expect("encodes"))])
     );
     let main = records(&tansu, &topic);
-    assert_eq!(main.len(), 5);
+    assert_eq!(main.len(), 6);
     let copy = main
         .iter()
         .find(|r| r.header("dlq_replay_count").is_some())
@@ -420,7 +447,7 @@ async fn dead_letters_made_by_python_are_listed_and_replayed_by_rust() {
     );
     assert_eq!(
         dlq.count().await.expect("count"),
-        1,
+        2,
         "the replayed one is settled"
     );
     bus.shutdown(Duration::from_secs(10)).await.expect("stops");

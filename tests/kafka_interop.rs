@@ -319,6 +319,9 @@ async fn dead_letters_made_by_python_are_listed_and_replayed_by_rust() {
     let prefix = prefix("dlq");
     // No handlers: it publishes and reads the DLQ (creating the topic and the DLQ topic).
     let bus = builder(&tansu, &prefix).build().await.expect("connects");
+    // A Rust group next to the failing Python one.
+    let (rust, mut rx) =
+        rust_consumer(builder(&tansu, &prefix).configure(|c| c.consumer_group = "rs".into())).await;
     let (mut python, out) = python_consumer(
         peer(
             &tansu,
@@ -450,5 +453,24 @@ async fn dead_letters_made_by_python_are_listed_and_replayed_by_rust() {
         2,
         "the replayed one is settled"
     );
+
+    // eventsource-py's retries and replays are on the main topic: the Rust
+    // group receives them too (as every eventsource-py group does), so the
+    // replayed event three times, the other twice; the unknown type is not its.
+    let mut deliveries: BTreeMap<String, usize> = BTreeMap::new();
+    for _ in 0..5 {
+        let v = tokio::time::timeout(WAIT, rx.recv())
+            .await
+            .expect("in time")
+            .expect("open");
+        *deliveries
+            .entry(v["event_id"].as_str().expect("event_id").to_owned())
+            .or_default() += 1;
+    }
+    let other = events[1].meta().event_id().to_string();
+    assert_eq!(deliveries, BTreeMap::from([(id, 3), (other, 2)]));
+    await_committed(&tansu, "rs", &topic).await;
+    rust.shutdown(Duration::from_secs(10)).await.expect("stops");
+    assert!(rx.try_recv().is_err(), "nothing more");
     bus.shutdown(Duration::from_secs(10)).await.expect("stops");
 }

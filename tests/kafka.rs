@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::kafka::{self, Tansu, builder, committed, records};
+use common::kafka::{self, Tansu, builder, committed, prefix, records};
 use common::{OrderPlaced, eventually, placed};
 use eventbus::{Envelope, HandlerError};
 use uuid::Uuid;
@@ -34,10 +34,6 @@ fn seen_handler(
 
 fn count(seen: &Seen) -> usize {
     seen.lock().expect("not poisoned").len()
-}
-
-fn prefix(test: &str) -> String {
-    format!("t-{test}-{}", &Uuid::new_v4().simple().to_string()[..8])
 }
 
 #[tokio::test]
@@ -402,6 +398,11 @@ async fn failures_retry_in_their_group_only_rerun_failed_handlers_then_dead_lett
     assert_eq!(d.header("dlq_consumer_group"), Some("flaky"));
     assert_eq!(d.header("dlq_retry_count"), Some("2"));
     assert_eq!(d.header("dlq_handler"), Some("always_fails"));
+    assert_eq!(
+        d.header("eventbus_retry_group"),
+        Some("flaky"),
+        "made by eventbus: replayed to the group's retry topic"
+    );
     assert_eq!(
         d.header("dlq_original_topic"),
         Some(format!("{prefix}.stream.retry.flaky").as_str())

@@ -5,16 +5,16 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
+use common::interop::{self, by_id, rich_events};
 use common::python::{python, script};
 use common::redis_scope::RedisScope;
-use common::{ChildGuard, OrderPlaced, OrderShipped};
-use eventbus::{AnyEnvelope, Bus, Envelope, HandlerError};
+use common::{ChildGuard, OrderPlaced};
+use eventbus::{Bus, Envelope, HandlerError};
 use serde_json::Value;
 use tokio::sync::mpsc;
-use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -34,102 +34,22 @@ fn python_consumer(
     group: &str,
     count: usize,
 ) -> (ChildGuard, std::sync::mpsc::Receiver<String>) {
-    let mut child = peer(
-        scope,
-        &["consume", "--group", group, "--count", &count.to_string()],
+    interop::python_consumer(
+        peer(
+            scope,
+            &["consume", "--group", group, "--count", &count.to_string()],
+        ),
+        WAIT,
     )
-    .stdout(Stdio::piped())
-    .stderr(Stdio::inherit())
-    .spawn()
-    .expect("python starts");
-    let out = common::lines(child.stdout.take().expect("piped"));
-    let guard = ChildGuard(child);
-    assert_eq!(
-        out.recv_timeout(WAIT)
-            .expect("the Python consumer is ready"),
-        "ready"
-    );
-    (guard, out)
-}
-
-fn rich_events(n: usize) -> Vec<AnyEnvelope> {
-    (0..n)
-        .map(|i| {
-            if i % 2 == 0 {
-                AnyEnvelope::from(
-                    Envelope::new(
-                        Uuid::new_v4(),
-                        OrderPlaced {
-                            customer_id: format!("Zoë ✓ {i} 日本"),
-                            total_amount: i as f64 + 0.1,
-                        },
-                    )
-                    .aggregate_version(i as u64 + 1)
-                    .event_version(3)
-                    .with_tenant(Uuid::new_v4())
-                    .with_actor(format!("rust:ünï-{i}"))
-                    .with_metadata("weights", serde_json::json!([1.5, -2, null])),
-                )
-            } else {
-                AnyEnvelope::from(
-                    Envelope::new(
-                        Uuid::new_v4(),
-                        OrderShipped {
-                            tracking_number: format!("TRACK-{i}-ß"),
-                        },
-                    )
-                    .with_actor("rust")
-                    .with_metadata("nested", serde_json::json!({"a": {"b": "c"}})),
-                )
-            }
-        })
-        .collect()
-}
-
-fn by_id(json_lines: impl IntoIterator<Item = String>) -> BTreeMap<String, Value> {
-    json_lines
-        .into_iter()
-        .map(|l| {
-            let v: Value =
-                serde_json::from_str(&l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
-            (v["event_id"].as_str().expect("event_id").to_owned(), v)
-        })
-        .collect()
 }
 
 async fn rust_consumer(scope: &RedisScope, group: &str) -> (Bus, mpsc::UnboundedReceiver<Value>) {
-    let (tx, rx) = mpsc::unbounded_channel();
     let group = group.to_owned();
-    let bus = scope
-        .builder()
-        .configure(move |c| c.consumer_group = group)
-        .event::<OrderPlaced>()
-        .event::<OrderShipped>()
-        .wildcard_handler("collect", None, move |e: AnyEnvelope| {
-            let _ = tx.send(e.to_json().expect("encodes"));
-            std::future::ready(Ok::<_, HandlerError>(()))
-        })
-        .build()
-        .await
-        .expect("connects");
-    bus.start_consuming().await.expect("consumes");
-    (bus, rx)
+    interop::rust_consumer(scope.builder().configure(move |c| c.consumer_group = group)).await
 }
 
 async fn collect(rx: &mut mpsc::UnboundedReceiver<Value>, n: usize) -> BTreeMap<String, Value> {
-    let mut out = BTreeMap::new();
-    for _ in 0..n {
-        let v = tokio::time::timeout(WAIT, rx.recv())
-            .await
-            .expect("in time")
-            .expect("open");
-        let id = v["event_id"].as_str().expect("event_id").to_owned();
-        assert!(
-            out.insert(id.clone(), v).is_none(),
-            "event {id} received twice"
-        );
-    }
-    out
+    interop::collect(rx, n, WAIT).await
 }
 
 #[tokio::test]

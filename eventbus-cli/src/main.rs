@@ -411,15 +411,24 @@ async fn dlq(
         DlqCommand::Replay { group, id } => {
             let group = group_of(group);
             let dlq = bus.dlq(&group);
+            let config = bus.config();
+            // On Kafka, a dead letter eventsource-py made (no `eventbus_retry_group`)
+            // is replayed to the main topic, one eventbus made to the group's retry topic.
+            let to_main_topic = config.url.is_kafka()
+                && dlq
+                    .show(id)
+                    .await?
+                    .is_some_and(|m| !m.headers.contains_key("eventbus_retry_group"));
             if !dlq.replay(id).await? {
                 return Err(Failure::NotFound(format!(
                     "no message `{id}` in {}",
                     dlq.queue_name()
                 )));
             }
-            let config = bus.config();
             let target = if config.url.is_redis() {
                 format!("consumer group {group} of {}", config.stream_name())
+            } else if to_main_topic {
+                config.kafka_topic()
             } else if config.url.is_kafka() {
                 config.kafka_retry_topic(&group)
             } else {

@@ -8,9 +8,9 @@ use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::kafka::{Tansu, builder};
+use common::kafka::{self, Tansu, builder, records};
 use common::{OrderPlaced, placed};
-use eventbus::{Envelope, HandlerError};
+use eventbus::{AnyEnvelope, Envelope, HandlerError};
 
 fn eventbus(tansu: &Tansu, prefix: &str, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_eventbus"))
@@ -106,5 +106,75 @@ async fn dlq_queue_and_health_commands_on_kafka() {
     ));
     assert_eq!(purged["purged"], 3);
     assert_eq!(dlq.count().await.expect("count"), 0);
+    bus.shutdown(Duration::from_secs(10)).await.expect("stops");
+}
+
+#[tokio::test]
+async fn dlq_replay_sends_an_eventsource_py_dead_letter_to_the_main_topic() {
+    let tansu = Tansu::start();
+    let prefix = kafka::prefix("cli-pydlq");
+    // Creates the topic and the DLQ topic.
+    let bus = builder(&tansu, &prefix).build().await.expect("connects");
+    let topic = format!("{prefix}.stream");
+    let event = placed("py");
+    let id = event.meta().event_id().to_string();
+    let key = event.meta().aggregate_id().to_string();
+    let body = AnyEnvelope::from(event)
+        .to_json()
+        .expect("encodes")
+        .to_string();
+    // As eventsource-py's consumer writes a dead letter after one retry:
+    // the retry's headers, then its dlq_* headers; no eventbus_* header.
+    kafka::produce(
+        &tansu,
+        &format!("{topic}.dlq"),
+        &key,
+        Some(&body),
+        &[
+            ("event_id", &id),
+            ("event_type", "OrderPlaced"),
+            ("aggregate_id", &key),
+            ("retry_count", "1"),
+            ("retry_after", "1764700000.25"),
+            ("dlq_reason", "max_retries_exceeded"),
+            ("dlq_error_type", "RuntimeError"),
+            ("dlq_error_message", "the Python handler fails"),
+            ("dlq_retry_count", "1"),
+            ("dlq_timestamp", "2026-12-03T09:00:00.000001+00:00"),
+            ("dlq_original_topic", &topic),
+            ("dlq_original_partition", "0"),
+            ("dlq_original_offset", "1"),
+            ("dlq_consumer_group", "py"),
+        ],
+    )
+    .await;
+    let replayed = json(eventbus(
+        &tansu,
+        &prefix,
+        &["--json", "dlq", "replay", "--group", "py", &id],
+    ));
+    assert_eq!(replayed["to"], topic.as_str(), "{replayed}");
+    let main = records(&tansu, &topic);
+    assert_eq!(main.len(), 1, "{main:?}");
+    let r = &main[0];
+    assert_eq!(r.key.as_deref(), Some(key.as_str()));
+    assert_eq!(r.value.as_deref(), Some(body.as_str()));
+    assert_eq!(r.header("event_id"), Some(id.as_str()));
+    assert_eq!(r.header("retry_count"), Some("0"));
+    assert_eq!(r.header("dlq_replay_count"), Some("1"));
+    assert_eq!(r.header("retry_after"), None);
+    assert_eq!(r.header("eventbus_retry_group"), None);
+    assert!(
+        r.headers
+            .iter()
+            .all(|(k, _)| !k.starts_with("dlq_") || k == "dlq_replay_count"),
+        "{:?}",
+        r.headers
+    );
+    assert!(
+        records(&tansu, &format!("{topic}.retry.py")).is_empty(),
+        "nothing on the retry topic"
+    );
+    assert_eq!(bus.dlq("py").count().await.expect("count"), 0, "settled");
     bus.shutdown(Duration::from_secs(10)).await.expect("stops");
 }

@@ -150,6 +150,14 @@ impl Drop for Tansu {
     }
 }
 
+/// A topic prefix of the test's own: `t-{test}-{8 hex}`.
+pub fn prefix(test: &str) -> String {
+    format!(
+        "t-{test}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    )
+}
+
 /// A builder on `tansu` with the test's own topic prefix, discovery off,
 /// short timeouts and fast retries.
 pub fn builder(tansu: &Tansu, prefix: &str) -> eventbus::BusBuilder {

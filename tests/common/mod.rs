@@ -318,6 +318,7 @@ pub async fn assert_stuck_shutdown_returns_by_its_timeout(builder: BusBuilder) {
     );
 }
 
+pub mod interop;
 pub mod kafka;
 pub mod pki;
 pub mod python;

@@ -1,4 +1,4 @@
-//! The real eventsource-py 0.15.1 (RabbitMQ and Redis extras, and
+//! The real eventsource-py 0.15.1 (RabbitMQ, Redis and Kafka extras, and
 //! OpenTelemetry's SDK) in a virtual
 //! environment the tests create once (Python 3.13, found on PATH or under
 //! pyenv; `EVENTBUS_INTEROP_PYTHON` overrides).
@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-pub const EVENTSOURCE: &str = "eventsource-py[rabbitmq,redis]==0.15.1";
+pub const EVENTSOURCE: &str = "eventsource-py[rabbitmq,redis,kafka]==0.15.1";
 /// OpenTelemetry's SDK, for the cross-language trace tests.
 pub const OTEL_SDK: &str = "opentelemetry-sdk==1.45.2";
 

@@ -499,6 +499,8 @@ impl Group {
                         record.offset.to_string(),
                     ),
                     (record::DLQ_CONSUMER_GROUP.to_owned(), group.to_owned()),
+                    // Made by eventbus: a replay goes to the group's retry topic.
+                    (record::RETRY_GROUP.to_owned(), group.to_owned()),
                 ];
                 if let Some(h) = why.handler {
                     extra.push((record::DLQ_HANDLER.to_owned(), h));
@@ -509,14 +511,8 @@ impl Group {
                         serde_json::to_string(&why.failed).unwrap_or_default(),
                     ));
                 }
-                let headers = record.headers_with(
-                    &[
-                        record::RETRY_AFTER,
-                        record::RETRY_GROUP,
-                        record::FAILED_HANDLERS,
-                    ],
-                    extra,
-                );
+                let headers =
+                    record.headers_with(&[record::RETRY_AFTER, record::FAILED_HANDLERS], extra);
                 let written = self
                     .write(&config.kafka_dlq_topic(), record, &headers)
                     .await;

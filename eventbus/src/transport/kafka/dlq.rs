@@ -5,10 +5,14 @@
 //! A Kafka topic is append-only, so a DLQ record cannot be deleted: a replay
 //! or a purge writes a marker (key `{partition}:{offset}`, header
 //! `dlq_consumer_group`) to `{dlq topic}.settled`, and the tooling skips
-//! marked records. A replay goes to the failing group's retry topic (read by
-//! that group only) with `retry_count=0` and `dlq_replay_count=n+1`, and its
-//! marker is written only after the broker has the replayed copy; past
-//! `dlq_max_replay_attempts` (3) a record is kept.
+//! marked records. A replay of a record eventbus dead-lettered (it names its
+//! group in `eventbus_retry_group`) goes to the failing group's retry topic
+//! (read by that group only); one eventsource-py dead-lettered goes to the
+//! main topic, as eventsource-py's `replay_dlq_message` sends it (its Python
+//! members read no retry topic; every group reads the replay). Either way with
+//! `retry_count=0` and `dlq_replay_count=n+1`, and its marker is written only
+//! after the broker has the replayed copy; past `dlq_max_replay_attempts` (3)
+//! a record is kept.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -206,6 +210,7 @@ impl KafkaTransport {
     ) -> Result<ReplayReport, Error> {
         let config = &self.ctx.config;
         let dlq = config.kafka_dlq_topic();
+        let main_topic = config.kafka_topic();
         let retry_topic = config.kafka_retry_topic(group);
         self.create_topics(&[retry_topic.clone(), settled_topic(&dlq)])
             .await?;
@@ -226,12 +231,14 @@ impl KafkaTransport {
                 report.kept += 1;
                 continue;
             }
-            let headers: Vec<(String, String)> = r
+            let by_eventbus = r.header(record::RETRY_GROUP).is_some();
+            let mut headers: Vec<(String, String)> = r
                 .headers()
                 .filter(|(k, _)| {
                     (!k.starts_with("dlq_")
                         && *k != record::RETRY_COUNT
-                        && *k != record::RETRY_AFTER)
+                        && *k != record::RETRY_AFTER
+                        && *k != record::RETRY_GROUP)
                         || *k == record::FAILED_HANDLERS
                 })
                 .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -241,11 +248,16 @@ impl KafkaTransport {
                         record::DLQ_REPLAY_COUNT.to_owned(),
                         (replays + 1).to_string(),
                     ),
-                    (record::RETRY_GROUP.to_owned(), group.to_owned()),
                 ])
                 .collect();
-            let mut rec = FutureRecord::<[u8], [u8]>::to(&retry_topic)
-                .headers(record::owned_headers(&headers));
+            let target = if by_eventbus {
+                headers.push((record::RETRY_GROUP.to_owned(), group.to_owned()));
+                &retry_topic
+            } else {
+                &main_topic
+            };
+            let mut rec =
+                FutureRecord::<[u8], [u8]>::to(target).headers(record::owned_headers(&headers));
             if let Some(k) = &r.key {
                 rec = rec.key(k);
             }

@@ -15,7 +15,9 @@ pub(crate) const RETRY_COUNT: &str = "retry_count";
 pub(crate) const RETRY_AFTER: &str = "retry_after";
 /// Header (eventbus): JSON array of the handlers a retry (or replay) runs.
 pub(crate) const FAILED_HANDLERS: &str = "eventbus_failed_handlers";
-/// Header (eventbus): the consumer group a retry record is for.
+/// Header (eventbus): the consumer group a retry record is for; on a DLQ
+/// record, the group whose retry topic a replay goes to (eventsource-py's
+/// DLQ records have none).
 pub(crate) const RETRY_GROUP: &str = "eventbus_retry_group";
 /// DLQ headers (eventsource-py's names, plus `dlq_handler`).
 pub(crate) const DLQ_REASON: &str = "dlq_reason";

@@ -206,30 +206,37 @@ pub(crate) const FIELD_FAILED_HANDLERS: &str = "failed_handlers";
 pub(crate) const FIELD_REPLAYED_FROM_DLQ: &str = "replayed_from_dlq";
 
 /// The fields of eventsource-py's `XADD`, in its order, all strings.
-pub(crate) fn stream_fields(meta: &EventMeta, body: &[u8]) -> Vec<(&'static str, String)> {
-    vec![
-        (FIELD_EVENT_ID, meta.event_id.to_string()),
-        (HEADER_EVENT_TYPE, meta.event_type.to_string()),
-        (HEADER_AGGREGATE_ID, meta.aggregate_id.to_string()),
-        (HEADER_AGGREGATE_TYPE, meta.aggregate_type.to_string()),
+pub(crate) fn stream_fields<'b>(
+    meta: &EventMeta,
+    body: &'b [u8],
+) -> [(&'static str, Cow<'b, [u8]>); 7] {
+    let text = |s: String| Cow::Owned(s.into_bytes());
+    [
+        (FIELD_EVENT_ID, text(meta.event_id.to_string())),
+        (HEADER_EVENT_TYPE, text(meta.event_type.to_string())),
+        (HEADER_AGGREGATE_ID, text(meta.aggregate_id.to_string())),
+        (HEADER_AGGREGATE_TYPE, text(meta.aggregate_type.to_string())),
         (
             HEADER_TENANT_ID,
-            meta.tenant_id.map(|t| t.to_string()).unwrap_or_default(),
+            text(meta.tenant_id.map(|t| t.to_string()).unwrap_or_default()),
         ),
-        (FIELD_OCCURRED_AT, python_isoformat(&meta.occurred_at)),
-        (FIELD_PAYLOAD, String::from_utf8_lossy(body).into_owned()),
+        (FIELD_OCCURRED_AT, text(python_isoformat(&meta.occurred_at))),
+        // The body is JSON text already: written as it is, not copied.
+        (FIELD_PAYLOAD, Cow::Borrowed(body)),
     ]
 }
 
 /// Python's `datetime.isoformat()` of an aware UTC time:
 /// `2026-01-15T10:30:00.123456+00:00`, without the fraction when it is zero.
 pub(crate) fn python_isoformat(at: &DateTime<Utc>) -> String {
-    let micros = at.nanosecond() / 1_000;
-    if micros == 0 {
-        at.format("%Y-%m-%dT%H:%M:%S+00:00").to_string()
+    let format = if at.nanosecond() / 1_000 == 0 {
+        SecondsFormat::Secs
     } else {
-        format!("{}.{micros:06}+00:00", at.format("%Y-%m-%dT%H:%M:%S"))
-    }
+        SecondsFormat::Micros
+    };
+    // RFC 3339 with a numeric offset is Python's form (and, unlike a
+    // strftime pattern, is not parsed again for every event).
+    at.to_rfc3339_opts(format, false)
 }
 
 /// Formats a time as eventsource-py (pydantic) does: `2026-01-15T10:30:00.123456Z`,
@@ -415,6 +422,23 @@ pub(crate) fn encode_for_publish(
     event: &AnyEnvelope,
     trace: &[(&'static str, HeaderValue)],
 ) -> Result<WireMessage, crate::Error> {
+    check_for_publish(event)?;
+    let mut message = encode(event).map_err(|source| encode_error(event, source))?;
+    message.headers.extend_from_slice(trace);
+    Ok(message)
+}
+
+/// [`encode_for_publish`] for a transport that carries the metadata in
+/// fields of its own (Redis, Kafka): only the checked JSON body, without
+/// building AMQP headers it would not send.
+pub(crate) fn encode_body_for_publish(event: &AnyEnvelope) -> Result<Vec<u8>, crate::Error> {
+    check_for_publish(event)?;
+    event
+        .encode_body()
+        .map_err(|source| encode_error(event, source))
+}
+
+fn check_for_publish(event: &AnyEnvelope) -> Result<(), crate::Error> {
     let meta = event.meta();
     check_versions(meta.event_version, meta.aggregate_version).map_err(|detail| {
         crate::Error::InvalidEnvelope {
@@ -422,13 +446,14 @@ pub(crate) fn encode_for_publish(
             event_id: meta.event_id.to_string(),
             detail,
         }
-    })?;
-    let mut message = encode(event).map_err(|source| crate::Error::Encode {
-        event_type: meta.event_type().to_owned(),
+    })
+}
+
+fn encode_error(event: &AnyEnvelope, source: serde_json::Error) -> crate::Error {
+    crate::Error::Encode {
+        event_type: event.meta().event_type().to_owned(),
         source,
-    })?;
-    message.headers.extend_from_slice(trace);
-    Ok(message)
+    }
 }
 
 /// The envelope rule eventsource-py's model enforces, checked on publish and on decode.

@@ -467,11 +467,11 @@ impl Transport for KafkaTransport {
         let trace = wire::publish_trace(config.enable_tracing);
         let mut encoded = Vec::with_capacity(events.len());
         for event in events {
-            let message = wire::encode_for_publish(event, &trace)?;
+            let body = wire::encode_body_for_publish(event)?;
             let meta = event.meta();
             encoded.push((
                 meta.aggregate_id.to_string(),
-                message.body,
+                body,
                 record::owned_headers(&record::publish_headers(meta, &trace)),
             ));
         }

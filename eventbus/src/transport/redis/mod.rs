@@ -239,14 +239,14 @@ impl Transport for RedisTransport {
         let mut pipe = redis::pipe();
         let trace = wire::publish_trace(config.enable_tracing);
         for event in events {
-            let message = wire::encode_for_publish(event, &trace)?;
+            let body = wire::encode_body_for_publish(event)?;
             pipe.cmd("XADD").arg(&stream).arg(&trim).arg("*");
-            for (k, v) in wire::stream_fields(event.meta(), &message.body) {
-                pipe.arg(k).arg(v);
+            for (k, v) in wire::stream_fields(event.meta(), &body) {
+                pipe.arg(k).arg(&*v);
             }
             // eventsource-py's entries have no trace context: W3C trace
             // headers travel as extra fields (its consumer ignores them).
-            for (k, v) in wire::trace::fields(&message.headers) {
+            for (k, v) in wire::trace::fields(&trace) {
                 pipe.arg(k).arg(v);
             }
         }

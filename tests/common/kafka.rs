@@ -209,24 +209,31 @@ impl Tansu {
 
     /// Starts a broker on `port` (a restart reuses its predecessor's port).
     pub fn start_on(port: u16) -> Self {
-        Self::spawn(port, Storage::memory())
+        Self::spawn(port, Storage::memory(), &[])
+    }
+
+    /// Starts a broker that requires SASL (`--authentication`). Tansu 0.6
+    /// keeps no SCRAM user on its object-store engines, so it refuses every
+    /// client: for the fail-closed tests.
+    pub fn start_authenticating() -> Self {
+        Self::spawn(free_port(), Storage::memory(), &["--authentication"])
     }
 
     /// Starts a broker on a free port keeping its topics, records and
     /// committed offsets in `store`: [`Tansu::start_again`] finds them there.
     pub fn start_persistent(store: &S3Store) -> Self {
-        Self::spawn(free_port(), store.storage())
+        Self::spawn(free_port(), store.storage(), &[])
     }
 
     /// Starts the broker again (after [`Tansu::stop`]) on the same port and
     /// storage, and waits (at most 20 s) until it listens.
     pub fn start_again(&mut self) {
         self.stop();
-        let again = Self::spawn(self.port, self.storage.clone());
+        let again = Self::spawn(self.port, self.storage.clone(), &[]);
         *self = again;
     }
 
-    fn spawn(port: u16, storage: Storage) -> Self {
+    fn spawn(port: u16, storage: Storage, extra: &[&str]) -> Self {
         let url = format!("tcp://127.0.0.1:{port}");
         let mut child = Command::new(tansu_binary())
             .args([
@@ -237,6 +244,7 @@ impl Tansu {
                 &url,
             ])
             .args(["--storage-engine", &storage.url])
+            .args(extra)
             .envs(storage.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -852,3 +852,31 @@ async fn a_member_killed_mid_handler_loses_nothing() {
         .await
         .expect("stops");
 }
+
+#[tokio::test]
+async fn sasl_credentials_the_broker_refuses_fail_closed_without_the_password() {
+    let tansu = Tansu::start_authenticating();
+    let password = "not-the-password-5e1f";
+    let connect = Duration::from_secs(5);
+    let started = std::time::Instant::now();
+    let refused = builder(&tansu, &prefix("sasl"))
+        .configure(|c| {
+            c.security_protocol = "SASL_PLAINTEXT".into();
+            c.sasl_mechanism = Some("SCRAM-SHA-512".into());
+            c.sasl_username = Some("alice".into());
+            c.sasl_password = Some(eventbus::Secret::new(password));
+            c.connect_timeout = connect;
+        })
+        .build()
+        .await
+        .expect_err("the broker refuses these credentials");
+    let took = started.elapsed();
+    eprintln!("refused in {took:?}: {refused}");
+    assert!(
+        matches!(refused, eventbus::Error::Connect { .. }),
+        "{refused:?}"
+    );
+    assert!(took <= connect + Duration::from_secs(3), "took {took:?}");
+    let shown = format!("{refused} {refused:?}");
+    assert!(!shown.contains(password), "the password leaked: {shown}");
+}

@@ -1,5 +1,6 @@
 //! A Kafka-protocol broker of the test's own: Tansu 0.6 (fetched by
-//! `tests/kafka/tansu.sh`), on a free port, in-memory storage, stopped by its
+//! `tests/kafka/tansu.sh`), on a free port, in-memory storage (or, to survive
+//! a restart, an S3 bucket of moto's server: [`S3Store`]), stopped by its
 //! pid when dropped. A watchdog (`sh` reading a pipe this process holds)
 //! stops it too if the test process dies without dropping it.
 //! Production runs Apache Kafka; nothing here leaks into the transport.
@@ -58,11 +59,146 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// A child process and its watchdog: `sh` reading a pipe this process
+/// holds, which kills the child when the test process dies without dropping it.
+struct Watched {
+    child: Child,
+    watchdog: Option<(Child, ChildStdin)>,
+}
+
+impl Watched {
+    fn new(child: Child) -> Self {
+        let mut watchdog = Command::new("sh")
+            .arg("-c")
+            .arg(format!("read _ ; kill {} 2>/dev/null", child.id()))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("sh starts");
+        let pipe = watchdog.stdin.take().expect("piped stdin");
+        Self {
+            child,
+            watchdog: Some((watchdog, pipe)),
+        }
+    }
+
+    /// Stops the child now (by its pid) and waits for it to exit.
+    fn stop(&mut self) {
+        // The watchdog first, so it never signals a reused pid.
+        if let Some((mut watchdog, _pipe)) = self.watchdog.take() {
+            let _ = watchdog.kill();
+            let _ = watchdog.wait();
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// An S3-compatible object store of the test's own (moto's server, on a free
+/// port, objects in its memory) with one bucket: storage for a Tansu that
+/// outlives the broker's process, so a restarted broker keeps its topics,
+/// records and committed offsets. Stopped by its pid when dropped.
+pub struct S3Store {
+    pub port: u16,
+    pub bucket: String,
+    _process: Watched,
+}
+
+impl S3Store {
+    /// Starts moto's server (`moto_server`, else `python3 -m moto.server`;
+    /// `pip install "moto[server]"`) and creates the bucket, within 20 s.
+    pub fn start() -> Self {
+        let port = free_port();
+        let spawn = |program: &str, args: &[&str]| {
+            Command::new(program)
+                .args(args)
+                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+        };
+        let child = spawn("moto_server", &[])
+            .or_else(|_| spawn("python3", &["-m", "moto.server"]))
+            .expect("moto's S3 server runs (pip install \"moto[server]\")");
+        let store = Self {
+            port,
+            bucket: "tansu".to_owned(),
+            _process: Watched::new(child),
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !store.create_bucket() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "moto's S3 server did not answer on port {port} within 20 s \
+                 (is `moto[server]` installed?)"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        store
+    }
+
+    /// `PUT /{bucket}` (moto takes it unsigned); true once answered 200.
+    fn create_bucket(&self) -> bool {
+        use std::io::{Read, Write};
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+        let request = format!(
+            "PUT /{} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            self.bucket, self.port
+        );
+        let mut answer = String::new();
+        s.write_all(request.as_bytes()).is_ok()
+            && s.read_to_string(&mut answer).is_ok()
+            && answer.starts_with("HTTP/1.1 200")
+    }
+
+    /// The storage engine URL and environment of a Tansu keeping its data here.
+    fn storage(&self) -> Storage {
+        Storage {
+            url: format!("s3://{}/", self.bucket),
+            env: vec![
+                ("AWS_ACCESS_KEY_ID", "test".to_owned()),
+                ("AWS_SECRET_ACCESS_KEY", "test".to_owned()),
+                ("AWS_DEFAULT_REGION", "us-east-1".to_owned()),
+                ("AWS_ENDPOINT", format!("http://127.0.0.1:{}", self.port)),
+                ("AWS_ALLOW_HTTP", "true".to_owned()),
+            ],
+        }
+    }
+}
+
+/// Where a Tansu keeps its data: `--storage-engine` and its environment.
+#[derive(Clone)]
+struct Storage {
+    url: String,
+    env: Vec<(&'static str, String)>,
+}
+
+impl Storage {
+    /// In the broker's memory: gone when it stops.
+    fn memory() -> Self {
+        Self {
+            url: "memory://tansu/".to_owned(),
+            env: Vec::new(),
+        }
+    }
+}
+
 /// A running Tansu broker.
 pub struct Tansu {
     pub port: u16,
-    child: Child,
-    watchdog: Option<(Child, ChildStdin)>,
+    storage: Storage,
+    process: Option<Watched>,
 }
 
 impl Tansu {
@@ -73,6 +209,31 @@ impl Tansu {
 
     /// Starts a broker on `port` (a restart reuses its predecessor's port).
     pub fn start_on(port: u16) -> Self {
+        Self::spawn(port, Storage::memory(), &[])
+    }
+
+    /// Starts a broker that requires SASL (`--authentication`). Tansu 0.6
+    /// keeps no SCRAM user on its object-store engines, so it refuses every
+    /// client: for the fail-closed tests.
+    pub fn start_authenticating() -> Self {
+        Self::spawn(free_port(), Storage::memory(), &["--authentication"])
+    }
+
+    /// Starts a broker on a free port keeping its topics, records and
+    /// committed offsets in `store`: [`Tansu::start_again`] finds them there.
+    pub fn start_persistent(store: &S3Store) -> Self {
+        Self::spawn(free_port(), store.storage(), &[])
+    }
+
+    /// Starts the broker again (after [`Tansu::stop`]) on the same port and
+    /// storage, and waits (at most 20 s) until it listens.
+    pub fn start_again(&mut self) {
+        self.stop();
+        let again = Self::spawn(self.port, self.storage.clone(), &[]);
+        *self = again;
+    }
+
+    fn spawn(port: u16, storage: Storage, extra: &[&str]) -> Self {
         let url = format!("tcp://127.0.0.1:{port}");
         let mut child = Command::new(tansu_binary())
             .args([
@@ -82,7 +243,9 @@ impl Tansu {
                 "--advertised-listener-url",
                 &url,
             ])
-            .args(["--storage-engine", "memory://tansu/"])
+            .args(["--storage-engine", &storage.url])
+            .args(extra)
+            .envs(storage.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -101,22 +264,13 @@ impl Tansu {
                 }
             }
         });
-        let mut watchdog = Command::new("sh")
-            .arg("-c")
-            .arg(format!("read _ ; kill {} 2>/dev/null", child.id()))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("sh starts");
-        let pipe = watchdog.stdin.take().expect("piped stdin");
         let mut tansu = Self {
             port,
-            child,
-            watchdog: Some((watchdog, pipe)),
+            storage,
+            process: Some(Watched::new(child)),
         };
         if ready_rx.recv_timeout(Duration::from_secs(20)).is_err() {
-            let status = tansu.child.try_wait();
+            let status = tansu.process.as_mut().map(|p| p.child.try_wait());
             panic!("Tansu did not become ready on port {port} within 20 s (exit: {status:?})");
         }
         tansu
@@ -134,19 +288,9 @@ impl Tansu {
 
     /// Stops the broker now (by its pid) and waits for it to exit.
     pub fn stop(&mut self) {
-        // The watchdog first, so it never signals a reused pid.
-        if let Some((mut watchdog, _pipe)) = self.watchdog.take() {
-            let _ = watchdog.kill();
-            let _ = watchdog.wait();
+        if let Some(mut p) = self.process.take() {
+            p.stop();
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Tansu {
-    fn drop(&mut self) {
-        self.stop();
     }
 }
 

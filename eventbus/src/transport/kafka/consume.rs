@@ -23,7 +23,7 @@ use futures_util::stream::FuturesUnordered;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -36,6 +36,7 @@ use crate::stats::add;
 use crate::wire::{self, HEADER_AGGREGATE_ID, HEADER_EVENT_TYPE, Incoming};
 
 use super::offsets::AckTracker;
+use super::producer::Producer;
 use super::record::{self, Record};
 use super::{blocking, broker, client_config, produce};
 pub(crate) use crate::transport::{ConsumerStates, set_state, spawn_all};
@@ -43,7 +44,7 @@ pub(crate) use crate::transport::{ConsumerStates, set_state, spawn_all};
 /// What every group of one consuming run shares.
 pub(crate) struct Run {
     pub(crate) ctx: Arc<BusContext>,
-    pub(crate) producer: FutureProducer,
+    pub(crate) producer: Producer,
     pub(crate) consumer_name: String,
     pub(crate) stop: CancellationToken,
     /// Receive and commit loops.
@@ -56,7 +57,7 @@ pub(crate) struct Run {
 impl Run {
     pub(crate) fn new(
         ctx: Arc<BusContext>,
-        producer: FutureProducer,
+        producer: Producer,
         consumer_name: String,
         states: ConsumerStates,
     ) -> Self {
@@ -538,9 +539,11 @@ impl Group {
             if let Some(v) = &record.value {
                 r = r.payload(v);
             }
-            match produce(&self.run.producer, r, config.confirm_timeout).await {
+            let producer = self.run.producer.get();
+            match produce(&producer, r, config.confirm_timeout).await {
                 Ok(_) => return true,
                 Err(error) => {
+                    self.run.producer.failed(&producer, &error);
                     self.run.ctx.stats.last_error_at.now();
                     tracing::error!(group = %self.name, %topic, %error, "cannot write to the topic; trying again (the record stays uncommitted meanwhile)");
                     tokio::select! {

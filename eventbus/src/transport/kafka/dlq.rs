@@ -196,7 +196,7 @@ impl KafkaTransport {
         let rec = FutureRecord::<[u8], [u8]>::to(&topic)
             .key(key.as_bytes())
             .headers(record::owned_headers(&headers));
-        produce(self.producer(), rec, config.confirm_timeout)
+        produce(&self.producer(), rec, config.confirm_timeout)
             .await
             .map(|_| ())
             .map_err(|e| broker(format!("marking DLQ record {key} {how}"), &e))
@@ -264,7 +264,7 @@ impl KafkaTransport {
             if let Some(v) = &r.value {
                 rec = rec.payload(v);
             }
-            produce(self.producer(), rec, config.confirm_timeout)
+            produce(&self.producer(), rec, config.confirm_timeout)
                 .await
                 .map_err(|e| broker(format!("replaying DLQ record {}", marker_key(&r)), &e))?;
             self.mark_settled(group, &r, "replayed").await?;

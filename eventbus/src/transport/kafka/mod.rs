@@ -15,6 +15,7 @@
 mod consume;
 mod dlq;
 mod offsets;
+mod producer;
 mod record;
 
 use std::collections::BTreeMap;
@@ -27,7 +28,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use rdkafka::util::Timeout;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
@@ -44,6 +45,7 @@ use crate::transport::{Replay, Transport};
 use crate::wire;
 
 use consume::{Group, Run};
+use producer::Producer;
 
 /// `{hostname}-{8 hex}`, eventsource-py's default consumer name (its `client_id`).
 fn default_consumer_name() -> String {
@@ -151,7 +153,7 @@ struct Consuming {
 /// consumer per group.
 pub(crate) struct KafkaTransport {
     ctx: Arc<BusContext>,
-    producer: FutureProducer,
+    producer: Producer,
     consumer_name: String,
     consuming: tokio::sync::Mutex<Option<Consuming>>,
     states: consume::ConsumerStates,
@@ -179,7 +181,8 @@ impl KafkaTransport {
             .confirm_timeout
             .as_millis()
             .clamp(1, i32::MAX as u128);
-        let producer: FutureProducer = client_config(config, &consumer_name)?
+        let mut settings = client_config(config, &consumer_name)?;
+        settings
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("partitioner", "murmur2_random")
@@ -187,13 +190,12 @@ impl KafkaTransport {
             .set("linger.ms", config.linger_ms.to_string())
             .set("batch.size", config.batch_size.to_string())
             .set("message.timeout.ms", confirm_ms.to_string())
-            .set("queue.buffering.max.messages", "100000")
-            .create()
-            .map_err(|e| Error::Connect {
-                url: config.url.redacted(),
-                reason: format!("invalid Kafka client settings: {e}"),
-            })?;
-        let probe = producer.clone();
+            .set("queue.buffering.max.messages", "100000");
+        let producer = Producer::new(settings, ctx.clone()).map_err(|e| Error::Connect {
+            url: config.url.redacted(),
+            reason: format!("invalid Kafka client settings: {e}"),
+        })?;
+        let probe = producer.get();
         let timeout = config.connect_timeout;
         blocking("connecting", timeout, move || {
             probe
@@ -233,8 +235,9 @@ impl KafkaTransport {
         create_topics(&self.ctx.config, &self.consumer_name, topics).await
     }
 
-    pub(crate) fn producer(&self) -> &FutureProducer {
-        &self.producer
+    /// The producer to use now.
+    pub(crate) fn producer(&self) -> FutureProducer {
+        self.producer.get()
     }
 
     /// A consumer of no group (reading by assignment), or of `group`.
@@ -470,43 +473,40 @@ impl Transport for KafkaTransport {
             let body = wire::encode_body_for_publish(event)?;
             let meta = event.meta();
             encoded.push((
+                meta.event_id.to_string(),
                 meta.aggregate_id.to_string(),
                 body,
                 record::owned_headers(&record::publish_headers(meta, &trace)),
             ));
         }
         let deadline = tokio::time::Instant::now() + config.confirm_timeout;
-        let mut pending = std::collections::VecDeque::with_capacity(encoded.len());
-        for (event, (key, body, headers)) in events.iter().zip(encoded) {
-            let event_id = event.meta().event_id.to_string();
-            let mut record = FutureRecord::<[u8], [u8]>::to(&topic)
-                .key(key.as_bytes())
-                .payload(&body)
-                .headers(headers);
-            loop {
-                match self.producer.send_result(record) {
-                    Ok(delivery) => {
-                        pending.push_back((event_id, delivery));
-                        break;
-                    }
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                        // The local queue is full: wait for the oldest delivery to free room.
-                        record = back;
-                        let Some((id, oldest)) = pending.pop_front() else {
-                            tokio::task::yield_now().await;
-                            continue;
-                        };
-                        settle(oldest, &id, deadline, &topic, &self.ctx).await?;
-                    }
-                    Err((e, _)) => {
-                        self.ctx.stats.last_error_at.now();
-                        return Err(broker(format!("publishing to `{topic}`"), &e));
-                    }
+        let mut from = 0;
+        let mut attempts = 0;
+        loop {
+            let producer = self.producer.get();
+            attempts += 1;
+            let sent = send(
+                (&self.producer, &producer),
+                &topic,
+                &encoded[from..],
+                deadline,
+                &self.ctx,
+            )
+            .await;
+            match sent {
+                Ok(()) => break,
+                // The producer stopped for good (fenced by the broker, say): the
+                // records it did not confirm go once more through a new one.
+                Err((error, confirmed))
+                    if attempts == 1
+                        && self.producer.replaced(&producer)
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    from += confirmed;
+                    tracing::warn!(%error, unconfirmed = encoded.len() - from, "the producer failed for good; sending the unconfirmed records again through a new one");
                 }
+                Err((error, _)) => return Err(error),
             }
-        }
-        while let Some((id, d)) = pending.pop_front() {
-            settle(d, &id, deadline, &topic, &self.ctx).await?;
         }
         self.ctx.stats.last_publish_at.now();
         Ok(events.len())
@@ -606,7 +606,7 @@ impl Transport for KafkaTransport {
 
     async fn close(&self) -> Result<(), Error> {
         let stopped = self.stop_consuming(self.ctx.config.shutdown_timeout).await;
-        let producer = self.producer.clone();
+        let producer = self.producer.get();
         let t = self.ctx.config.confirm_timeout;
         let _ = blocking("flushing the producer", t, move || {
             producer
@@ -619,7 +619,7 @@ impl Transport for KafkaTransport {
 
     async fn health(&self) -> HealthStatus {
         let config = &self.ctx.config;
-        let producer = self.producer.clone();
+        let producer = self.producer.get();
         let t = config.socket_timeout;
         let probe = blocking("reading the cluster metadata", t, move || {
             producer
@@ -702,8 +702,64 @@ impl Transport for KafkaTransport {
     }
 }
 
+/// One encoded event: its id, the record key, value and headers.
+type Encoded = (String, String, Vec<u8>, rdkafka::message::OwnedHeaders);
+
+/// Sends `records` through `producer` and awaits the broker's
+/// acknowledgement of each, by `deadline`. On failure, also how many of
+/// them (a prefix) the broker acknowledged.
+async fn send(
+    (handle, producer): (&Producer, &FutureProducer),
+    topic: &str,
+    records: &[Encoded],
+    deadline: tokio::time::Instant,
+    ctx: &BusContext,
+) -> Result<(), (Error, usize)> {
+    let mut pending = std::collections::VecDeque::with_capacity(records.len());
+    let mut confirmed = 0;
+    for (event_id, key, body, headers) in records {
+        let mut record = FutureRecord::<[u8], [u8]>::to(topic)
+            .key(key.as_bytes())
+            .payload(body)
+            .headers(headers.clone());
+        loop {
+            match producer.send_result(record) {
+                Ok(delivery) => {
+                    pending.push_back((event_id, delivery));
+                    break;
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    // The local queue is full: wait for the oldest delivery to free room.
+                    record = back;
+                    let Some((id, oldest)) = pending.pop_front() else {
+                        tokio::task::yield_now().await;
+                        continue;
+                    };
+                    settle((handle, producer), oldest, id, deadline, topic, ctx)
+                        .await
+                        .map_err(|e| (e, confirmed))?;
+                    confirmed += 1;
+                }
+                Err((e, _)) => {
+                    ctx.stats.last_error_at.now();
+                    handle.failed(producer, &e);
+                    return Err((broker(format!("publishing to `{topic}`"), &e), confirmed));
+                }
+            }
+        }
+    }
+    while let Some((id, d)) = pending.pop_front() {
+        settle((handle, producer), d, id, deadline, topic, ctx)
+            .await
+            .map_err(|e| (e, confirmed))?;
+        confirmed += 1;
+    }
+    Ok(())
+}
+
 /// Awaits one delivery report, by `deadline`.
 async fn settle(
+    (handle, producer): (&Producer, &FutureProducer),
     delivery: rdkafka::producer::DeliveryFuture,
     event_id: &str,
     deadline: tokio::time::Instant,
@@ -718,6 +774,7 @@ async fn settle(
         }
         Ok(Ok(Err((e, _)))) => {
             ctx.stats.last_error_at.now();
+            handle.failed(producer, &e);
             Err(match e {
                 KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut) => {
                     Error::ConfirmTimeout {

@@ -1,0 +1,257 @@
+//! The Kafka broker restarted mid-run: a Tansu of the test's own whose topics,
+//! records and committed offsets live in an S3 bucket (moto's server), stopped
+//! by its pid while a bus consumes and publishes at a steady rate, then
+//! started again on the same port and storage. A publish during the outage
+//! either succeeds after the restart or fails with a typed error by its
+//! `confirm_timeout`; every acknowledged event is handled (duplicates allowed,
+//! nothing lost), offsets keep advancing, and health goes down, then up.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::kafka::{S3Store, Tansu, builder, committed};
+use common::{OrderPlaced, eventually, placed};
+use eventbus::{Envelope, Error, HandlerError};
+use uuid::Uuid;
+
+const WAIT: Duration = Duration::from_secs(60);
+/// The steady publisher's `confirm_timeout` (the builder's).
+const CONFIRM: Duration = Duration::from_secs(20);
+/// The short publisher's, shorter than the outage.
+const SHORT_CONFIRM: Duration = Duration::from_secs(2);
+/// Time a failing call may take past its bound (scheduling on a busy machine).
+const SLACK: Duration = Duration::from_secs(3);
+
+/// What the steady publisher saw.
+#[derive(Debug, Default)]
+struct Published {
+    confirmed: BTreeSet<Uuid>,
+    failed: Vec<String>,
+    slowest: Duration,
+    batches: usize,
+    /// When each confirmed batch was started.
+    confirmed_at: Vec<Instant>,
+}
+
+fn total(offsets: &[(i32, i64)]) -> i64 {
+    offsets.iter().map(|(_, o)| (*o).max(0)).sum()
+}
+
+#[tokio::test]
+async fn a_restarted_broker_loses_no_acknowledged_event() {
+    let store = S3Store::start();
+    let mut tansu = Tansu::start_persistent(&store);
+    let prefix = format!("t-restart-{}", &Uuid::new_v4().simple().to_string()[..8]);
+    let topic = format!("{prefix}.stream");
+    let handled: Arc<Mutex<Vec<Uuid>>> = Arc::default();
+    let h = handled.clone();
+    let bus = builder(&tansu, &prefix)
+        .configure(|c| {
+            c.socket_timeout = Duration::from_secs(2);
+            c.socket_connect_timeout = Duration::from_secs(1);
+        })
+        .handler::<OrderPlaced, _, _>("record", move |e: Arc<Envelope<OrderPlaced>>| {
+            h.lock().expect("not poisoned").push(e.meta().event_id());
+            std::future::ready(Ok::<_, HandlerError>(()))
+        })
+        .build()
+        .await
+        .expect("connects");
+    assert_eq!(bus.config().confirm_timeout, CONFIRM);
+    // A second publisher whose confirm_timeout ends within the outage.
+    let short = builder(&tansu, &prefix)
+        .configure(|c| {
+            c.confirm_timeout = SHORT_CONFIRM;
+            c.socket_timeout = Duration::from_secs(1);
+        })
+        .build()
+        .await
+        .expect("connects");
+    bus.start_consuming().await.expect("consumes");
+    let handled_ids = || -> BTreeSet<Uuid> {
+        handled
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .copied()
+            .collect()
+    };
+
+    // Batches of 5 every 100 ms until told to stop.
+    let published: Arc<Mutex<Published>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let publisher = {
+        let (bus, published, stop) = (bus.clone(), published.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            for batch in 0.. {
+                tick.tick().await;
+                if stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                let events: Vec<_> = (0..5).map(|i| placed(&format!("{batch}-{i}"))).collect();
+                let ids: Vec<Uuid> = events.iter().map(|e| e.meta().event_id()).collect();
+                let started = Instant::now();
+                let result = bus.publish(events).await;
+                let took = started.elapsed();
+                let mut p = published.lock().expect("not poisoned");
+                p.batches += 1;
+                p.slowest = p.slowest.max(took);
+                match result {
+                    Ok(report) => {
+                        assert_eq!(report.published, 5);
+                        p.confirmed.extend(ids);
+                        p.confirmed_at.push(started);
+                    }
+                    // Allowed during the outage, typed and by confirm_timeout.
+                    Err(e) => {
+                        assert!(
+                            matches!(
+                                e,
+                                Error::ConfirmTimeout { .. }
+                                    | Error::Broker { .. }
+                                    | Error::NotConnected(_)
+                            ),
+                            "untyped failure: {e:?}"
+                        );
+                        p.failed.push(e.to_string());
+                    }
+                }
+            }
+        })
+    };
+
+    eventually("events flow before the outage", WAIT, || {
+        let n = handled.lock().expect("not poisoned").len();
+        let c = total(&committed(&tansu, "default", &topic));
+        async move { n >= 50 && c > 0 }
+    })
+    .await;
+    assert!(bus.health_check().await.healthy);
+    let committed_before = total(&committed(&tansu, "default", &topic));
+    let batches_before = published.lock().expect("not poisoned").batches;
+
+    tansu.stop();
+    let stopped = Instant::now();
+    eventually("the outage shows in health", WAIT, || {
+        let bus = bus.clone();
+        async move {
+            let h = bus.health_check().await;
+            !h.healthy && h.error.is_some()
+        }
+    })
+    .await;
+    // A publish that cannot be confirmed in time says so, by its timeout.
+    let lost = placed("during-the-outage");
+    let started = Instant::now();
+    let refused = short.publish([lost.clone()]).await;
+    let took = started.elapsed();
+    assert!(
+        matches!(
+            refused,
+            Err(Error::ConfirmTimeout { .. } | Error::Broker { .. } | Error::NotConnected(_))
+        ),
+        "a publish while the broker is down: {refused:?}"
+    );
+    assert!(took <= SHORT_CONFIRM + SLACK, "took {took:?}");
+    eprintln!("while down: {took:?}: {refused:?}");
+
+    let restarting = Instant::now();
+    tansu.start_again();
+    eventually("healthy again", WAIT, || {
+        let bus = bus.clone();
+        async move { bus.health_check().await.healthy }
+    })
+    .await;
+    // The publisher that timed out publishes again: the broker fences its old
+    // producer id, and the bus goes on through a new producer (a try that
+    // meets the fence late fails with a typed error, by its timeout).
+    let again = placed("after-the-outage");
+    let deadline = Instant::now() + WAIT;
+    let mut tries = Vec::new();
+    while let Err(e) = short.publish([again.clone()]).await {
+        assert!(
+            matches!(e, Error::ConfirmTimeout { .. } | Error::Broker { .. }),
+            "untyped failure: {e:?}"
+        );
+        tries.push(e.to_string());
+        assert!(
+            Instant::now() < deadline,
+            "the publisher that timed out never publishes again: {tries:?}"
+        );
+    }
+    eprintln!(
+        "published again after {} failed tries: {tries:?}",
+        tries.len()
+    );
+    let committed_again = total(&committed(&tansu, "default", &topic));
+    assert!(
+        committed_again >= committed_before,
+        "the restarted broker kept the group's offsets: {committed_again} < {committed_before}"
+    );
+    eventually("publishing resumes", WAIT, || {
+        let p = published.lock().expect("not poisoned");
+        let ok = p.batches >= batches_before + 30;
+        async move { ok }
+    })
+    .await;
+    stop.store(true, Ordering::SeqCst);
+    publisher.await.expect("the publisher ran");
+    let published = std::mem::take(&mut *published.lock().expect("not poisoned"));
+    assert!(
+        published.slowest <= CONFIRM + SLACK,
+        "a publish took {:?}",
+        published.slowest
+    );
+    assert!(
+        published
+            .confirmed_at
+            .iter()
+            .any(|t| (stopped..restarting).contains(t)),
+        "no publish made while the broker was down was confirmed after the restart"
+    );
+    let mut confirmed = published.confirmed.clone();
+    confirmed.insert(again.meta().event_id());
+    eventually("every acknowledged event is handled", WAIT, || {
+        let missing = confirmed.difference(&handled_ids()).count();
+        async move { missing == 0 }
+    })
+    .await;
+    // Every acknowledged record is committed by the group (counted by the
+    // publisher: Tansu 0.6 answers a partition's end offset with its last
+    // batch's first offset + 1, so its watermarks undercount).
+    let acknowledged = i64::try_from(confirmed.len()).expect("small");
+    eventually(
+        "offsets advance past every acknowledged record",
+        WAIT,
+        || {
+            let c = total(&committed(&tansu, "default", &topic));
+            async move { c >= acknowledged }
+        },
+    )
+    .await;
+    assert!(bus.health_check().await.healthy);
+
+    let all = handled.lock().expect("not poisoned").clone();
+    let unique: BTreeSet<Uuid> = all.iter().copied().collect();
+    eprintln!(
+        "batches {}, acknowledged {}, failed {} ({:?}), handled {} ({} duplicates), slowest publish {:?}",
+        published.batches,
+        published.confirmed.len(),
+        published.failed.len(),
+        published.failed.first(),
+        all.len(),
+        all.len() - unique.len(),
+        published.slowest
+    );
+    assert!(published.confirmed.len() >= 100);
+    short
+        .shutdown(Duration::from_secs(10))
+        .await
+        .expect("stops");
+    bus.shutdown(Duration::from_secs(10)).await.expect("stops");
+}

@@ -286,16 +286,23 @@ fn main() {
         n += 1;
         format!("bench-{}-{n}", &run_id[..8])
     };
-    // Publish: each system into an empty stream of its own.
-    let mut publish = Vec::new();
-    for system in [System::Eventbus, System::Plain] {
+    // Publish: each system into an empty stream of its own, in the order
+    // eventbus, plain, plain, eventbus, best of two each: the first run into
+    // a fresh server pays for growing its memory, and whoever ran first lost.
+    let mut best = [0.0f64; 2];
+    for (i, system) in [
+        (0, System::Eventbus),
+        (1, System::Plain),
+        (1, System::Plain),
+        (0, System::Eventbus),
+    ] {
         let prefix = fresh();
-        publish.push(Some(
-            side::run_measurement(&cli.url, system, Scenario::Publish, cli.events, &prefix)
-                .per_second,
-        ));
+        let figure =
+            side::run_measurement(&cli.url, system, Scenario::Publish, cli.events, &prefix);
+        best[i] = best[i].max(figure.per_second);
         delete_prefix(&cli.url, &prefix);
     }
+    let mut publish = vec![Some(best[0]), Some(best[1])];
     let prefix = fresh();
     publish
         .push(run_python(&cli, Scenario::Publish, cli.events / 4, &prefix).map(|f| f.per_second));
@@ -397,7 +404,8 @@ fn main() {
         "## Redis Streams\n\nOne run of `bench-redis` against the local Redis ({redis_version}): eventbus, a plain loop on the \
 `redis` crate (pipelined `XADD`s in chunks of 100 with 10 in flight; `XREADGROUP COUNT 100`, decode, one `XACK` per read), \
 and eventsource-py's `RedisEventBus` (`bench/redis_py_bench.py`; its publish run uses a quarter of the events). One process \
-per (system, scenario); consume runs read a stream the harness pre-filled.\n\n```sh\ncargo run --release -p eventbus-bench \
+per (system, scenario); publish runs go eventbus, plain, plain, eventbus and each system's best of two counts (the first \
+run into a fresh server pays for growing its memory); consume runs read a stream the harness pre-filled.\n\n```sh\ncargo run --release -p eventbus-bench \
 --bin bench-redis -- --events {} --backlog {} --python target/tmp/interop-venv/bin/python --write BENCHMARKS.md\n```\n\n\
 {table}\n### Targets\n\n{targets}",
         cli.events, cli.backlog

@@ -11,7 +11,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::OrderPlaced;
-use common::interop::{by_id, collect, python_consumer, rich_events, rust_consumer};
+use common::interop::{
+    by_id, collect, python_accepts_every_event, python_consumer, rich_events, rust_consumer,
+};
 use common::kafka::{self, Tansu, builder, prefix, records};
 use common::python::{python, script};
 use eventbus::{AnyEnvelope, DomainEvent, Envelope};
@@ -117,7 +119,7 @@ async fn rust_publishes_and_a_python_handler_accepts_every_event() {
     let prefix = prefix("rs2py");
     // Creates the topic (three partitions) before Python subscribes to it.
     let publisher = builder(&tansu, &prefix).build().await.expect("connects");
-    let (mut python, out) = python_consumer(
+    let mut python = python_consumer(
         peer(
             &tansu,
             &prefix,
@@ -125,21 +127,7 @@ async fn rust_publishes_and_a_python_handler_accepts_every_event() {
         ),
         WAIT,
     );
-    let events = rich_events(10);
-    let sent = by_id(
-        events
-            .iter()
-            .map(|e| e.to_json().expect("encodes").to_string()),
-    );
-    publisher.publish(events).await.expect("published");
-    let status = python.0.wait().expect("python exits");
-    let received: Vec<String> = out.try_iter().collect();
-    assert!(
-        status.success(),
-        "the Python consumer did not accept every event: {received:?}"
-    );
-    assert_eq!(received.len(), 10, "once each: {received:?}");
-    assert_eq!(by_id(received), sent);
+    python_accepts_every_event(&publisher, &mut python, 10).await;
     await_committed(&tansu, "python", &format!("{prefix}.stream")).await;
     publisher
         .shutdown(Duration::from_secs(10))

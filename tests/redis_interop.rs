@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 use std::time::Duration;
 
-use common::interop::{self, by_id, rich_events};
+use common::interop::{self, by_id, python_accepts_every_event, rich_events};
 use common::python::{python, script};
 use common::redis_scope::RedisScope;
 use common::{ChildGuard, OrderPlaced};
@@ -81,22 +81,9 @@ async fn python_publishes_and_rust_receives_every_field() {
 #[tokio::test]
 async fn rust_publishes_and_a_python_handler_validates_every_event() {
     let scope = RedisScope::new("interop-rs2py");
-    let (mut python, out) = python_consumer(&scope, "python", 10);
+    let mut python = python_consumer(&scope, "python", 10);
     let publisher = scope.builder().build().await.expect("connects");
-    let events = rich_events(10);
-    let sent = by_id(
-        events
-            .iter()
-            .map(|e| e.to_json().expect("encodes").to_string()),
-    );
-    publisher.publish(events).await.expect("published");
-    let status = python.0.wait().expect("python exits");
-    let received: Vec<String> = out.try_iter().collect();
-    assert!(
-        status.success(),
-        "the Python consumer did not accept every event: {received:?}"
-    );
-    assert_eq!(by_id(received), sent);
+    python_accepts_every_event(&publisher, &mut python, 10).await;
     assert_eq!(scope.pending("python"), 0, "Python acked them all");
     publisher
         .shutdown(Duration::from_secs(10))

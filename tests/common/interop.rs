@@ -129,3 +129,29 @@ pub fn python_consumer(
     );
     (guard, out)
 }
+
+/// Publishes `n` rich events through `publisher` and waits for the Python
+/// consumer (started by [`python_consumer`], printing each event it
+/// accepted) to exit: it must succeed, having accepted each event exactly
+/// once, equal on every field.
+pub async fn python_accepts_every_event(
+    publisher: &Bus,
+    (python, out): &mut (ChildGuard, std::sync::mpsc::Receiver<String>),
+    n: usize,
+) {
+    let events = rich_events(n);
+    let sent = by_id(
+        events
+            .iter()
+            .map(|e| e.to_json().expect("encodes").to_string()),
+    );
+    publisher.publish(events).await.expect("published");
+    let status = python.0.wait().expect("python exits");
+    let received: Vec<String> = out.try_iter().collect();
+    assert!(
+        status.success(),
+        "the Python consumer did not accept every event: {received:?}"
+    );
+    assert_eq!(received.len(), n, "once each: {received:?}");
+    assert_eq!(by_id(received), sent);
+}

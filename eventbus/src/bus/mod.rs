@@ -143,10 +143,13 @@ impl Bus {
         I: IntoIterator,
         I::Item: Into<AnyEnvelope>,
     {
-        let events: Vec<AnyEnvelope> = events.into_iter().map(Into::into).collect();
-        runtime::publish_in_chunks(&self.ctx.config, &events, preserve_order, |chunk| {
-            self.timed_publish(chunk)
-        })
+        let events: Vec<I::Item> = events.into_iter().collect();
+        runtime::publish_in_chunks(
+            &self.ctx.config,
+            events,
+            preserve_order,
+            |chunk| async move { self.timed_publish(&chunk).await },
+        )
         .await
     }
 

@@ -286,26 +286,34 @@ fn main() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let run_id = uuid::Uuid::new_v4().simple().to_string();
     let prefix = |what: &str| format!("bench-{}-{what}", &run_id[..8]);
-    let mut publish = Vec::new();
-    for system in [System::Eventbus, System::Plain] {
-        let p = prefix(&format!("p-{system:?}"));
-        rt.block_on(prefill(&url, &p, 0));
-        publish.push(Some(
-            side::run_measurement(&url, system, Scenario::Publish, cli.events, &p).per_second,
-        ));
-    }
+    // Each system runs twice, in the order eventbus, plain, plain, eventbus,
+    // and its best run counts (a single run on this 2-core machine, which
+    // Tansu shares, varies by 20% and more). Every run gets topics of its
+    // own; consume runs read one the harness pre-filled with `prefilled`.
+    let best_of_two = |scenario: Scenario, prefilled: usize| -> Vec<Option<f64>> {
+        let mut best = [0.0f64; 2];
+        for (n, (i, system)) in [
+            (0, System::Eventbus),
+            (1, System::Plain),
+            (1, System::Plain),
+            (0, System::Eventbus),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let p = prefix(&format!("{}-{system:?}-{n}", scenario_name(scenario)));
+            rt.block_on(prefill(&url, &p, prefilled));
+            let figure = side::run_measurement(&url, system, scenario, cli.events, &p);
+            best[i] = best[i].max(figure.per_second);
+        }
+        best.map(Some).to_vec()
+    };
+    let mut publish = best_of_two(Scenario::Publish, 0);
     let p = prefix("p-py");
     rt.block_on(prefill(&url, &p, 0));
     publish
         .push(run_python(&cli, &url, Scenario::Publish, cli.events / 4, &p).map(|f| f.per_second));
-    let mut consume = Vec::new();
-    for system in [System::Eventbus, System::Plain] {
-        let p = prefix(&format!("c-{system:?}"));
-        rt.block_on(prefill(&url, &p, cli.events));
-        consume.push(Some(
-            side::run_measurement(&url, system, Scenario::Consume, cli.events, &p).per_second,
-        ));
-    }
+    let mut consume = best_of_two(Scenario::Consume, cli.events);
     let p = prefix("c-py");
     rt.block_on(prefill(&url, &p, cli.events / 4));
     consume
@@ -345,7 +353,8 @@ fn main() {
         "## Kafka\n\nOne run of `bench-kafka` against {broker}: eventbus, a plain loop on `rdkafka` (the same producer \
 settings: idempotent, `acks=all`, gzip, `linger.ms=5`, every send awaited concurrently; a `StreamConsumer` that decodes \
 each record and commits every 1,000), and eventsource-py's `KafkaEventBus` (`bench/kafka_py_bench.py`, aiokafka; its runs \
-use a quarter of the events). One process per (system, scenario); consume runs read a topic the harness pre-filled \
+use a quarter of the events). One process per run; eventbus and the plain loop run twice each, in the order eventbus, \
+plain, plain, eventbus, and each one's best run counts; consume runs read a topic the harness pre-filled \
 (3 partitions, eventbus's default) and are timed from the first record handled: joining a group on Tansu takes 15-25 s \
 with librdkafka (about 1 s with aiokafka), which would otherwise swamp the figure.\n\n```sh\nbash tests/kafka/tansu.sh\ncargo run --release -p eventbus-bench \
 --bin bench-kafka -- --events {} --python target/tmp/interop-venv/bin/python --write BENCHMARKS.md\n```\n\n\

@@ -148,9 +148,11 @@ impl Record {
             headers.text.reserve(320);
             headers.ends.reserve_exact(hs.count());
             for h in hs.iter() {
-                match h.value.map(String::from_utf8_lossy) {
-                    Some(v) => headers.push(h.key, &v),
-                    None => headers.push(h.key, ""),
+                let value = h.value.unwrap_or_default();
+                // Checked first: the lossy conversion is slower on valid text.
+                match std::str::from_utf8(value) {
+                    Ok(v) => headers.push(h.key, v),
+                    Err(_) => headers.push(h.key, &String::from_utf8_lossy(value)),
                 }
             }
         }

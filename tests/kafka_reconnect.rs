@@ -141,7 +141,8 @@ async fn a_restarted_broker_loses_no_acknowledged_event() {
         let bus = bus.clone();
         async move {
             let h = bus.health_check().await;
-            !h.healthy && h.error.is_some()
+            // The group's own consumer says so too, not only the probe.
+            !h.healthy && h.error.is_some() && h.consumers.get("default") == Some(&false)
         }
     })
     .await;
@@ -164,7 +165,10 @@ async fn a_restarted_broker_loses_no_acknowledged_event() {
     tansu.start_again();
     eventually("healthy again", WAIT, || {
         let bus = bus.clone();
-        async move { bus.health_check().await.healthy }
+        async move {
+            let h = bus.health_check().await;
+            h.healthy && h.consumers.get("default") == Some(&true)
+        }
     })
     .await;
     // The publisher that timed out publishes again: the broker fences its old
@@ -253,5 +257,72 @@ async fn a_restarted_broker_loses_no_acknowledged_event() {
         .shutdown(Duration::from_secs(10))
         .await
         .expect("stops");
+    bus.shutdown(Duration::from_secs(10)).await.expect("stops");
+}
+
+/// A group with nothing to read: the outage shows in the group's own state
+/// (not only in the metadata probe), and once the broker answers again the
+/// group is receiving again, although no record arrives to show it.
+#[tokio::test]
+async fn an_idle_group_reports_the_outage_and_the_recovery() {
+    let store = S3Store::start();
+    let mut tansu = Tansu::start_persistent(&store);
+    let prefix = format!("t-idle-{}", &Uuid::new_v4().simple().to_string()[..8]);
+    let handled: Arc<Mutex<Vec<Uuid>>> = Arc::default();
+    let h = handled.clone();
+    let bus = builder(&tansu, &prefix)
+        .configure(|c| {
+            c.socket_timeout = Duration::from_secs(2);
+            c.socket_connect_timeout = Duration::from_secs(1);
+        })
+        .handler::<OrderPlaced, _, _>("record", move |e: Arc<Envelope<OrderPlaced>>| {
+            h.lock().expect("not poisoned").push(e.meta().event_id());
+            std::future::ready(Ok::<_, HandlerError>(()))
+        })
+        .build()
+        .await
+        .expect("connects");
+    bus.start_consuming().await.expect("consumes");
+    let group_state = |bus: &eventbus::Bus| {
+        let bus = bus.clone();
+        async move {
+            let h = bus.health_check().await;
+            (h.healthy, h.consumers.get("default").copied())
+        }
+    };
+    eventually("the idle group is receiving", WAIT, || {
+        let state = group_state(&bus);
+        async move { state.await == (true, Some(true)) }
+    })
+    .await;
+
+    tansu.stop();
+    eventually("the outage shows in the idle group's state", WAIT, || {
+        let state = group_state(&bus);
+        async move { state.await == (false, Some(false)) }
+    })
+    .await;
+
+    tansu.start_again();
+    eventually("the idle group is receiving again", WAIT, || {
+        let state = group_state(&bus);
+        async move { state.await == (true, Some(true)) }
+    })
+    .await;
+    // And it does receive.
+    let after = placed("after-the-outage");
+    bus.publish([after.clone()]).await.expect("published");
+    eventually(
+        "the event published after the outage is handled",
+        WAIT,
+        || {
+            let seen = handled
+                .lock()
+                .expect("not poisoned")
+                .contains(&after.meta().event_id());
+            async move { seen }
+        },
+    )
+    .await;
     bus.shutdown(Duration::from_secs(10)).await.expect("stops");
 }

@@ -15,6 +15,7 @@
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,7 +24,9 @@ use futures_util::stream::FuturesUnordered;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::FutureRecord;
+use rdkafka::util::Timeout;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -144,15 +147,39 @@ impl Trackers {
 }
 
 /// Commits the handled prefix of partitions being revoked, before another
-/// member gets them.
+/// member gets them, and marks the group as not receiving while no broker
+/// answers.
 pub(crate) struct GroupContext {
     group: Arc<str>,
     trackers: Arc<Mutex<Trackers>>,
     /// Set once the group has given this member its (possibly empty) share.
     assigned: tokio::sync::watch::Sender<bool>,
+    states: ConsumerStates,
+    /// librdkafka reported every broker down, and nothing since has shown
+    /// one answering (librdkafka reconnects by itself; `recv` returns no
+    /// error meanwhile, it only waits).
+    unreachable: AtomicBool,
 }
 
-impl ClientContext for GroupContext {}
+impl GroupContext {
+    /// Clears the unreachable mark; `true` when it was set.
+    fn reachable_again(&self) -> bool {
+        self.unreachable.swap(false, Ordering::AcqRel)
+    }
+}
+
+impl ClientContext for GroupContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+            if !self.unreachable.swap(true, Ordering::AcqRel) {
+                set_state(&self.states, &self.group, false);
+                tracing::warn!(group = %self.group, %reason, "no broker answers; the group is not receiving until one does");
+            }
+        } else {
+            tracing::warn!(group = %self.group, %error, %reason, "Kafka client error");
+        }
+    }
+}
 
 impl ConsumerContext for GroupContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -282,6 +309,8 @@ impl Group {
                 group: name.clone(),
                 trackers: trackers.clone(),
                 assigned,
+                states: run.states.clone(),
+                unreachable: AtomicBool::new(false),
             })
             .map_err(|e| broker(format!("creating the consumer of group `{name}`"), &e))?;
         consumer
@@ -690,7 +719,9 @@ async fn receive_loop(group: Arc<Group>, consumer: Arc<GroupConsumer>) {
                     }
                 }
                 topic = batch.last().map(|(r, _)| r.topic.clone());
-                if !receiving {
+                // Records arriving show a broker answers again.
+                let was_unreachable = consumer.context().reachable_again();
+                if !receiving || was_unreachable {
                     receiving = true;
                     delay = config.reconnect_delay;
                     set_state(&run.states, name, true);
@@ -702,6 +733,11 @@ async fn receive_loop(group: Arc<Group>, consumer: Arc<GroupConsumer>) {
         if let Some(error) = failed {
             receiving = false;
             set_state(&run.states, name, false);
+            // Until a record arrives or the commit loop sees a broker answer.
+            consumer
+                .context()
+                .unreachable
+                .store(true, Ordering::Release);
             run.ctx.stats.last_error_at.now();
             tracing::warn!(group = %name, %error, retry_in_ms = delay.as_millis() as u64, "receiving failed; retrying");
             tokio::select! {
@@ -718,7 +754,9 @@ async fn receive_loop(group: Arc<Group>, consumer: Arc<GroupConsumer>) {
 const NOT_SETTLED: &str =
     "its record is not committed and is read again after a restart or rebalance";
 
-/// Commits the handled prefix of every partition every `commit_interval_ms`.
+/// Commits the handled prefix of every partition every `commit_interval_ms`;
+/// while no broker answered, asks for the topic's metadata instead, to see
+/// when one does (an idle group gets no record that would show it).
 async fn commit_loop(group: Arc<Group>, consumer: Arc<GroupConsumer>) {
     let run = &group.run;
     let every = Duration::from_millis(run.ctx.config.commit_interval_ms.max(1));
@@ -726,6 +764,26 @@ async fn commit_loop(group: Arc<Group>, consumer: Arc<GroupConsumer>) {
         tokio::select! {
             () = tokio::time::sleep(every) => {}
             () = run.stop.cancelled() => break,
+        }
+        if consumer.context().unreachable.load(Ordering::Acquire) {
+            let probe = consumer.clone();
+            let topic = group.topic.clone();
+            let t = run.ctx.config.socket_timeout;
+            let answered = blocking("reading the topic's metadata", t, move || {
+                probe
+                    .fetch_metadata(Some(&topic), Timeout::After(t))
+                    .map(|m| m.brokers().len())
+                    .map_err(|e| broker("reading the topic's metadata", &e))
+            })
+            .await
+            .is_ok_and(|brokers| brokers > 0);
+            if !answered {
+                continue;
+            }
+            if consumer.context().reachable_again() {
+                tracing::info!(group = %group.name, "a broker answers again; the group is receiving");
+                set_state(&run.states, &group.name, true);
+            }
         }
         let tpl = group.lock().take_commits();
         if tpl.count() > 0

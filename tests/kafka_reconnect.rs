@@ -41,15 +41,12 @@ fn total(offsets: &[(i32, i64)]) -> i64 {
     offsets.iter().map(|(_, o)| (*o).max(0)).sum()
 }
 
-#[tokio::test]
-async fn a_restarted_broker_loses_no_acknowledged_event() {
-    let store = S3Store::start();
-    let mut tansu = Tansu::start_persistent(&store);
-    let prefix = format!("t-restart-{}", &Uuid::new_v4().simple().to_string()[..8]);
-    let topic = format!("{prefix}.stream");
+/// A bus on `tansu` with short socket timeouts whose default group records
+/// the id of each event it handles.
+async fn recording_bus(tansu: &Tansu, prefix: &str) -> (eventbus::Bus, Arc<Mutex<Vec<Uuid>>>) {
     let handled: Arc<Mutex<Vec<Uuid>>> = Arc::default();
     let h = handled.clone();
-    let bus = builder(&tansu, &prefix)
+    let bus = builder(tansu, prefix)
         .configure(|c| {
             c.socket_timeout = Duration::from_secs(2);
             c.socket_connect_timeout = Duration::from_secs(1);
@@ -61,6 +58,16 @@ async fn a_restarted_broker_loses_no_acknowledged_event() {
         .build()
         .await
         .expect("connects");
+    (bus, handled)
+}
+
+#[tokio::test]
+async fn a_restarted_broker_loses_no_acknowledged_event() {
+    let store = S3Store::start();
+    let mut tansu = Tansu::start_persistent(&store);
+    let prefix = format!("t-restart-{}", &Uuid::new_v4().simple().to_string()[..8]);
+    let topic = format!("{prefix}.stream");
+    let (bus, handled) = recording_bus(&tansu, &prefix).await;
     assert_eq!(bus.config().confirm_timeout, CONFIRM);
     // A second publisher whose confirm_timeout ends within the outage.
     let short = builder(&tansu, &prefix)
@@ -268,20 +275,7 @@ async fn an_idle_group_reports_the_outage_and_the_recovery() {
     let store = S3Store::start();
     let mut tansu = Tansu::start_persistent(&store);
     let prefix = format!("t-idle-{}", &Uuid::new_v4().simple().to_string()[..8]);
-    let handled: Arc<Mutex<Vec<Uuid>>> = Arc::default();
-    let h = handled.clone();
-    let bus = builder(&tansu, &prefix)
-        .configure(|c| {
-            c.socket_timeout = Duration::from_secs(2);
-            c.socket_connect_timeout = Duration::from_secs(1);
-        })
-        .handler::<OrderPlaced, _, _>("record", move |e: Arc<Envelope<OrderPlaced>>| {
-            h.lock().expect("not poisoned").push(e.meta().event_id());
-            std::future::ready(Ok::<_, HandlerError>(()))
-        })
-        .build()
-        .await
-        .expect("connects");
+    let (bus, handled) = recording_bus(&tansu, &prefix).await;
     bus.start_consuming().await.expect("consumes");
     let group_state = |bus: &eventbus::Bus| {
         let bus = bus.clone();

@@ -155,24 +155,37 @@ pub(crate) struct GroupContext {
     /// Set once the group has given this member its (possibly empty) share.
     assigned: tokio::sync::watch::Sender<bool>,
     states: ConsumerStates,
-    /// librdkafka reported every broker down, and nothing since has shown
-    /// one answering (librdkafka reconnects by itself; `recv` returns no
-    /// error meanwhile, it only waits).
+    /// librdkafka reported every broker down, or a receive failed, and
+    /// nothing since has shown a broker answering (librdkafka reconnects by
+    /// itself; `recv` returns no error meanwhile, it only waits). The one
+    /// source of the group's state in [`ConsumerStates`] while it runs.
     unreachable: AtomicBool,
 }
 
 impl GroupContext {
-    /// Clears the unreachable mark; `true` when it was set.
-    fn reachable_again(&self) -> bool {
-        self.unreachable.swap(false, Ordering::AcqRel)
+    /// Marks the group as not receiving; `true` when it was receiving.
+    fn mark_unreachable(&self) -> bool {
+        let was_receiving = !self.unreachable.swap(true, Ordering::AcqRel);
+        if was_receiving {
+            set_state(&self.states, &self.group, false);
+        }
+        was_receiving
+    }
+
+    /// Marks the group as receiving again; `true` when it was not.
+    fn mark_reachable(&self) -> bool {
+        let was_unreachable = self.unreachable.swap(false, Ordering::AcqRel);
+        if was_unreachable {
+            set_state(&self.states, &self.group, true);
+        }
+        was_unreachable
     }
 }
 
 impl ClientContext for GroupContext {
     fn error(&self, error: KafkaError, reason: &str) {
         if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
-            if !self.unreachable.swap(true, Ordering::AcqRel) {
-                set_state(&self.states, &self.group, false);
+            if self.mark_unreachable() {
                 tracing::warn!(group = %self.group, %reason, "no broker answers; the group is not receiving until one does");
             }
         } else {
@@ -686,7 +699,6 @@ async fn receive_loop(group: Arc<Group>, consumer: Arc<GroupConsumer>) {
     let config = &run.ctx.config;
     let name = &*group.name;
     let mut delay = config.reconnect_delay;
-    let mut receiving = true;
     let mut topic: Option<Arc<str>> = None;
     loop {
         let permit = tokio::select! {
@@ -720,24 +732,15 @@ async fn receive_loop(group: Arc<Group>, consumer: Arc<GroupConsumer>) {
                 }
                 topic = batch.last().map(|(r, _)| r.topic.clone());
                 // Records arriving show a broker answers again.
-                let was_unreachable = consumer.context().reachable_again();
-                if !receiving || was_unreachable {
-                    receiving = true;
-                    delay = config.reconnect_delay;
-                    set_state(&run.states, name, true);
-                }
+                consumer.context().mark_reachable();
+                delay = config.reconnect_delay;
                 spawn_all(&run.deliveries, group.prepare(batch), NOT_SETTLED);
             }
             Err(error) => failed = Some(error),
         }
         if let Some(error) = failed {
-            receiving = false;
-            set_state(&run.states, name, false);
             // Until a record arrives or the commit loop sees a broker answer.
-            consumer
-                .context()
-                .unreachable
-                .store(true, Ordering::Release);
+            consumer.context().mark_unreachable();
             run.ctx.stats.last_error_at.now();
             tracing::warn!(group = %name, %error, retry_in_ms = delay.as_millis() as u64, "receiving failed; retrying");
             tokio::select! {
@@ -780,9 +783,8 @@ async fn commit_loop(group: Arc<Group>, consumer: Arc<GroupConsumer>) {
             if !answered {
                 continue;
             }
-            if consumer.context().reachable_again() {
+            if consumer.context().mark_reachable() {
                 tracing::info!(group = %group.name, "a broker answers again; the group is receiving");
-                set_state(&run.states, &group.name, true);
             }
         }
         let tpl = group.lock().take_commits();

@@ -286,27 +286,16 @@ fn main() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let run_id = uuid::Uuid::new_v4().simple().to_string();
     let prefix = |what: &str| format!("bench-{}-{what}", &run_id[..8]);
-    // Each system runs twice, in the order eventbus, plain, plain, eventbus,
-    // and its best run counts (a single run on this 2-core machine, which
-    // Tansu shares, varies by 20% and more). Every run gets topics of its
-    // own; consume runs read one the harness pre-filled with `prefilled`.
+    // Every run gets topics of its own; consume runs read one the harness
+    // pre-filled with `prefilled` events.
     let best_of_two = |scenario: Scenario, prefilled: usize| -> Vec<Option<f64>> {
-        let mut best = [0.0f64; 2];
-        for (n, (i, system)) in [
-            (0, System::Eventbus),
-            (1, System::Plain),
-            (1, System::Plain),
-            (0, System::Eventbus),
-        ]
-        .into_iter()
-        .enumerate()
-        {
+        side::best_of_two(|system, n| {
             let p = prefix(&format!("{}-{system:?}-{n}", scenario_name(scenario)));
             rt.block_on(prefill(&url, &p, prefilled));
-            let figure = side::run_measurement(&url, system, scenario, cli.events, &p);
-            best[i] = best[i].max(figure.per_second);
-        }
-        best.map(Some).to_vec()
+            side::run_measurement(&url, system, scenario, cli.events, &p).per_second
+        })
+        .map(Some)
+        .to_vec()
     };
     let mut publish = best_of_two(Scenario::Publish, 0);
     let p = prefix("p-py");

@@ -286,26 +286,16 @@ fn main() {
         n.set(n.get() + 1);
         format!("bench-{}-{}", &run_id[..8], n.get())
     };
-    // Each system runs twice, in the order eventbus, plain, plain, eventbus,
-    // and its best run counts: the first run into a fresh server pays for
-    // growing its memory, and whoever always ran first lost. Publish runs
-    // write into an empty stream of their own; consume runs read a stream
-    // of their own that the harness pre-filled with `prefilled` events.
+    // Publish runs write into an empty stream of their own; consume runs read
+    // a stream of their own that the harness pre-filled with `prefilled`.
     let best_of_two = |scenario: Scenario, prefilled: usize| -> [f64; 2] {
-        let mut best = [0.0f64; 2];
-        for (i, system) in [
-            (0, System::Eventbus),
-            (1, System::Plain),
-            (1, System::Plain),
-            (0, System::Eventbus),
-        ] {
+        side::best_of_two(|system, _| {
             let prefix = fresh();
             rt.block_on(prefill(&cli.url, &prefix, prefilled));
             let figure = side::run_measurement(&cli.url, system, scenario, cli.events, &prefix);
-            best[i] = best[i].max(figure.per_second);
             delete_prefix(&cli.url, &prefix);
-        }
-        best
+            figure.per_second
+        })
     };
     let best = best_of_two(Scenario::Publish, 0);
     let mut publish = vec![Some(best[0]), Some(best[1])];

@@ -116,8 +116,20 @@ pub(crate) async fn run(
         }
     }
     flush(&mut tracker, &mut ackers, &session).await;
-    drop(channel);
+    // Closed here, and answered, before the connection closes: a channel that
+    // is only dropped closes in the background, and its close crossing the
+    // connection's made lapin log a connection error at every shutdown.
+    if channel.status().connected() && !session.broken.is_cancelled() {
+        let _ = tokio::time::timeout(
+            CHANNEL_CLOSE_TIMEOUT,
+            channel.close(200, "eventbus shutdown".into()),
+        )
+        .await;
+    }
 }
+
+/// How long the closing of a group's channel waits for the broker's answer.
+const CHANNEL_CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 async fn sleep_until(deadline: Option<Instant>) {
     if let Some(deadline) = deadline {

@@ -6,7 +6,9 @@
 mod common;
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use common::kafka::{self, Tansu};
 use common::{OrderPlaced, placed};
 use eventbus::{Bus, HandlerError};
 
@@ -62,22 +64,41 @@ async fn a_failed_event_is_logged_once_however_many_handlers_failed() {
     }
 }
 
+/// What every thread logs at warn or above, the `log` crate's records
+/// (rdkafka's) included, for the broker tests of this binary. The first test
+/// above logs to a subscriber of its own thread instead.
+fn global_logs() -> Captured {
+    static LOGS: std::sync::OnceLock<Captured> = std::sync::OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs = Captured::default();
+        let writer = logs.clone();
+        tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::WARN)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .try_init()
+            .expect("the only global subscriber");
+        logs
+    })
+    .clone()
+}
+
+/// Panics with the captured logs if any line is at error level.
+fn assert_no_error(logs: &Captured, what: &str) {
+    let text = String::from_utf8(logs.0.lock().expect("log buffer").clone()).expect("utf-8");
+    assert!(
+        !text.contains("ERROR"),
+        "{what}: an error was logged (the broker tests of this binary share one log):\n{text}"
+    );
+}
+
 /// A graceful shutdown on RabbitMQ logs no error, from eventbus or from lapin:
 /// each group's channel is closed, and answered, before its connection (a
 /// channel only dropped closed in the background, crossed the connection's
 /// close, and lapin logged "Connection error" in about two shutdowns of three).
 #[tokio::test]
 async fn a_graceful_rabbitmq_shutdown_logs_no_error() {
-    let logs = Captured::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::WARN)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    // Global: lapin logs from threads of its own. The other test of this
-    // binary logs to a subscriber of its own thread.
-    tracing::subscriber::set_global_default(subscriber).expect("the only global subscriber");
+    let logs = global_logs();
     let scope = common::Scope::new("shutdown-logs");
     for round in 0..5 {
         let handled = Arc::new(tokio::sync::Semaphore::new(0));
@@ -95,17 +116,42 @@ async fn a_graceful_rabbitmq_shutdown_logs_no_error() {
         bus.publish([placed("A"), placed("B"), placed("C")])
             .await
             .expect("publish succeeds");
-        let all = tokio::time::timeout(std::time::Duration::from_secs(30), handled.acquire_many(3))
+        let all = tokio::time::timeout(Duration::from_secs(30), handled.acquire_many(3))
             .await
             .expect("all three handled within 30 s");
         all.expect("open").forget();
-        bus.shutdown(std::time::Duration::from_secs(10))
-            .await
-            .expect("stops");
-        let text = String::from_utf8(logs.0.lock().expect("log buffer").clone()).expect("utf-8");
-        assert!(
-            !text.contains("ERROR"),
-            "shutdown {round} logged an error:\n{text}"
-        );
+        bus.shutdown(Duration::from_secs(10)).await.expect("stops");
+        assert_no_error(&logs, &format!("shutdown {round}"));
     }
+}
+
+/// Reading a Kafka DLQ to its end logs no error: the end of each partition,
+/// which the reader asks librdkafka to report, was logged by rdkafka's default
+/// context as "ERROR librdkafka: Global error: PartitionEOF".
+#[tokio::test]
+async fn reading_a_kafka_dlq_logs_no_error() {
+    let logs = global_logs();
+    let tansu = Tansu::start();
+    let prefix = kafka::prefix("dlq-logs");
+    let bus = kafka::builder(&tansu, &prefix)
+        .handler::<OrderPlaced, _, _>("count", |_e| std::future::ready(Ok::<_, HandlerError>(())))
+        .build()
+        .await
+        .expect("connects");
+    kafka::produce(
+        &tansu,
+        &format!("{prefix}.stream.dlq"),
+        "key",
+        Some("{}"),
+        &[
+            ("event_type", "OrderPlaced"),
+            ("dlq_reason", "deserialization_error"),
+            ("dlq_consumer_group", "default"),
+        ],
+    )
+    .await;
+    let listed = bus.dlq("default").list(10).await.expect("lists the DLQ");
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    bus.shutdown(Duration::from_secs(10)).await.expect("stops");
+    assert_no_error(&logs, "reading the DLQ");
 }

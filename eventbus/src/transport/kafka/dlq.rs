@@ -18,7 +18,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use chrono::Utc;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::FutureRecord;
 use rdkafka::util::Timeout;
@@ -37,7 +37,11 @@ const MAX_REPLAYS: u32 = 3;
 /// Reads every record of `topic` from the beginning up to its current end
 /// (the end-of-partition event of each partition: what the fetches say,
 /// not a watermark read before).
-fn read_all(consumer: BaseConsumer, topic: &str, timeout: Duration) -> Result<Vec<Record>, Error> {
+fn read_all(
+    consumer: super::ToolConsumer,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Vec<Record>, Error> {
     let deadline = std::time::Instant::now() + timeout;
     let meta = consumer
         .fetch_metadata(Some(topic), Timeout::After(timeout))

@@ -24,9 +24,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
+use rdkafka::ClientContext;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use rdkafka::util::Timeout;
@@ -46,6 +46,31 @@ use crate::wire;
 
 use consume::{Group, Run};
 use producer::Producer;
+
+/// The context of every client but the group consumers (which have their
+/// own): librdkafka's errors through `tracing` at warn, and the end of a
+/// partition, which a reader asks for, not at all. rdkafka's default sends
+/// each to the `log` crate at error level, `PartitionEOF` included.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Logged;
+
+impl ClientContext for Logged {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if matches!(error, KafkaError::PartitionEOF(_))
+            || error.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF)
+        {
+            return;
+        }
+        tracing::warn!(%error, %reason, "Kafka client error");
+    }
+}
+
+impl ConsumerContext for Logged {}
+
+/// The bus's producer type.
+pub(crate) type KafkaProducer = FutureProducer<Logged>;
+/// A consumer for tooling: reads by assignment or looks up a group's offsets.
+pub(crate) type ToolConsumer = BaseConsumer<Logged>;
 
 /// `{hostname}-{8 hex}`, eventsource-py's default consumer name (its `client_id`).
 fn default_consumer_name() -> String {
@@ -236,12 +261,12 @@ impl KafkaTransport {
     }
 
     /// The producer to use now.
-    pub(crate) fn producer(&self) -> FutureProducer {
+    pub(crate) fn producer(&self) -> KafkaProducer {
         self.producer.get()
     }
 
     /// A consumer of no group (reading by assignment), or of `group`.
-    pub(crate) fn plain_consumer(&self, group: Option<&str>) -> Result<BaseConsumer, Error> {
+    pub(crate) fn plain_consumer(&self, group: Option<&str>) -> Result<ToolConsumer, Error> {
         let config = &self.ctx.config;
         let mut c = client_config(config, &self.consumer_name)?;
         c.set("enable.auto.commit", "false")
@@ -249,18 +274,18 @@ impl KafkaTransport {
             .set("enable.partition.eof", "false");
         // librdkafka wants a group id even for assign(); never joined here.
         c.set("group.id", group.unwrap_or("eventbus-tooling"));
-        c.create()
+        c.create_with_context(Logged)
             .map_err(|e| broker("creating a Kafka consumer", &e))
     }
 
     /// A consumer of no group that reports the end of each partition.
-    pub(crate) fn reader(&self) -> Result<BaseConsumer, Error> {
+    pub(crate) fn reader(&self) -> Result<ToolConsumer, Error> {
         let mut c = client_config(&self.ctx.config, &self.consumer_name)?;
         c.set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("enable.partition.eof", "true")
             .set("group.id", "eventbus-tooling");
-        c.create()
+        c.create_with_context(Logged)
             .map_err(|e| broker("creating a Kafka consumer", &e))
     }
 
@@ -405,8 +430,8 @@ pub(crate) async fn create_topics(
     client_id: &str,
     topics: &[String],
 ) -> Result<(), Error> {
-    let admin: AdminClient<DefaultClientContext> = client_config(config, client_id)?
-        .create()
+    let admin: AdminClient<Logged> = client_config(config, client_id)?
+        .create_with_context(Logged)
         .map_err(|e| broker("creating the Kafka admin client", &e))?;
     let new: Vec<NewTopic<'_>> = topics
         .iter()
@@ -445,7 +470,7 @@ pub(crate) async fn create_topics(
 
 /// Produces `record` and waits for the broker's acknowledgement.
 pub(crate) async fn produce(
-    producer: &FutureProducer,
+    producer: &KafkaProducer,
     record: FutureRecord<'_, [u8], [u8]>,
     timeout: Duration,
 ) -> Result<(i32, i64), KafkaError> {
@@ -709,7 +734,7 @@ type Encoded = (String, String, Vec<u8>, rdkafka::message::OwnedHeaders);
 /// acknowledgement of each, by `deadline`. On failure, also how many of
 /// them (a prefix) the broker acknowledged.
 async fn send(
-    (handle, producer): (&Producer, &FutureProducer),
+    (handle, producer): (&Producer, &KafkaProducer),
     topic: &str,
     records: &[Encoded],
     deadline: tokio::time::Instant,
@@ -759,7 +784,7 @@ async fn send(
 
 /// Awaits one delivery report, by `deadline`.
 async fn settle(
-    (handle, producer): (&Producer, &FutureProducer),
+    (handle, producer): (&Producer, &KafkaProducer),
     delivery: rdkafka::producer::DeliveryFuture,
     event_id: &str,
     deadline: tokio::time::Instant,

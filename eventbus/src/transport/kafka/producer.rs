@@ -12,7 +12,9 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use rdkafka::ClientConfig;
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{FutureProducer, Producer as _};
+use rdkafka::producer::Producer as _;
+
+use super::{KafkaProducer, Logged};
 
 use crate::runtime::BusContext;
 use crate::stats::add;
@@ -20,7 +22,7 @@ use crate::stats::add;
 /// A shared handle on the current producer.
 #[derive(Clone)]
 pub(crate) struct Producer {
-    current: Arc<Mutex<FutureProducer>>,
+    current: Arc<Mutex<KafkaProducer>>,
     settings: Arc<ClientConfig>,
     ctx: Arc<BusContext>,
 }
@@ -28,7 +30,7 @@ pub(crate) struct Producer {
 impl Producer {
     /// Creates the first producer from `settings` (kept for its successors).
     pub(crate) fn new(settings: ClientConfig, ctx: Arc<BusContext>) -> Result<Self, KafkaError> {
-        let first: FutureProducer = settings.create()?;
+        let first: KafkaProducer = settings.create_with_context(Logged)?;
         Ok(Self {
             current: Arc::new(Mutex::new(first)),
             settings: Arc::new(settings),
@@ -36,13 +38,13 @@ impl Producer {
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, FutureProducer> {
+    fn lock(&self) -> MutexGuard<'_, KafkaProducer> {
         self.current.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The producer to use now: a new one when the current one hit a fatal
     /// error (if creating it fails, the old one, which reports the error).
-    pub(crate) fn get(&self) -> FutureProducer {
+    pub(crate) fn get(&self) -> KafkaProducer {
         let mut current = self.lock();
         if let Some((code, reason)) = current.client().fatal_error() {
             self.replace(&mut current, &format!("{code:?}: {reason}"));
@@ -52,7 +54,7 @@ impl Producer {
 
     /// `used` failed a record with `error`: when the error says its producer
     /// id is no good any more, the next [`Producer::get`] returns a new producer.
-    pub(crate) fn failed(&self, used: &FutureProducer, error: &KafkaError) {
+    pub(crate) fn failed(&self, used: &KafkaProducer, error: &KafkaError) {
         if !needs_new_producer(error) {
             return;
         }
@@ -63,12 +65,15 @@ impl Producer {
     }
 
     /// Whether `used` is no longer the current producer.
-    pub(crate) fn replaced(&self, used: &FutureProducer) -> bool {
+    pub(crate) fn replaced(&self, used: &KafkaProducer) -> bool {
         !same(&self.lock(), used)
     }
 
-    fn replace(&self, current: &mut FutureProducer, why: &str) {
-        match self.settings.create::<FutureProducer>() {
+    fn replace(&self, current: &mut KafkaProducer, why: &str) {
+        match self
+            .settings
+            .create_with_context::<_, KafkaProducer>(Logged)
+        {
             Ok(new) => {
                 tracing::warn!(reason = %why, "the Kafka producer cannot go on; publishing through a new producer");
                 add(&self.ctx.stats.reconnections, 1);
@@ -85,7 +90,7 @@ impl Producer {
     }
 }
 
-fn same(a: &FutureProducer, b: &FutureProducer) -> bool {
+fn same(a: &KafkaProducer, b: &KafkaProducer) -> bool {
     std::ptr::eq(a.client().native_ptr(), b.client().native_ptr())
 }
 

@@ -155,3 +155,63 @@ async fn reading_a_kafka_dlq_logs_no_error() {
     bus.shutdown(Duration::from_secs(10)).await.expect("stops");
     assert_no_error(&logs, "reading the DLQ");
 }
+
+/// Publishes one event whose only handler fails for good on the bus `builder`
+/// makes, waits until it is in the DLQ, and returns what was logged at warn
+/// or above on this thread meanwhile (a current-thread runtime: the bus's
+/// consuming tasks run here).
+async fn logs_of_one_dead_letter(builder: eventbus::BusBuilder) -> String {
+    let logs = Captured::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let bus = builder
+        .handler::<OrderPlaced, _, _>("charge", |_e| async {
+            Err::<(), _>(HandlerError::permanent("card declined"))
+        })
+        .build()
+        .await
+        .expect("connects");
+    bus.start_consuming().await.expect("consumes");
+    bus.publish([placed("A")]).await.expect("publish succeeds");
+    let dlq = bus.dlq("default");
+    common::eventually(
+        "the event is dead-lettered",
+        Duration::from_secs(60),
+        || {
+            let dlq = dlq.clone();
+            async move { dlq.count().await.unwrap_or(0) == 1 }
+        },
+    )
+    .await;
+    bus.shutdown(Duration::from_secs(10)).await.expect("stops");
+    String::from_utf8(logs.0.lock().expect("log buffer").clone()).expect("utf-8")
+}
+
+/// One `ERROR` line per dead-lettered event, the README's promise, on every
+/// broker (Redis and Kafka logged it at warn).
+#[tokio::test]
+async fn a_dead_lettered_event_is_one_error_line_on_every_broker() {
+    let scope = common::Scope::new("dead-letter-logs");
+    let redis = common::redis_scope::RedisScope::new("dead-letter-logs");
+    let tansu = Tansu::start();
+    let kafka_prefix = kafka::prefix("dead-letter-logs");
+    for (broker, builder) in [
+        ("RabbitMQ", scope.builder()),
+        ("Redis", redis.builder()),
+        ("Kafka", kafka::builder(&tansu, &kafka_prefix)),
+    ] {
+        let text = logs_of_one_dead_letter(builder).await;
+        let errors: Vec<&str> = text.lines().filter(|l| l.contains("ERROR")).collect();
+        assert_eq!(errors.len(), 1, "{broker}: one error line: {text}");
+        assert!(
+            errors[0].contains("dead-lettered") && errors[0].contains("card declined"),
+            "{broker}: {}",
+            errors[0]
+        );
+    }
+}

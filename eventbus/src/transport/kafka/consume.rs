@@ -512,7 +512,7 @@ impl Group {
                     tracing::error!(%group, topic = %record.topic, offset = record.offset, reason = %why.message, "record dropped after its last attempt: the DLQ is disabled (EVENTBUS_ENABLE_DLQ=false)");
                     return true;
                 }
-                tracing::warn!(%group, topic = %record.topic, partition = record.partition, offset = record.offset, retries = record.retry_count(), reason = %why.message, "record dead-lettered");
+                tracing::error!(%group, topic = %record.topic, partition = record.partition, offset = record.offset, retries = record.retry_count(), reason = %why.message, "record dead-lettered");
                 let message = wire::bounded_reason(&record::cut_chars(
                     &why.message,
                     record::MAX_ERROR_MESSAGE,
@@ -633,7 +633,8 @@ impl Group {
                 return Verdict::NotOurs;
             }
             Err(error) => {
-                tracing::error!(%group, topic = %record.topic, offset = record.offset, %error, "cannot decode record");
+                // Logged once, at error, when dead-lettered (with this reason).
+                tracing::debug!(%group, topic = %record.topic, offset = record.offset, %error, "cannot decode record");
                 return Verdict::DeadLetter(Why::undecodable(
                     format!("undecodable record: {error}"),
                     error.kind(),

@@ -274,7 +274,7 @@ impl Group {
                 stats.last_error_at.now();
                 add(&stats.events_processed_failed, 1);
                 if config.enable_dlq {
-                    tracing::warn!(%group, entry_id = %entry.id, retries = state.attempt, reason = %why.reason, "entry dead-lettered");
+                    tracing::error!(%group, entry_id = %entry.id, retries = state.attempt, reason = %why.reason, "entry dead-lettered");
                     match retry::dead_letter(self, source, entry, state.attempt, &why).await {
                         Ok(()) => add(&stats.messages_sent_to_dlq, 1),
                         Err(error) => {
@@ -341,7 +341,8 @@ impl Group {
                 return Verdict::NotOurs;
             }
             Err(error) => {
-                tracing::error!(%group, entry_id = %entry.id, %error, "cannot decode stream entry");
+                // Logged once, at error, when dead-lettered (with this reason).
+                tracing::debug!(%group, entry_id = %entry.id, %error, "cannot decode stream entry");
                 return Verdict::DeadLetter(Why::undecodable(
                     format!("undecodable entry: {error}"),
                     error.kind(),

@@ -11,6 +11,7 @@ use std::time::Duration;
 use common::kafka::{self, Tansu};
 use common::{OrderPlaced, placed};
 use eventbus::{Bus, HandlerError};
+use tracing_subscriber::util::SubscriberInitExt as _;
 
 /// Captures what a fmt subscriber writes.
 #[derive(Clone, Default)]
@@ -26,15 +27,28 @@ impl std::io::Write for Captured {
     }
 }
 
-#[tokio::test]
-async fn a_failed_event_is_logged_once_however_many_handlers_failed() {
+impl Captured {
+    /// Everything written so far.
+    fn text(&self) -> String {
+        String::from_utf8(self.0.lock().expect("log buffer").clone()).expect("utf-8")
+    }
+}
+
+/// A fmt subscriber writing what is logged at `level` or above into a buffer.
+fn capturing(level: tracing::Level) -> (Captured, impl tracing::Subscriber + Send + Sync) {
     let logs = Captured::default();
     let writer = logs.clone();
     let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::INFO)
+        .with_max_level(level)
         .with_ansi(false)
         .with_writer(move || writer.clone())
         .finish();
+    (logs, subscriber)
+}
+
+#[tokio::test]
+async fn a_failed_event_is_logged_once_however_many_handlers_failed() {
+    let (logs, subscriber) = capturing(tracing::Level::INFO);
     // A current-thread test runtime: the default applies to the whole test.
     let _guard = tracing::subscriber::set_default(subscriber);
     let bus = Bus::builder()
@@ -52,7 +66,7 @@ async fn a_failed_event_is_logged_once_however_many_handlers_failed() {
     bus.publish([placed("A"), placed("B")])
         .await
         .expect("publish succeeds");
-    let text = String::from_utf8(logs.0.lock().expect("log buffer").clone()).expect("utf-8");
+    let text = logs.text();
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 2, "one line per failed event: {text}");
     for line in lines {
@@ -70,14 +84,8 @@ async fn a_failed_event_is_logged_once_however_many_handlers_failed() {
 fn global_logs() -> Captured {
     static LOGS: std::sync::OnceLock<Captured> = std::sync::OnceLock::new();
     LOGS.get_or_init(|| {
-        let logs = Captured::default();
-        let writer = logs.clone();
-        tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::WARN)
-            .with_ansi(false)
-            .with_writer(move || writer.clone())
-            .try_init()
-            .expect("the only global subscriber");
+        let (logs, subscriber) = capturing(tracing::Level::WARN);
+        subscriber.try_init().expect("the only global subscriber");
         logs
     })
     .clone()
@@ -85,7 +93,7 @@ fn global_logs() -> Captured {
 
 /// Panics with the captured logs if any line is at error level.
 fn assert_no_error(logs: &Captured, what: &str) {
-    let text = String::from_utf8(logs.0.lock().expect("log buffer").clone()).expect("utf-8");
+    let text = logs.text();
     assert!(
         !text.contains("ERROR"),
         "{what}: an error was logged (the broker tests of this binary share one log):\n{text}"
@@ -161,13 +169,7 @@ async fn reading_a_kafka_dlq_logs_no_error() {
 /// or above on this thread meanwhile (a current-thread runtime: the bus's
 /// consuming tasks run here).
 async fn logs_of_one_dead_letter(builder: eventbus::BusBuilder) -> String {
-    let logs = Captured::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::WARN)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
+    let (logs, subscriber) = capturing(tracing::Level::WARN);
     let _guard = tracing::subscriber::set_default(subscriber);
     let bus = builder
         .handler::<OrderPlaced, _, _>("charge", |_e| async {
@@ -189,7 +191,7 @@ async fn logs_of_one_dead_letter(builder: eventbus::BusBuilder) -> String {
     )
     .await;
     bus.shutdown(Duration::from_secs(10)).await.expect("stops");
-    String::from_utf8(logs.0.lock().expect("log buffer").clone()).expect("utf-8")
+    logs.text()
 }
 
 /// One `ERROR` line per dead-lettered event, the README's promise, on every

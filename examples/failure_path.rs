@@ -123,9 +123,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     CHARGED.wait_for(1).await?;
     let left = dlq.count().await?;
     let queue = dlq.queue_name();
+    // The `eventbus` tool finds the DLQ as the bus did: by the exchange on
+    // RabbitMQ (this example sets its own), by the EVENTBUS_* settings elsewhere.
+    let tool = match bus.transport_name() {
+        "rabbitmq" => "eventbus --exchange examples.failures dlq list --group payments",
+        _ => "eventbus dlq list --group payments, with the same EVENTBUS_* settings",
+    };
     bus.shutdown(Duration::from_secs(10)).await?;
     println!(
-        "4. done: {} charged, {left} left in {queue} (see `eventbus --exchange examples.failures dlq list --group payments`)",
+        "4. done: {} charged, {left} left in {queue} (see `{tool}`)",
         CHARGED.get()
     );
     Ok(())

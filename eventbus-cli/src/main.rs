@@ -23,7 +23,7 @@ use table::{Table, cell, one_line};
 #[command(
     name = "eventbus",
     version,
-    about = "Inspect and repair an eventbus deployment on RabbitMQ or Redis Streams"
+    about = "Inspect and repair an eventbus deployment on RabbitMQ, Redis Streams or Kafka"
 )]
 struct Cli {
     /// Broker URL (default: EVENTBUS_URL, then amqp://guest:guest@localhost:5672/).

@@ -16,9 +16,7 @@ use std::time::{Duration, Instant};
 use common::kafka::{self, Tansu};
 use common::redis_scope::RedisScope;
 
-/// An example and a line its output must contain when it ran on a broker
-/// (`None`: the example says nothing transport-independent worth checking
-/// beyond its exit status).
+/// An example and what its output must contain on every transport it runs on.
 struct Example {
     name: &'static str,
     /// Runs without `EVENTBUS_URL` on the in-memory transport (the others

@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 use tracing::Instrument as _;
 
+use futures_util::FutureExt as _;
 use futures_util::future::join_all;
 
 use crate::envelope::AnyEnvelope;
@@ -251,7 +252,13 @@ impl Dispatcher {
             );
             async move {
                 let started = std::time::Instant::now();
-                let result = entry.invoke.call(event).await;
+                // A panic is this handler's failure, retried and dead-lettered
+                // like an error: unwinding further would leave its delivery
+                // unsettled (on RabbitMQ, every later ack of the channel too).
+                let result = std::panic::AssertUnwindSafe(entry.invoke.call(event))
+                    .catch_unwind()
+                    .await
+                    .unwrap_or_else(|payload| Err(HandlerError::panicked(&*payload)));
                 (entry, result, started.elapsed())
             }
             .instrument(span)

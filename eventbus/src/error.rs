@@ -376,6 +376,21 @@ impl HandlerError {
         }
     }
 
+    /// The failure of a handler that panicked, from the panic's payload
+    /// (`error_type` `Panic`, retryable like an error).
+    pub(crate) fn panicked(payload: &(dyn std::any::Any + Send)) -> Self {
+        let message = payload
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("a non-string payload");
+        Self {
+            source: format!("handler panicked: {message}").into(),
+            error_type: "Panic",
+            permanent: false,
+        }
+    }
+
     /// Was it marked permanent?
     pub fn is_permanent(&self) -> bool {
         self.permanent

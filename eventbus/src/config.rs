@@ -178,22 +178,21 @@ impl fmt::Debug for Secret {
 }
 
 /// Replaces the password of `scheme://user:password@host` with `***`.
+///
+/// The user information ends at the last `@`, wherever it is: a password with
+/// an unescaped `/`, `?` or `#` (which makes the URL malformed, so it reaches
+/// an error message) must not be taken for the start of the path. A path that
+/// holds an `@` is then hidden too, which errs on the safe side.
 pub(crate) fn redact_url(raw: &str) -> String {
     let Some((scheme, rest)) = raw.split_once("://") else {
         // Not a URL: it could be anything, including a bare secret.
         return "<unparseable URL>".to_owned();
     };
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
-            if userinfo.contains(':') {
-                format!("{scheme}://{user}:***@{host}{tail}")
-            } else {
-                format!("{scheme}://{user}@{host}{tail}")
-            }
-        }
+    match rest.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+            None => raw.to_owned(),
+        },
         None => raw.to_owned(),
     }
 }
@@ -1275,6 +1274,29 @@ mod tests {
         assert!(!format!("{config:?}").contains("s3cret"));
         assert_eq!(redact_url("amqp://rabbit/"), "amqp://rabbit/");
         assert_eq!(redact_url("amqp://bob@rabbit/"), "amqp://bob@rabbit/");
+        // A password with characters that end a URL's authority, unescaped:
+        // the URL is malformed, and its error must still hide the password.
+        for raw in [
+            "kafka://admin:pa/ss@k1:9092",
+            "amqp://bob:s3?cret@rabbit/",
+            "redis://:se#cret@cache:6379/0",
+            "amqp://bob:a@b@rabbit/vhost",
+        ] {
+            let shown = redact_url(raw);
+            for secret in ["pa/ss", "s3?cret", "se#cret", "a@b"] {
+                assert!(!shown.contains(secret), "{raw} -> {shown}");
+            }
+            if let Err(error) = BrokerUrl::parse(raw) {
+                let text = error.to_string();
+                for secret in ["pa/ss", "s3?cret", "se#cret", "a@b"] {
+                    assert!(!text.contains(secret), "{text}");
+                }
+            }
+        }
+        assert_eq!(
+            redact_url("kafka://admin:pa/ss@k1:9092"),
+            "kafka://admin:***@k1:9092"
+        );
     }
 
     #[test]

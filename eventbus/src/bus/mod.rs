@@ -269,7 +269,7 @@ impl Bus {
     /// running at `timeout` are not acked: the broker delivers their messages
     /// again.
     pub async fn shutdown(&self, timeout: Duration) -> Result<(), Error> {
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = crate::runtime::deadline(timeout);
         self.observe.cancel();
         let stopped = self.transport.stop_consuming(timeout).await;
         self.ctx.tasks.close();

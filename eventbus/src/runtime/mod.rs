@@ -95,6 +95,14 @@ impl BusContext {
     }
 }
 
+/// `after` from now; a moment a century away when that overflows the clock
+/// (`Duration::MAX` as a timeout means "no limit", not a panic).
+pub(crate) fn deadline(after: std::time::Duration) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    now.checked_add(after)
+        .unwrap_or_else(|| now + std::time::Duration::from_secs(100 * 365 * 86_400))
+}
+
 /// The sequencer a group consumer runs its deliveries through, keyed by
 /// aggregate id.
 pub(crate) fn sequencer(order: crate::config::DeliveryOrder) -> Arc<Sequencer<uuid::Uuid>> {

@@ -125,6 +125,28 @@ impl ReplayFilter {
         self.older_than = Some(age);
         self
     }
+
+    /// Does a dead letter of `event_type`, dead-lettered at `dlq_timestamp`
+    /// (the text of its timestamp header or field), pass? Without a readable
+    /// timestamp an age filter does not match; an age longer than the
+    /// calendar reaches back matches nothing.
+    pub(crate) fn matches(&self, event_type: Option<&str>, dlq_timestamp: Option<&str>) -> bool {
+        if let Some(wanted) = &self.event_type
+            && event_type != Some(wanted.as_str())
+        {
+            return false;
+        }
+        let Some(age) = self.older_than else {
+            return true;
+        };
+        let Some(at) = dlq_timestamp.and_then(|t| crate::wire::parse_time(t).ok()) else {
+            return false;
+        };
+        chrono::Duration::from_std(age)
+            .ok()
+            .and_then(|age| chrono::Utc::now().checked_sub_signed(age))
+            .is_some_and(|cutoff| at <= cutoff)
+    }
 }
 
 /// What [`Dlq::replay_all`](crate::Dlq::replay_all) did.
@@ -183,4 +205,35 @@ pub struct StreamGroupInfo {
     pub pending: u64,
     /// Entries it has not read yet, when Redis knows.
     pub lag: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ReplayFilter;
+    use std::time::Duration;
+
+    #[test]
+    fn a_replay_filter_reaching_past_the_calendar_matches_nothing() {
+        let at = Some("2026-01-01T00:00:00+00:00");
+        assert!(ReplayFilter::all().matches(Some("OrderPlaced"), None));
+        assert!(
+            ReplayFilter::all()
+                .older_than(Duration::ZERO)
+                .matches(None, at)
+        );
+        // chrono cannot hold now - Duration::MAX: that subtraction panicked.
+        assert!(
+            !ReplayFilter::all()
+                .older_than(Duration::MAX)
+                .matches(None, at)
+        );
+        assert!(
+            !ReplayFilter::all()
+                .older_than(Duration::ZERO)
+                .matches(None, None)
+        );
+        let typed = ReplayFilter::all().event_type("OrderPlaced");
+        assert!(typed.matches(Some("OrderPlaced"), None));
+        assert!(!typed.matches(Some("OrderShipped"), at) && !typed.matches(None, at));
+    }
 }

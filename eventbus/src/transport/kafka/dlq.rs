@@ -42,7 +42,7 @@ fn read_all(
     topic: &str,
     timeout: Duration,
 ) -> Result<Vec<Record>, Error> {
-    let deadline = std::time::Instant::now() + timeout;
+    let deadline = crate::runtime::deadline(timeout).into_std();
     let meta = consumer
         .fetch_metadata(Some(topic), Timeout::After(timeout))
         .map_err(|e| broker(format!("reading the metadata of `{topic}`"), &e))?;
@@ -125,24 +125,7 @@ pub(super) fn to_message(r: &Record) -> DlqMessage {
 }
 
 fn matches(r: &Record, filter: &ReplayFilter) -> bool {
-    if let Some(wanted) = &filter.event_type
-        && r.header(HEADER_EVENT_TYPE) != Some(wanted.as_str())
-    {
-        return false;
-    }
-    if let Some(age) = filter.older_than {
-        let Some(at) = r
-            .header(record::DLQ_TIMESTAMP)
-            .and_then(|t| wire::parse_time(t).ok())
-        else {
-            return false;
-        };
-        let cutoff = Utc::now() - chrono::Duration::from_std(age).unwrap_or(chrono::Duration::MAX);
-        if at > cutoff {
-            return false;
-        }
-    }
-    true
+    filter.matches(r.header(HEADER_EVENT_TYPE), r.header(record::DLQ_TIMESTAMP))
 }
 
 impl KafkaTransport {

@@ -504,7 +504,7 @@ impl Transport for KafkaTransport {
                 record::owned_headers(&record::publish_headers(meta, &trace)),
             ));
         }
-        let deadline = tokio::time::Instant::now() + config.confirm_timeout;
+        let deadline = crate::runtime::deadline(config.confirm_timeout);
         let mut from = 0;
         let mut attempts = 0;
         loop {
@@ -593,7 +593,7 @@ impl Transport for KafkaTransport {
     }
 
     async fn stop_consuming(&self, drain: Duration) -> Result<(), Error> {
-        let deadline = tokio::time::Instant::now() + drain;
+        let deadline = crate::runtime::deadline(drain);
         let Some(consuming) = self.consuming.lock().await.take() else {
             return Ok(());
         };

@@ -6,7 +6,6 @@
 
 use std::time::Duration;
 
-use chrono::Utc;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicGetOptions, QueuePurgeOptions};
 use lapin::types::AMQPValue;
@@ -73,23 +72,10 @@ fn describe(delivery: &Delivery) -> DlqMessage {
 }
 
 fn matches(properties: &BasicProperties, filter: &ReplayFilter) -> bool {
-    if let Some(wanted) = &filter.event_type
-        && amqp::string_header(properties, HEADER_EVENT_TYPE).as_deref() != Some(wanted.as_str())
-    {
-        return false;
-    }
-    if let Some(age) = filter.older_than {
-        let Some(at) = amqp::string_header(properties, HEADER_DLQ_TIMESTAMP)
-            .and_then(|t| wire::parse_time(&t).ok())
-        else {
-            return false;
-        };
-        let cutoff = Utc::now() - chrono::Duration::from_std(age).unwrap_or(chrono::Duration::MAX);
-        if at > cutoff {
-            return false;
-        }
-    }
-    true
+    filter.matches(
+        amqp::string_header(properties, HEADER_EVENT_TYPE).as_deref(),
+        amqp::string_header(properties, HEADER_DLQ_TIMESTAMP).as_deref(),
+    )
 }
 
 /// Takes messages one by one without acking, up to `limit` (and never more

@@ -208,7 +208,7 @@ impl Publisher {
         outgoing: &[Outgoing],
     ) -> Result<usize, Error> {
         let timeout = shared.config.confirm_timeout;
-        let deadline = Instant::now() + timeout;
+        let deadline = crate::runtime::deadline(timeout);
         let mut pending: Vec<usize> = (0..outgoing.len()).collect();
         let mut settled = vec![false; outgoing.len()];
         let mut confirmed = 0;

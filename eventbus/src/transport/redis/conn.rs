@@ -217,7 +217,7 @@ pub(crate) async fn connect(
         .set_min_delay(config.reconnect_delay.max(Duration::from_millis(1)))
         .set_max_delay(config.max_reconnect_delay)
         .set_number_of_retries(2);
-    let deadline = tokio::time::Instant::now() + config.connect_timeout;
+    let deadline = crate::runtime::deadline(config.connect_timeout);
     let mut delay = config.reconnect_delay;
     loop {
         // One attempt: connect and handshake, never past the startup deadline.

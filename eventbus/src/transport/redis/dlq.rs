@@ -201,22 +201,8 @@ impl RedisTransport {
 }
 
 fn matches(entry: &Entry, filter: &ReplayFilter) -> bool {
-    if let Some(wanted) = &filter.event_type
-        && entry.field(HEADER_EVENT_TYPE) != Some(wanted.as_str())
-    {
-        return false;
-    }
-    if let Some(age) = filter.older_than {
-        let Some(at) = entry
-            .field(wire::FIELD_DLQ_TIMESTAMP)
-            .and_then(|t| wire::parse_time(t).ok())
-        else {
-            return false;
-        };
-        let cutoff = Utc::now() - chrono::Duration::from_std(age).unwrap_or(chrono::Duration::MAX);
-        if at > cutoff {
-            return false;
-        }
-    }
-    true
+    filter.matches(
+        entry.field(HEADER_EVENT_TYPE),
+        entry.field(wire::FIELD_DLQ_TIMESTAMP),
+    )
 }

@@ -250,7 +250,7 @@ impl Transport for RedisTransport {
                 pipe.arg(k).arg(v);
             }
         }
-        let deadline = tokio::time::Instant::now() + config.confirm_timeout;
+        let deadline = crate::runtime::deadline(config.confirm_timeout);
         let mut delay = config.reconnect_delay;
         let mut ops = self.ops.clone();
         loop {
@@ -261,10 +261,7 @@ impl Transport for RedisTransport {
                     return Ok(ids.len());
                 }
                 // The connection manager reconnects; try again until confirm_timeout.
-                Err(e)
-                    if is_connection_error(&e)
-                        && tokio::time::Instant::now() + delay < deadline =>
-                {
+                Err(e) if is_connection_error(&e) && crate::runtime::deadline(delay) < deadline => {
                     tracing::warn!(error = %conn::scrub(&config.url, &e), "publish failed; retrying after reconnecting");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(config.max_reconnect_delay);
@@ -341,7 +338,7 @@ impl Transport for RedisTransport {
     }
 
     async fn stop_consuming(&self, drain: Duration) -> Result<(), Error> {
-        let deadline = tokio::time::Instant::now() + drain;
+        let deadline = crate::runtime::deadline(drain);
         let Some(consuming) = self.consuming.lock().await.take() else {
             return Ok(());
         };

@@ -339,6 +339,74 @@ async fn entries_of_a_dead_member_are_claimed_and_handled_by_a_live_one() {
     assert!(live.recover_pending().await.is_err(), "not consuming");
 }
 
+/// A member restarted under the same fixed name (a StatefulSet pod) takes
+/// back what its previous process left pending, and goes on reading. It took
+/// them back while holding every in-flight permit, and each waited for a
+/// permit: the group never read again and shutdown timed out.
+#[tokio::test]
+async fn a_member_restarted_under_its_name_takes_back_its_pending_entries_and_goes_on() {
+    let scope = RedisScope::new("same-name");
+    let seen = Seen::default();
+    let publisher = scope
+        .builder()
+        .event::<OrderPlaced>()
+        .build()
+        .await
+        .expect("connects");
+    let mut conn = scope.conn();
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(scope.stream())
+        .arg("default")
+        .arg("0")
+        .arg("MKSTREAM")
+        .query(&mut conn)
+        .expect("group");
+    let events: Vec<_> = (0..5).map(|i| placed(&format!("C-{i}"))).collect();
+    let mut ids: BTreeSet<Uuid> = events.iter().map(|e| e.meta().event_id()).collect();
+    publisher.publish(events).await.expect("published");
+    // The previous process of "pod-0": read, then died before acking.
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("default")
+        .arg("pod-0")
+        .arg("COUNT")
+        .arg(100)
+        .arg("STREAMS")
+        .arg(scope.stream())
+        .arg(">")
+        .query(&mut conn)
+        .expect("read");
+    assert_eq!(scope.pending("default"), 5, "pod-0 left them pending");
+
+    let restarted = scope
+        .builder()
+        .configure(|c| c.consumer_name = Some("pod-0".to_owned()))
+        .handler::<OrderPlaced, _, _>("h", seen_handler(&seen))
+        .build()
+        .await
+        .expect("connects");
+    restarted.start_consuming().await.expect("consumes");
+    let after = placed("C-new");
+    ids.insert(after.meta().event_id());
+    publisher.publish([after]).await.expect("published");
+    eventually(
+        "the restarted member handled its old entries and the new one",
+        WAIT,
+        || {
+            let n = count(&seen);
+            async move { n >= 6 }
+        },
+    )
+    .await;
+    restarted
+        .shutdown(Duration::from_secs(10))
+        .await
+        .expect("stops in time");
+    once_each(&seen, &ids);
+    assert_eq!(scope.pending("default"), 0);
+}
+
 #[tokio::test]
 async fn malformed_entries_go_to_the_dlq_at_once_and_foreign_types_are_skipped() {
     let scope = RedisScope::new("malformed");

@@ -498,6 +498,22 @@ async fn read_loop(group: Arc<Group>) {
     let budget = config.stream_read_count.max(1);
     let want = u32::try_from((budget / 2).max(1)).unwrap_or(u32::MAX);
     while !run.stop.is_cancelled() {
+        if !own_pending_done {
+            // Entries this consumer name left pending (a restart with a fixed
+            // EVENTBUS_CONSUMER_NAME) come first. Taken back before this loop
+            // holds any permit: each of them waits for one.
+            match recover(&group, 0, Some(&run.consumer)).await {
+                Ok(_) => own_pending_done = true,
+                Err(error) => {
+                    tracing::warn!(group = %name, %error, "cannot read this consumer's pending entries; trying again");
+                    if !pause(&run.stop, delay).await {
+                        break;
+                    }
+                    delay = (delay * 2).min(config.max_reconnect_delay);
+                    continue;
+                }
+            }
+        }
         let Some(mut batch) = (tokio::select! {
             p = group.permits.clone().acquire_many_owned(want) => p.ok(),
             () = run.stop.cancelled() => None,
@@ -533,16 +549,6 @@ async fn read_loop(group: Arc<Group>) {
                 }
             }
         };
-        if !own_pending_done {
-            // Entries this consumer name left pending (a restart with a fixed
-            // EVENTBUS_CONSUMER_NAME) come first.
-            match recover(&group, 0, Some(&run.consumer)).await {
-                Ok(_) => own_pending_done = true,
-                Err(error) => {
-                    tracing::warn!(group = %name, %error, "cannot read this consumer's pending entries")
-                }
-            }
-        }
         let count = batch.num_permits();
         let read: Result<Value, redis::RedisError> = redis::cmd("XREADGROUP")
             .arg("GROUP")

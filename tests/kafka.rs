@@ -464,6 +464,71 @@ async fn failures_retry_in_their_group_only_rerun_failed_handlers_then_dead_lett
         .expect("stops");
 }
 
+/// A retry waiting for its time holds up nothing: under strict ordering (one
+/// lane for the whole group) a record published while a retry waits is
+/// handled before it. The waiting retry held its permit and its turn: with
+/// strict ordering, the whole group; with the default, its aggregate, and
+/// once due it ran outside its aggregate's lane.
+#[tokio::test]
+async fn a_waiting_retry_holds_up_no_other_record() {
+    let tansu = Tansu::start();
+    let prefix = prefix("retry-wait");
+    let flaky_attempts = Arc::new(AtomicUsize::new(0));
+    let attempts_when_good = Arc::new(Mutex::new(None));
+    let (a, w) = (flaky_attempts.clone(), attempts_when_good.clone());
+    let bus = builder(&tansu, &prefix)
+        .configure(|c| {
+            c.ordering = eventbus::DeliveryOrder::Strict;
+            c.max_retries = 1;
+            c.retry_base_delay = Duration::from_secs(3);
+            c.retry_max_delay = Duration::from_secs(3);
+            c.retry_jitter = 0.0;
+        })
+        .handler::<OrderPlaced, _, _>("h", move |e: Arc<Envelope<OrderPlaced>>| {
+            let result = if e.customer_id == "flaky" {
+                // Fails the first time only.
+                if a.fetch_add(1, Ordering::SeqCst) == 0 {
+                    Err(HandlerError::new("not yet"))
+                } else {
+                    Ok(())
+                }
+            } else {
+                *w.lock().expect("not poisoned") = Some(a.load(Ordering::SeqCst));
+                Ok(())
+            };
+            std::future::ready(result)
+        })
+        .build()
+        .await
+        .expect("connects");
+    bus.start_consuming().await.expect("consumes");
+    bus.publish([placed("flaky")]).await.expect("published");
+    // The record and its retry copy are both read: the retry is waiting.
+    eventually("the retry is read and waiting", WAIT, || {
+        let consumed = bus.stats().events_consumed;
+        async move { consumed >= 2 }
+    })
+    .await;
+    bus.publish([placed("good")]).await.expect("published");
+    eventually("the later record is handled", WAIT, || {
+        let done = attempts_when_good.lock().expect("not poisoned").is_some();
+        async move { done }
+    })
+    .await;
+    assert_eq!(
+        *attempts_when_good.lock().expect("not poisoned"),
+        Some(1),
+        "handled while the retry waited, not after it"
+    );
+    eventually("the retry ran once due", WAIT, || {
+        let n = flaky_attempts.load(Ordering::SeqCst);
+        async move { n == 2 }
+    })
+    .await;
+    bus.shutdown(Duration::from_secs(10)).await.expect("stops");
+    assert_eq!(bus.stats().messages_sent_to_dlq, 0);
+}
+
 #[tokio::test]
 async fn malformed_records_go_to_the_dlq_at_once() {
     let tansu = Tansu::start();

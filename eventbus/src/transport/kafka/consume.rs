@@ -410,17 +410,27 @@ impl Group {
         let handling = FuturesUnordered::new();
         for (record, permit) in batch {
             let generation = trackers.received(&record.topic, record.partition, record.offset);
-            // A retry waits for its time: it keeps no aggregate's turn meanwhile.
-            let key = if record.retry_after().is_some() {
-                None
-            } else {
-                record
-                    .header(HEADER_AGGREGATE_ID)
-                    .and_then(|id| id.parse().ok())
-            };
-            let mut turn = self.sequencer.enter(key);
+            let key: Option<Uuid> = record
+                .header(HEADER_AGGREGATE_ID)
+                .and_then(|id| id.parse().ok());
+            // A retry not yet due takes its turn (behind its aggregate's
+            // records then in flight) only once due, and waits without its
+            // permit: a waiting retry holds up neither its aggregate, nor
+            // the group (strict ordering), nor the reading of new records.
+            let waits = record.retry_after().is_some_and(|due| due > now_seconds());
+            let taken = (!waits).then(|| (self.sequencer.enter(key), permit));
             let group = self.clone();
             let handle = async move {
+                let (mut turn, permit) = match taken {
+                    Some(taken) => taken,
+                    None => {
+                        // Not settled when stopped: the group's next member reads it again.
+                        let Some(permit) = group.wait_until_due(&record).await else {
+                            return;
+                        };
+                        (group.sequencer.enter(key), permit)
+                    }
+                };
                 turn.wait().await;
                 if group.handle(&record).await {
                     group.lock().handled(
@@ -438,19 +448,25 @@ impl Group {
         handling
     }
 
-    /// Runs the group's handlers for `record`; `true` once it is settled.
-    async fn handle(&self, record: &Record) -> bool {
-        if let Some(due) = record.retry_after() {
-            let wait = due - chrono::Utc::now().timestamp_micros() as f64 / 1e6;
-            if wait > 0.0 {
-                let wait = Duration::from_secs_f64(wait.min(86_400.0));
-                tokio::select! {
-                    () = tokio::time::sleep(wait) => {}
-                    // Not settled: the record is read again by the group's next member.
-                    () = self.run.stop.cancelled() => return false,
-                }
-            }
+    /// Waits until the retry `record` is due (at most a day: its time comes
+    /// from the broker), then for an in-flight permit; `None` when the run
+    /// stops first.
+    async fn wait_until_due(&self, record: &Record) -> Option<OwnedSemaphorePermit> {
+        let wait = record.retry_after().unwrap_or(0.0) - now_seconds();
+        let wait = Duration::from_secs_f64(wait.clamp(0.0, 86_400.0));
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = self.run.stop.cancelled() => return None,
         }
+        tokio::select! {
+            permit = self.permits.clone().acquire_owned() => permit.ok(),
+            () = self.run.stop.cancelled() => None,
+        }
+    }
+
+    /// Runs the group's handlers for `record` (due, holding its turn);
+    /// `true` once it is settled.
+    async fn handle(&self, record: &Record) -> bool {
         let ctx = &self.run.ctx;
         let config = &ctx.config;
         let stats = &ctx.stats;
@@ -686,6 +702,11 @@ impl Why {
             failed: Vec::new(),
         }
     }
+}
+
+/// Now, in POSIX seconds (the unit of the `retry_after` header).
+fn now_seconds() -> f64 {
+    chrono::Utc::now().timestamp_micros() as f64 / 1e6
 }
 
 /// At most this many records are taken at once (each still needs a permit).

@@ -341,6 +341,67 @@ async fn a_conflicting_queue_fails_startup_naming_queue_and_argument() {
     let _ = conn.close(200, "done".into()).await;
 }
 
+/// A binding the broker refuses is an error and is forgotten: it stayed in
+/// the bindings every reconnect declares, so each reconnect hit the same
+/// conflict and the bus never published again (`NotConnected`).
+#[tokio::test]
+async fn a_refused_binding_is_forgotten_and_the_bus_goes_on() {
+    let scope = Scope::new("refused-bind");
+    let conn = common::raw().await;
+    let ch = conn.create_channel().await.expect("channel");
+    let mut args = FieldTable::default();
+    args.insert("x-max-length".into(), AMQPValue::LongLongInt(5));
+    ch.queue_declare(
+        scope.queue("default").as_str().into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        args,
+    )
+    .await
+    .expect("pre-declared");
+    // A publish-only service: the default group is not declared at start.
+    let bus = scope
+        .builder()
+        .configure(|c| c.confirm_timeout = Duration::from_secs(10))
+        .event::<OrderPlaced>()
+        .build()
+        .await
+        .expect("connects");
+    let err = bus
+        .bind_routing_key("Order.OrderPlaced")
+        .await
+        .expect_err("the queue conflicts");
+    assert!(
+        matches!(err, Error::TopologyConflict { kind: "queue", .. }),
+        "{err}"
+    );
+    // Someone else's queue takes the events: publishing works again.
+    let other = scope.queue(&scope.group("other"));
+    let ch = conn.create_channel().await.expect("channel");
+    ch.queue_declare(
+        other.as_str().into(),
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("declared");
+    ch.queue_bind(
+        other.as_str().into(),
+        scope.exchange.as_str().into(),
+        "Order.OrderPlaced".into(),
+        Default::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("bound");
+    let report = bus.publish([placed("A")]).await.expect("publishes");
+    assert_eq!(report.published, 1);
+    bus.shutdown(Duration::from_secs(10)).await.expect("stops");
+    let _ = conn.close(200, "done".into()).await;
+}
+
 #[tokio::test]
 async fn queue_arguments_pass_through_for_quorum_queues() {
     let scope = Scope::new("quorum");

@@ -249,6 +249,29 @@ fn redeclare_refused(
 }
 
 impl RabbitTransport {
+    /// Declares `group`'s queue with a binding for `routing_key`, on the
+    /// publisher's session, within `confirm_timeout`.
+    async fn declare_binding(&self, group: &str, routing_key: &str) -> Result<(), Error> {
+        let shared = &self.ctx;
+        let timeout = shared.config.confirm_timeout;
+        let session = self.publisher.link.wait_up(timeout).await?;
+        let binding = topology::binding_for_key(&shared.config, routing_key);
+        let context = format!("binding `{routing_key}` for group `{group}`");
+        session
+            .bounded(&context, timeout, async {
+                topology::declare_group(&session.channel, &shared.config, group, &[binding])
+                    .await
+                    .map_err(|f| match f {
+                        Failure::Fatal(e) => e,
+                        Failure::Retry(reason) => Error::Broker {
+                            context: context.clone(),
+                            reason,
+                        },
+                    })
+            })
+            .await
+    }
+
     /// Connects the publisher (retrying an unreachable broker for
     /// `connect_timeout`), enables confirms and declares the topology.
     pub(crate) async fn connect(shared: &Arc<BusContext>) -> Result<Self, Error> {
@@ -651,25 +674,19 @@ impl Transport for RabbitTransport {
     }
 
     async fn bind(&self, group: &str, routing_key: &str) -> Result<(), Error> {
-        let shared = &self.ctx;
-        lock(&self.extra).push((group.to_owned(), routing_key.to_owned()));
-        let timeout = shared.config.confirm_timeout;
-        let session = self.publisher.link.wait_up(timeout).await?;
-        let binding = topology::binding_for_key(&shared.config, routing_key);
-        let context = format!("binding `{routing_key}` for group `{group}`");
-        session
-            .bounded(&context, timeout, async {
-                topology::declare_group(&session.channel, &shared.config, group, &[binding])
-                    .await
-                    .map_err(|f| match f {
-                        Failure::Fatal(e) => e,
-                        Failure::Retry(reason) => Error::Broker {
-                            context: context.clone(),
-                            reason,
-                        },
-                    })
-            })
-            .await
+        // Remembered first, so a reconnect in the middle declares it too, and
+        // forgotten if it fails: a binding the broker refused (a conflicting
+        // queue) would fail every later reconnect's declare, for good.
+        let entry = (group.to_owned(), routing_key.to_owned());
+        lock(&self.extra).push(entry.clone());
+        let bound = self.declare_binding(group, routing_key).await;
+        if bound.is_err() {
+            let mut extra = lock(&self.extra);
+            if let Some(at) = extra.iter().rposition(|e| *e == entry) {
+                extra.remove(at);
+            }
+        }
+        bound
     }
 
     async fn queue_info(&self, group: &str) -> Result<QueueInfo, Error> {

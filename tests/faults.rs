@@ -561,6 +561,73 @@ async fn case03_consumer_killed_mid_handler_is_redelivered_to_the_other_member()
 // Case 5: blackhole.
 // ---------------------------------------------------------------------------
 
+/// A `start_consuming` that times out (the broker does not answer) leaves
+/// nothing behind: its consumer kept reconnecting in the background, and
+/// once the broker answered it consumed beside the next start's consumer,
+/// beyond the reach of `shutdown`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_that_timed_out_leaves_no_consumer_behind() {
+    let scope = common::Scope::new("faults-start-timeout");
+    let upstream = common::url()
+        .parse::<lapin::uri::AMQPUri>()
+        .map(|u| (u.authority.host, u.authority.port))
+        .expect("test URL parses");
+    let upstream: std::net::SocketAddr = format!("{}:{}", upstream.0, upstream.1)
+        .parse()
+        .expect("a numeric test broker address");
+    let proxy = proxy::Proxy::start(upstream).await;
+    let ledger = Ledger::default();
+    let bus = recording(scope.builder().url(&proxy.url()).event::<Tick>(), &ledger)
+        .configure(|c| c.connect_timeout = Duration::from_secs(2))
+        .build()
+        .await
+        .expect("connects through the proxy");
+    proxy.set(proxy::Mode::Blackhole);
+    let error = bus
+        .start_consuming()
+        .await
+        .expect_err("no consumer connection");
+    assert!(matches!(error, eventbus::Error::NotConnected(_)), "{error}");
+    proxy.set(proxy::Mode::Pass);
+    bus.start_consuming().await.expect("consumes");
+    let events = ticks(0, 50);
+    ledger.confirmed(ids(&events));
+    bus.publish(events).await.expect("published");
+    eventually("every event delivered", Duration::from_secs(30), || {
+        ledger.missing() == 0
+    })
+    .await;
+    let info = bus.group_queue_info("default").await.expect("declared");
+    assert_eq!(info.consumer_count, 1, "one consumer, the second start's");
+    bus.shutdown(Duration::from_secs(10)).await.expect("stops");
+    let conn = common::raw().await;
+    let ch = conn.create_channel().await.expect("channel");
+    let queue = scope.queue("default");
+    common::eventually(
+        "no consumer after shutdown",
+        Duration::from_secs(10),
+        || {
+            let (ch, queue) = (ch.clone(), queue.clone());
+            async move {
+                ch.queue_declare(
+                    queue.as_str().into(),
+                    lapin::options::QueueDeclareOptions {
+                        passive: true,
+                        ..Default::default()
+                    },
+                    lapin::types::FieldTable::default(),
+                )
+                .await
+                .expect("the queue is there")
+                .consumer_count()
+                    == 0
+            }
+        },
+    )
+    .await;
+    let _ = conn.close(200, "done".into()).await;
+}
+
 /// Case 5: the proxy forwards nothing for 30 s (sockets stay open) with a
 /// 5 s heartbeat: the dead link is noticed within about two heartbeats,
 /// every publish meanwhile fails within its timeout, and after the heal

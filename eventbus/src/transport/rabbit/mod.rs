@@ -308,7 +308,11 @@ impl RabbitTransport {
             })
         };
         let link = Link::start("publisher", shared.clone(), setup);
-        link.wait_up(shared.config.connect_timeout).await?;
+        if let Err(error) = link.wait_up(shared.config.connect_timeout).await {
+            // Not left retrying in the background: nothing could stop it.
+            link.close().await;
+            return Err(error);
+        }
         let transport = Self {
             ctx: shared.clone(),
             publisher: Arc::new(Publisher::new(link, shared.config.publish_confirm_window)),
@@ -567,7 +571,14 @@ impl Transport for RabbitTransport {
             })
         };
         let link = Link::start("consumer", shared.clone(), setup);
-        link.wait_up(shared.config.connect_timeout).await?;
+        if let Err(error) = link.wait_up(shared.config.connect_timeout).await {
+            // Not left consuming in the background once a broker answers:
+            // stop_consuming could not reach it, and a second start would
+            // make a second consumer.
+            stop.cancel();
+            link.close().await;
+            return Err(error);
+        }
         // Consuming goes on with the groups the broker accepts; when it
         // refuses every one, there is nothing to consume.
         let groups: Vec<String> = shared

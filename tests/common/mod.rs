@@ -329,3 +329,27 @@ pub mod tls_redis;
 /// scoped subscribers of parallel tests share tracing's global interest and
 /// level caches, and one being dropped can hide another's spans for a moment.
 pub static SCOPED_SUBSCRIBER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Closes the connections of the shared broker whose client properties name
+/// `name` (a test's own, e.g. `eventbus consumer (<its exchange>)`), with
+/// `rabbitmqctl close_connection`; returns how many it closed.
+pub fn close_connections_named(name: &str) -> usize {
+    let list = std::process::Command::new("rabbitmqctl")
+        .args(["-q", "list_connections", "pid", "client_properties"])
+        .output()
+        .expect("rabbitmqctl runs");
+    let text = String::from_utf8_lossy(&list.stdout);
+    let pids: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains(name))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    for pid in &pids {
+        let status = std::process::Command::new("rabbitmqctl")
+            .args(["-q", "close_connection", pid, "eventbus test"])
+            .status()
+            .expect("rabbitmqctl runs");
+        assert!(status.success(), "rabbitmqctl close_connection {pid}");
+    }
+    pids.len()
+}

@@ -493,3 +493,58 @@ async fn a_bus_without_any_handler_refuses_to_consume() {
     });
     bus.start_consuming().await.expect("a handler: consumes");
 }
+
+/// A handler that publishes the next event of its own aggregate (a saga, a
+/// process manager): the publish from inside it returns, and the next event's
+/// handler runs once it has, before the outer publish returns. Awaited inside
+/// the handler, the inner delivery queued behind the handler's own turn and
+/// both waited forever.
+#[tokio::test]
+async fn a_handler_publishing_to_its_own_aggregate_does_not_deadlock() {
+    for order in [
+        eventbus::DeliveryOrder::PerAggregate,
+        eventbus::DeliveryOrder::Strict,
+    ] {
+        let bus_slot: Arc<std::sync::OnceLock<Bus>> = Arc::default();
+        let log: Arc<Mutex<Vec<&'static str>>> = Arc::default();
+        let (slot, placed_log, shipped_log) = (bus_slot.clone(), log.clone(), log.clone());
+        let bus = Bus::builder()
+            .memory()
+            .without_discovery()
+            .configure(move |c| c.ordering = order)
+            .handler::<OrderPlaced, _, _>("ship", move |e: Arc<Envelope<OrderPlaced>>| {
+                let (slot, log) = (slot.clone(), placed_log.clone());
+                async move {
+                    log.lock().expect("not poisoned").push("placed");
+                    let shipped = Envelope::new(
+                        e.meta().aggregate_id(),
+                        OrderShipped {
+                            tracking_number: "T-1".into(),
+                        },
+                    )
+                    .caused_by(&*e);
+                    let bus = slot.get().expect("the bus is built");
+                    bus.publish([shipped]).await.map_err(HandlerError::new)?;
+                    log.lock().expect("not poisoned").push("placed done");
+                    Ok::<_, HandlerError>(())
+                }
+            })
+            .handler::<OrderShipped, _, _>("record", move |_e: Arc<Envelope<OrderShipped>>| {
+                shipped_log.lock().expect("not poisoned").push("shipped");
+                std::future::ready(Ok::<_, HandlerError>(()))
+            })
+            .build()
+            .await
+            .expect("builds");
+        assert!(bus_slot.set(bus.clone()).is_ok());
+        tokio::time::timeout(Duration::from_secs(10), bus.publish([placed("C-1")]))
+            .await
+            .unwrap_or_else(|_| panic!("{order}: the publish deadlocked"))
+            .expect("published");
+        assert_eq!(
+            *log.lock().expect("not poisoned"),
+            ["placed", "placed done", "shipped"],
+            "{order}: the inner event is handled after the handler that published it, before the publish returns"
+        );
+    }
+}

@@ -1874,6 +1874,59 @@ fn all_but(name: &str) -> String {
     format!("^(?!{escaped}$).*")
 }
 
+/// A user who may not write to the exchange gets the broker's refusal from
+/// `publish` at once: it was sent again on new channels, each closed by the
+/// broker, until `confirm_timeout` ended it as a `ConfirmTimeout` hiding why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_the_broker_refuses_fails_at_once_with_its_reason() {
+    let scope = common::Scope::new("faults-write-acl");
+    let id = Uuid::new_v4().simple().to_string();
+    let (name, password) = (format!("eventbus-wacl-{}", &id[..8]), id[8..].to_owned());
+    let user = tokio::task::spawn_blocking({
+        let (name, password) = (name.clone(), password.clone());
+        let exchange = scope.exchange.clone();
+        move || {
+            let user = TestUser::create(&name, &password, ".*");
+            // Everything but the exchange the bus publishes to.
+            rabbitmqctl(&[
+                "set_permissions",
+                "-p",
+                "/",
+                &name,
+                ".*",
+                &all_but(&exchange),
+                ".*",
+            ]);
+            user
+        }
+    })
+    .await
+    .expect("rabbitmqctl thread");
+    let url = format!("amqp://{name}:{password}@{}/%2f", shared_broker_addr());
+    let confirm = Duration::from_secs(20);
+    let bus = scope
+        .builder()
+        .url(&url)
+        .configure(move |c| c.confirm_timeout = confirm)
+        .handler::<Tick, _, _>("noop", |_e| async { Ok::<_, HandlerError>(()) })
+        .build()
+        .await
+        .expect("connects: declaring needs no write permission on the exchange");
+    let error = bus
+        .publish(ticks(0, 3))
+        .await
+        .expect_err("the write is refused");
+    let text = error.to_string();
+    assert!(matches!(error, eventbus::Error::Broker { .. }), "{text}");
+    assert!(
+        text.contains("ACCESS_REFUSED") && text.contains(&scope.exchange),
+        "{text}"
+    );
+    assert!(!text.contains(&password), "{text}");
+    bus.shutdown(Duration::from_secs(10)).await.expect("stops");
+    drop(user);
+}
+
 /// Case 15: the broker refuses the user configure permission on one group's
 /// queue: that group gets `Error::AccessRefused` (in its queue info and in
 /// health, which is not ready), without resetting the connection; the other

@@ -402,6 +402,43 @@ async fn a_refused_binding_is_forgotten_and_the_bus_goes_on() {
     let _ = conn.close(200, "done".into()).await;
 }
 
+/// An exchange deleted under a running bus is declared again: the publish
+/// that found it gone reconnects (which declares the topology) and succeeds.
+#[tokio::test]
+async fn a_deleted_exchange_is_declared_again_by_the_next_publish() {
+    let scope = Scope::new("deleted-exchange");
+    let bus = scope
+        .builder()
+        .configure(|c| c.confirm_timeout = Duration::from_secs(15))
+        .handler::<OrderPlaced, _, _>("p", |_e| async { Ok::<_, HandlerError>(()) })
+        .build()
+        .await
+        .expect("connects");
+    let conn = common::raw().await;
+    let ch = conn.create_channel().await.expect("channel");
+    ch.exchange_delete(
+        scope.exchange.as_str().into(),
+        lapin::options::ExchangeDeleteOptions::default(),
+    )
+    .await
+    .expect("deleted");
+    let report = bus.publish([placed("A")]).await.expect("published");
+    assert_eq!(report.published, 1);
+    ch.exchange_declare(
+        scope.exchange.as_str().into(),
+        lapin::ExchangeKind::Topic,
+        lapin::options::ExchangeDeclareOptions {
+            passive: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .expect("declared again");
+    bus.shutdown(Duration::from_secs(10)).await.expect("stops");
+    let _ = conn.close(200, "done".into()).await;
+}
+
 #[tokio::test]
 async fn queue_arguments_pass_through_for_quorum_queues() {
     let scope = Scope::new("quorum");

@@ -133,6 +133,7 @@ pub(crate) async fn start_group(
                         let publisher = ctx.publisher.clone();
                         let settled = settled.clone();
                         let (session, channel) = (session.clone(), channel.clone());
+                        let stop = ctx.stop.clone();
                         ctx.deliveries.spawn(async move {
                             turn.wait().await;
                             if session.broken.is_cancelled() || !channel.status().connected() {
@@ -144,6 +145,15 @@ pub(crate) async fn start_group(
                             }
                             let work = handle(&shared, &group, &publisher, &delivery);
                             let (how, message_id) = traced(&shared, &group, &delivery, work).await;
+                            if matches!(how, Settle::Requeue) {
+                                // Its retry or DLQ copy could not be published
+                                // (a refused write, say): back to the queue, but
+                                // not at once, or it would loop hot.
+                                tokio::select! {
+                                    () = tokio::time::sleep(shared.config.reconnect_delay) => {}
+                                    () = stop.cancelled() => {}
+                                }
+                            }
                             drop(turn);
                             // The settler outlives every delivery task.
                             let _ = settled.send(Settled {

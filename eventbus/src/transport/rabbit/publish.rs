@@ -21,7 +21,7 @@ use futures_util::StreamExt;
 use futures_util::future::OptionFuture;
 use futures_util::stream::FuturesUnordered;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::protocol::AMQPErrorKind;
+use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::{BasicProperties, Channel, Confirmation, ErrorKind, PublisherConfirm};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
@@ -251,12 +251,21 @@ impl Publisher {
                             ConfirmOutcome::Lost(error) => {
                                 if let Scope::Connection = self.scope_of(&error, &session) {
                                     session.fail(&scrub(&error.to_string()));
+                                } else if soft_error(&error) == Some(AMQPSoftError::NOTFOUND) {
+                                    // An exchange was deleted under the bus: connect
+                                    // again, which declares the topology again.
+                                    session.fail(&scrub(&error.to_string()));
                                 }
                                 // The message that made the broker close the channel
-                                // fails; the others go again.
-                                match self.too_large(&outgoing[index]) {
-                                    Some(too_large) => {
-                                        first_error.get_or_insert(too_large);
+                                // fails; the others go again. A refused write fails
+                                // them all: sending again on a new channel would only
+                                // close it again, until the timeout hid the reason.
+                                match self
+                                    .too_large(&outgoing[index])
+                                    .or_else(|| refused(&error, &outgoing[index]))
+                                {
+                                    Some(failed) => {
+                                        first_error.get_or_insert(failed);
                                     }
                                     None => lost.push(index),
                                 }
@@ -362,6 +371,36 @@ fn confirm_outcome(result: lapin::Result<Confirmation>, message: &Outgoing) -> C
             reason: "the channel is not in confirm mode (eventbus bug)".into(),
         }),
         Err(e) => ConfirmOutcome::Lost(e),
+    }
+}
+
+/// The broker closed the channel because this user may not write to
+/// `message`'s exchange (`ACCESS_REFUSED`): an error no resend fixes, with
+/// the broker's reason.
+fn refused(error: &lapin::Error, message: &Outgoing) -> Option<Error> {
+    (soft_error(error) == Some(AMQPSoftError::ACCESSREFUSED)).then(|| Error::Broker {
+        context: format!(
+            "publishing event {} to exchange `{}`",
+            message.message_id,
+            if message.exchange.is_empty() {
+                "amq.default"
+            } else {
+                &message.exchange
+            }
+        ),
+        reason: scrub(&error.to_string()),
+    })
+}
+
+/// The channel-level error the broker closed a channel with, if that is what
+/// `error` is.
+fn soft_error(error: &lapin::Error) -> Option<AMQPSoftError> {
+    match error.kind() {
+        ErrorKind::ProtocolError(e) => match e.kind() {
+            AMQPErrorKind::Soft(soft) => Some(soft.clone()),
+            AMQPErrorKind::Hard(_) => None,
+        },
+        _ => None,
     }
 }
 

@@ -407,6 +407,49 @@ async fn a_member_restarted_under_its_name_takes_back_its_pending_entries_and_go
     assert_eq!(scope.pending("default"), 0);
 }
 
+/// Entries queued behind their aggregate longer than `pending_idle_ms` are
+/// not taken back by their own member's recovery: their idle time counts
+/// from the read. They were claimed by the member itself and run a second
+/// time, behind the first copy.
+#[tokio::test]
+async fn recovery_leaves_alone_what_this_member_is_still_handling() {
+    let scope = RedisScope::new("queued-not-idle");
+    let seen = Seen::default();
+    let s = seen.clone();
+    let bus = scope
+        .builder()
+        .configure(|c| {
+            c.pending_idle_ms = 300;
+            c.ordering = eventbus::DeliveryOrder::Strict;
+        })
+        .handler::<OrderPlaced, _, _>("slow", move |e: Arc<Envelope<OrderPlaced>>| {
+            let s = s.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                s.lock().expect("not poisoned").push(e.meta().event_id());
+                Ok::<_, HandlerError>(())
+            }
+        })
+        .build()
+        .await
+        .expect("connects");
+    // Published before consuming starts: one read takes them all, and the
+    // last waits about 1.5 s for its turn, five times pending_idle_ms.
+    let events: Vec<_> = (0..30).map(|i| placed(&format!("C-{i}"))).collect();
+    let ids: BTreeSet<Uuid> = events.iter().map(|e| e.meta().event_id()).collect();
+    bus.publish(events).await.expect("published");
+    bus.start_consuming().await.expect("consumes");
+    eventually("every event handled", WAIT, || {
+        let n = count(&seen);
+        async move { n >= 30 }
+    })
+    .await;
+    bus.shutdown(Duration::from_secs(10)).await.expect("stops");
+    once_each(&seen, &ids);
+    assert_eq!(bus.stats().messages_recovered, 0);
+    assert_eq!(scope.pending("default"), 0);
+}
+
 #[tokio::test]
 async fn malformed_entries_go_to_the_dlq_at_once_and_foreign_types_are_skipped() {
     let scope = RedisScope::new("malformed");

@@ -12,9 +12,10 @@
 //! the `XACK`. A crash at any point leaves the entry pending; a live member
 //! claims it after `pending_idle_ms`: duplicates are possible, losses are not.
 
+use std::collections::HashSet;
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::FutureExt;
@@ -104,6 +105,26 @@ pub(crate) struct Group {
     acks: mpsc::UnboundedSender<AckMsg>,
     /// `CLIENT ID` of the reader's connection, to unblock it on stop.
     reader_id: AtomicI64,
+    /// Entries this member has taken and not finished with, queued behind
+    /// their aggregate or running: recovery must not take them back from
+    /// itself (their idle time counts from the read, not from the handler's
+    /// start) and run them a second time.
+    in_flight: Mutex<HashSet<(Source, String)>>,
+}
+
+/// Removes an entry from its group's in-flight set when its handling ends,
+/// however it ends.
+struct InFlight {
+    group: Arc<Group>,
+    entry: Option<(Source, String)>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Some(entry) = self.entry.take() {
+            self.group.in_flight().remove(&entry);
+        }
+    }
 }
 
 impl std::fmt::Debug for Group {
@@ -139,6 +160,7 @@ impl Group {
             permits: Arc::new(Semaphore::new(config.stream_read_count.max(1))),
             acks,
             reader_id: AtomicI64::new(-1),
+            in_flight: Mutex::default(),
             name,
             run: run.clone(),
         });
@@ -213,13 +235,30 @@ impl Group {
             .field(HEADER_AGGREGATE_ID)
             .and_then(|id| id.parse().ok());
         let mut turn = self.sequencer.enter(key);
+        self.in_flight().insert((source, entry.id.clone()));
+        let tracked = InFlight {
+            group: self.clone(),
+            entry: Some((source, entry.id.clone())),
+        };
         let group = self.clone();
         async move {
             turn.wait().await;
             group.handle(source, &entry, state).await;
             drop(turn);
+            drop(tracked);
             drop(permit);
         }
+    }
+
+    fn in_flight(&self) -> std::sync::MutexGuard<'_, HashSet<(Source, String)>> {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Is `id` taken by this member and not finished with?
+    fn is_in_flight(&self, source: Source, id: &str) -> bool {
+        self.in_flight().contains(&(source, id.to_owned()))
     }
 
     /// Runs the group's handlers for one entry and settles it.
@@ -701,6 +740,10 @@ pub(crate) async fn recover(
                 entries
             };
             for entry in claimed {
+                if group.is_in_flight(source, &entry.id) {
+                    // Ours, still queued or running: claiming it only reset its idle time.
+                    continue;
+                }
                 let Some(state) = retry::recovered_state(group, source, &entry).await? else {
                     // Waiting in the retry schedule: the retry worker takes it.
                     continue;

@@ -4,7 +4,7 @@
 use redis::Value;
 
 /// Which stream of a group an entry came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum Source {
     /// `{prefix}:stream`, read by every group.
     Main,

@@ -450,6 +450,108 @@ async fn recovery_leaves_alone_what_this_member_is_still_handling() {
     assert_eq!(scope.pending("default"), 0);
 }
 
+/// A retry that crashes its consumers every time is dead-lettered once Redis
+/// has delivered it more than `max_retries + 1` times. The limit was only
+/// checked for entries without retry state, so such a retry came back
+/// forever. The state a crash loop leaves is made here with the commands the
+/// bus itself runs: a failed first attempt's state, taken off the schedule,
+/// then delivered (XCLAIM) by members that died with it.
+#[tokio::test]
+async fn a_retry_that_keeps_crashing_its_consumers_is_dead_lettered() {
+    let scope = RedisScope::new("retry-crash-loop");
+    let publisher = scope
+        .builder()
+        .event::<OrderPlaced>()
+        .build()
+        .await
+        .expect("connects");
+    let mut conn = scope.conn();
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(scope.stream())
+        .arg("default")
+        .arg("0")
+        .arg("MKSTREAM")
+        .query(&mut conn)
+        .expect("group");
+    publisher.publish([placed("C-1")]).await.expect("published");
+    let reply: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("default")
+        .arg("died-0")
+        .arg("COUNT")
+        .arg(1)
+        .arg("STREAMS")
+        .arg(scope.stream())
+        .arg(">")
+        .query(&mut conn)
+        .expect("read");
+    let ids: Vec<String> = redis::cmd("XRANGE")
+        .arg(scope.stream())
+        .arg("-")
+        .arg("+")
+        .query::<Vec<(String, Vec<(String, String)>)>>(&mut conn)
+        .expect("range")
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    assert!(
+        !matches!(reply, redis::Value::Nil) && ids.len() == 1,
+        "{reply:?}"
+    );
+    let id = &ids[0];
+    let mut config = eventbus::Config::default();
+    config.stream_prefix = scope.prefix.clone();
+    let _: () = redis::cmd("HSET")
+        .arg(config.retry_state_key("default"))
+        .arg(format!("m|{id}"))
+        .arg(r#"{"attempt":1,"failed":["h"]}"#)
+        .query(&mut conn)
+        .expect("retry state");
+    // Four more deliveries, each to a member that died with it: 5 > 3 + 1.
+    for n in 1..=4 {
+        let _: redis::Value = redis::cmd("XCLAIM")
+            .arg(scope.stream())
+            .arg("default")
+            .arg(format!("died-{n}"))
+            .arg(0)
+            .arg(id)
+            .query(&mut conn)
+            .expect("claimed");
+    }
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let live = scope
+        .builder()
+        .configure(|c| {
+            c.pending_idle_ms = 300;
+            c.max_retries = 3;
+        })
+        .handler::<OrderPlaced, _, _>("h", move |_e| {
+            c.fetch_add(1, Ordering::SeqCst);
+            std::future::ready(Ok::<_, HandlerError>(()))
+        })
+        .build()
+        .await
+        .expect("connects");
+    live.start_consuming().await.expect("consumes");
+    let dlq = live.dlq("default");
+    eventually("the crash-looping retry is dead-lettered", WAIT, || {
+        let dlq = dlq.clone();
+        async move { dlq.count().await.unwrap_or(0) == 1 }
+    })
+    .await;
+    let listed = dlq.list(10).await.expect("lists");
+    assert_eq!(
+        listed[0].error_type.as_deref(),
+        Some("DeliveryLimitExceeded"),
+        "{listed:?}"
+    );
+    live.shutdown(Duration::from_secs(10)).await.expect("stops");
+    assert_eq!(calls.load(Ordering::SeqCst), 0, "not run a sixth time");
+    assert_eq!(scope.pending("default"), 0);
+}
+
 #[tokio::test]
 async fn malformed_entries_go_to_the_dlq_at_once_and_foreign_types_are_skipped() {
     let scope = RedisScope::new("malformed");

@@ -103,14 +103,6 @@ pub(crate) async fn recovered_state(
     if scheduled.is_some() {
         return Ok(None);
     }
-    if let Some(stored) = stored.and_then(|s| serde_json::from_str::<Stored>(&s).ok()) {
-        return Ok(Some(RetryState {
-            attempt: stored.attempt,
-            only: (!stored.failed.is_empty()).then_some(stored.failed),
-            retried: true,
-            crash_deliveries: None,
-        }));
-    }
     // [[id, consumer, idle, delivered]]
     let delivered = match &pending {
         Value::Array(rows) => rows.first().and_then(|row| match row {
@@ -121,6 +113,18 @@ pub(crate) async fn recovered_state(
     }
     .and_then(|d| u64::try_from(d).ok())
     .unwrap_or(1);
+    if let Some(stored) = stored.and_then(|s| serde_json::from_str::<Stored>(&s).ok()) {
+        // A retry that was taken and never settled (its consumer crashed or
+        // stalled in it): the delivery limit applies to it too, or a retry
+        // that crashes its consumers would come back forever. Each retry
+        // is one delivery (XCLAIM), so a healthy run stays within the limit.
+        return Ok(Some(RetryState {
+            attempt: stored.attempt,
+            only: (!stored.failed.is_empty()).then_some(stored.failed),
+            retried: true,
+            crash_deliveries: Some(delivered),
+        }));
+    }
     let mut state = RetryState::fresh(source, entry);
     state.attempt = u32::try_from(delivered.saturating_sub(1)).unwrap_or(u32::MAX);
     state.retried = true;

@@ -82,11 +82,29 @@ impl Run {
 pub(crate) struct Trackers {
     partitions: HashMap<(Arc<str>, i32), (u64, AckTracker)>,
     generation: u64,
+    /// The partitions the group has given this member, as the rebalance
+    /// callbacks report them.
+    assigned: std::collections::HashSet<(Arc<str>, i32)>,
 }
 
 impl Trackers {
-    /// Registers a received record; returns the generation to settle it with.
-    fn received(&mut self, topic: &Arc<str>, partition: i32, offset: i64) -> u64 {
+    /// The group gave this member `partitions` (all of them, or, with a
+    /// cooperative assignor, more of them).
+    fn assign(&mut self, partitions: &TopicPartitionList) {
+        for e in partitions.elements() {
+            self.assigned.insert((Arc::from(e.topic()), e.partition()));
+        }
+    }
+
+    /// Registers a received record; returns the generation to settle it
+    /// with, or `None` for a record of a partition this member no longer
+    /// holds: one fetched before a rebalance took the partition away, which
+    /// its new owner reads from the committed offset. Handling it here would
+    /// run it twice and commit for a partition another member owns.
+    fn received(&mut self, topic: &Arc<str>, partition: i32, offset: i64) -> Option<u64> {
+        if !self.assigned.contains(&(topic.clone(), partition)) {
+            return None;
+        }
         let next = &mut self.generation;
         let (generation, tracker) = self
             .partitions
@@ -96,7 +114,7 @@ impl Trackers {
                 (*next, AckTracker::new())
             });
         tracker.received(offset);
-        *generation
+        Some(*generation)
     }
 
     fn handled(&mut self, topic: &Arc<str>, partition: i32, offset: i64, generation: u64) {
@@ -134,6 +152,7 @@ impl Trackers {
     fn revoke(&mut self, revoked: &TopicPartitionList) -> TopicPartitionList {
         let mut tpl = TopicPartitionList::new();
         for e in revoked.elements() {
+            self.assigned.remove(&(Arc::from(e.topic()), e.partition()));
             if let Some((_, mut tracker)) = self
                 .partitions
                 .remove(&(Arc::from(e.topic()), e.partition()))
@@ -211,6 +230,10 @@ impl ConsumerContext for GroupContext {
                 }
             }
             Rebalance::Assign(assigned) => {
+                self.trackers
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .assign(assigned);
                 tracing::debug!(group = %self.group, assigned = assigned.count(), "partitions assigned");
             }
             Rebalance::Error(error) => {
@@ -409,7 +432,12 @@ impl Group {
         let mut trackers = self.lock();
         let handling = FuturesUnordered::new();
         for (record, permit) in batch {
-            let generation = trackers.received(&record.topic, record.partition, record.offset);
+            let Some(generation) =
+                trackers.received(&record.topic, record.partition, record.offset)
+            else {
+                tracing::debug!(group = %self.name, topic = %record.topic, partition = record.partition, offset = record.offset, "record of a partition no longer held; left to its new owner");
+                continue;
+            };
             let key: Option<Uuid> = record
                 .header(HEADER_AGGREGATE_ID)
                 .and_then(|id| id.parse().ok());
@@ -815,5 +843,59 @@ async fn commit_loop(group: Arc<Group>, consumer: Arc<GroupConsumer>) {
         {
             tracing::warn!(group = %group.name, %error, "cannot commit handled offsets; trying again at the next interval");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Trackers;
+    use rdkafka::{Offset, TopicPartitionList};
+    use std::sync::Arc;
+
+    fn partition(topic: &str, partition: i32) -> TopicPartitionList {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(topic, partition);
+        tpl
+    }
+
+    fn committed(tpl: &TopicPartitionList) -> Vec<(String, i32, Offset)> {
+        tpl.elements()
+            .iter()
+            .map(|e| (e.topic().to_owned(), e.partition(), e.offset()))
+            .collect()
+    }
+
+    /// A record fetched before a rebalance took its partition away is not
+    /// taken (its new owner reads it), and nothing is committed for it.
+    #[test]
+    fn records_of_a_revoked_partition_are_left_to_its_new_owner() {
+        let topic: Arc<str> = Arc::from("t");
+        let mut trackers = Trackers::default();
+        assert_eq!(trackers.received(&topic, 0, 0), None, "not assigned yet");
+        trackers.assign(&partition("t", 0));
+        let first = trackers.received(&topic, 0, 5).expect("assigned");
+        trackers.handled(&topic, 0, 5, first);
+        let revoked = trackers.revoke(&partition("t", 0));
+        assert_eq!(
+            committed(&revoked),
+            [("t".to_owned(), 0, Offset::Offset(6))]
+        );
+        assert_eq!(trackers.received(&topic, 0, 6), None, "revoked");
+        assert_eq!(trackers.take_commits().count(), 0);
+        // Given back later: a new generation; the old one settles nothing.
+        trackers.assign(&partition("t", 0));
+        let second = trackers.received(&topic, 0, 6).expect("assigned again");
+        assert_ne!(first, second);
+        trackers.handled(&topic, 0, 6, first);
+        assert_eq!(
+            committed(&trackers.take_commits()),
+            [("t".to_owned(), 0, Offset::Offset(6))],
+            "not past 6, which the old generation cannot settle"
+        );
+        trackers.handled(&topic, 0, 6, second);
+        assert_eq!(
+            committed(&trackers.take_commits()),
+            [("t".to_owned(), 0, Offset::Offset(7))]
+        );
     }
 }

@@ -628,6 +628,46 @@ async fn a_start_that_timed_out_leaves_no_consumer_behind() {
     let _ = conn.close(200, "done".into()).await;
 }
 
+/// `shutdown(timeout)` returns by its timeout when the broker stops
+/// answering: closing the channels and connections waited for close-oks that
+/// never came, two seconds each, past the timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_returns_by_its_timeout_when_the_broker_stops_answering() {
+    let scope = common::Scope::new("faults-shutdown-bound");
+    let upstream = common::url()
+        .parse::<lapin::uri::AMQPUri>()
+        .map(|u| (u.authority.host, u.authority.port))
+        .expect("test URL parses");
+    let upstream: std::net::SocketAddr = format!("{}:{}", upstream.0, upstream.1)
+        .parse()
+        .expect("a numeric test broker address");
+    let proxy = proxy::Proxy::start(upstream).await;
+    let ledger = Ledger::default();
+    let bus = recording(scope.builder().url(&proxy.url()).event::<Tick>(), &ledger)
+        .build()
+        .await
+        .expect("connects through the proxy");
+    bus.start_consuming().await.expect("consumes");
+    let events = ticks(0, 20);
+    ledger.confirmed(ids(&events));
+    bus.publish(events).await.expect("published");
+    eventually("every event delivered", Duration::from_secs(30), || {
+        ledger.missing() == 0
+    })
+    .await;
+    proxy.set(proxy::Mode::Blackhole);
+    let timeout = Duration::from_secs(3);
+    // The slack covers scheduling only, not a close-ok wait.
+    let slack = Duration::from_millis(500);
+    let returned = tokio::time::timeout(timeout + slack, bus.shutdown(timeout)).await;
+    assert!(
+        returned.is_ok(),
+        "shutdown({timeout:?}) still running after {:?}",
+        timeout + slack
+    );
+    proxy.set(proxy::Mode::Pass);
+}
+
 /// Case 5: the proxy forwards nothing for 30 s (sockets stay open) with a
 /// 5 s heartbeat: the dead link is noticed within about two heartbeats,
 /// every publish meanwhile fails within its timeout, and after the heal

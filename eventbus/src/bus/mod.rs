@@ -274,13 +274,28 @@ impl Bus {
         let stopped = self.transport.stop_consuming(timeout).await;
         self.ctx.tasks.close();
         let waited = tokio::time::timeout_at(deadline, self.ctx.tasks.wait()).await;
-        let closed = self.transport.close().await;
+        // Closing waits for the broker's close-ok, which a broker that went
+        // away never sends: past the deadline it finishes in the background.
+        let transport = self.transport.clone();
+        let closing = tokio::spawn(async move { transport.close().await });
         if waited.is_err() {
             return Err(Error::ShutdownTimeout {
                 timeout,
                 pending: self.ctx.tasks.len(),
             });
         }
+        let closed = match tokio::time::timeout_at(deadline, closing).await {
+            Ok(Ok(closed)) => closed,
+            Ok(Err(panicked)) => Err(Error::Broker {
+                context: "closing the connections".into(),
+                reason: panicked.to_string(),
+            }),
+            // The close is the one task left.
+            Err(_) => Err(Error::ShutdownTimeout {
+                timeout,
+                pending: 1,
+            }),
+        };
         stopped.and(closed)
     }
 

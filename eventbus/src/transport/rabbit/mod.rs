@@ -614,7 +614,8 @@ impl Transport for RabbitTransport {
         // the shutdown timeout; what is still unacked then goes back to the
         // queue when the connection closes.
         self.deliveries.close();
-        let drained = tokio::time::timeout(drain, self.deliveries.wait()).await;
+        let deadline = crate::runtime::deadline(drain);
+        let drained = tokio::time::timeout_at(deadline, self.deliveries.wait()).await;
         let pending = self.deliveries.len();
         if drained.is_err() {
             tracing::warn!(
@@ -624,7 +625,11 @@ impl Transport for RabbitTransport {
             );
         }
         self.deliveries.reopen();
-        consuming.link.close().await;
+        // A broker that stopped answering never sends the close-ok: past
+        // the deadline the close goes on in the background.
+        let link = consuming.link.clone();
+        let closing = tokio::spawn(async move { link.close().await });
+        let _ = tokio::time::timeout_at(deadline, closing).await;
         match drained {
             Ok(()) => Ok(()),
             Err(_) => Err(Error::ShutdownTimeout {

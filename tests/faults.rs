@@ -568,14 +568,7 @@ async fn case03_consumer_killed_mid_handler_is_redelivered_to_the_other_member()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_start_that_timed_out_leaves_no_consumer_behind() {
     let scope = common::Scope::new("faults-start-timeout");
-    let upstream = common::url()
-        .parse::<lapin::uri::AMQPUri>()
-        .map(|u| (u.authority.host, u.authority.port))
-        .expect("test URL parses");
-    let upstream: std::net::SocketAddr = format!("{}:{}", upstream.0, upstream.1)
-        .parse()
-        .expect("a numeric test broker address");
-    let proxy = proxy::Proxy::start(upstream).await;
+    let proxy = proxy::Proxy::start(shared_broker_addr()).await;
     let ledger = Ledger::default();
     let bus = recording(scope.builder().url(&proxy.url()).event::<Tick>(), &ledger)
         .configure(|c| c.connect_timeout = Duration::from_secs(2))
@@ -634,14 +627,7 @@ async fn a_start_that_timed_out_leaves_no_consumer_behind() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_returns_by_its_timeout_when_the_broker_stops_answering() {
     let scope = common::Scope::new("faults-shutdown-bound");
-    let upstream = common::url()
-        .parse::<lapin::uri::AMQPUri>()
-        .map(|u| (u.authority.host, u.authority.port))
-        .expect("test URL parses");
-    let upstream: std::net::SocketAddr = format!("{}:{}", upstream.0, upstream.1)
-        .parse()
-        .expect("a numeric test broker address");
-    let proxy = proxy::Proxy::start(upstream).await;
+    let proxy = proxy::Proxy::start(shared_broker_addr()).await;
     let ledger = Ledger::default();
     let bus = recording(scope.builder().url(&proxy.url()).event::<Tick>(), &ledger)
         .build()
@@ -675,14 +661,7 @@ async fn shutdown_returns_by_its_timeout_when_the_broker_stops_answering() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn case05_blackhole_is_noticed_by_heartbeats_and_recovered() {
     let scope = common::Scope::new("faults-blackhole");
-    let upstream = common::url()
-        .parse::<lapin::uri::AMQPUri>()
-        .map(|u| (u.authority.host, u.authority.port))
-        .expect("test URL parses");
-    let upstream: std::net::SocketAddr = format!("{}:{}", upstream.0, upstream.1)
-        .parse()
-        .expect("a numeric test broker address");
-    let proxy = proxy::Proxy::start(upstream).await;
+    let proxy = proxy::Proxy::start(shared_broker_addr()).await;
     let confirm = Duration::from_secs(5);
     let ledger = Ledger::default();
     let bus = recording(scope.builder().url(&proxy.url()).event::<Tick>(), &ledger)

@@ -12,7 +12,6 @@
 //! or an event type it does not know) is left to the other members of its
 //! group, never acked away. Nothing is dropped silently.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 
@@ -22,10 +21,9 @@ use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use uuid::Uuid;
 
 use crate::config::ExchangeType;
-use crate::runtime::{self, BusContext, Sequencer};
+use crate::runtime::{self, BusContext};
 use crate::stats::add;
 use crate::wire::HEADER_AGGREGATE_ID;
 
@@ -47,23 +45,6 @@ pub(crate) struct ConsumeRun {
     pub(crate) states: ConsumerStates,
     /// Where retries and dead letters are published.
     pub(crate) publisher: Arc<Publisher>,
-    /// Each group's sequencer, for the whole run: deliveries of a channel
-    /// reopened after a reconnect queue behind the old channel's still
-    /// running, so one aggregate never runs twice at once.
-    pub(crate) sequencers: std::sync::Mutex<HashMap<Arc<str>, Arc<Sequencer<Uuid>>>>,
-}
-
-impl ConsumeRun {
-    /// `group`'s sequencer, made on first use.
-    fn sequencer(&self, group: &Arc<str>) -> Arc<Sequencer<Uuid>> {
-        let order = self.shared.config.ordering_for(group);
-        self.sequencers
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .entry(group.clone())
-            .or_insert_with(|| runtime::sequencer(order))
-            .clone()
-    }
 }
 
 /// Starts a consumer for `group` on `session`, returning once the broker accepted it.
@@ -102,7 +83,7 @@ pub(crate) async fn start_group(
     set_state(&ctx.states, &queue, true);
     let order = config.ordering_for(&group);
     tracing::debug!(%queue, %tag, prefetch = config.prefetch_count, %order, "consuming");
-    let sequencer = ctx.sequencer(&group);
+    let sequencer = runtime::sequencer(order);
     let (settled, settler) = tokio::sync::mpsc::unbounded_channel::<Settled>();
     // Tracked with the deliveries: stopping waits for its last flush.
     ctx.deliveries.spawn(settle::run(
@@ -140,7 +121,8 @@ pub(crate) async fn start_group(
                                 // Its channel is gone while it waited: the
                                 // broker has put it back and delivers it again,
                                 // on the new channel, in order. Running it now
-                                // would run it beside or after that copy.
+                                // would run it beside or after that copy, out
+                                // of order.
                                 return;
                             }
                             let work = handle(&shared, &group, &publisher, &delivery);

@@ -505,7 +505,6 @@ impl Transport for RabbitTransport {
             deliveries: self.deliveries.clone(),
             states: self.states.clone(),
             publisher: self.publisher.clone(),
-            sequencers: std::sync::Mutex::default(),
         });
         let refused = self.consumer_refused.clone();
         let setup: Setup = {

@@ -105,6 +105,32 @@ async fn a_panicking_handler_is_retried_then_dead_lettered_on_kafka() {
     a_panic_is_a_failure("Kafka", kafka::builder(&tansu, &prefix)).await;
 }
 
+/// A closure handler that panics before it returns its future (in the
+/// closure's own body, not in an `async` block) fails the same way.
+#[tokio::test]
+async fn a_handler_panicking_before_its_future_fails_one_event() {
+    let handled = Arc::new(AtomicUsize::new(0));
+    let h = handled.clone();
+    let bus = Bus::builder()
+        .memory()
+        .without_discovery()
+        .handler::<OrderPlaced, _, _>("charge", move |e: Arc<Envelope<OrderPlaced>>| {
+            assert_ne!(e.customer_id, "bad", "no card on file");
+            h.fetch_add(1, Ordering::SeqCst);
+            std::future::ready(Ok::<_, HandlerError>(()))
+        })
+        .build()
+        .await
+        .expect("builds");
+    let report = bus
+        .publish(vec![placed("bad"), placed("good")])
+        .await
+        .expect("publish succeeds");
+    assert_eq!(report.published, 2);
+    assert_eq!(handled.load(Ordering::SeqCst), 1);
+    assert_eq!(bus.stats().handler_errors, 1);
+}
+
 /// In memory there is no retry: the panic is a logged failure, and the
 /// publish and the events after it go on.
 #[tokio::test]

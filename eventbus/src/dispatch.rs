@@ -255,7 +255,9 @@ impl Dispatcher {
                 // A panic is this handler's failure, retried and dead-lettered
                 // like an error: unwinding further would leave its delivery
                 // unsettled (on RabbitMQ, every later ack of the channel too).
-                let result = std::panic::AssertUnwindSafe(entry.invoke.call(event))
+                // Called inside the guarded future: a closure handler's code
+                // before its first await runs in `call` itself.
+                let result = std::panic::AssertUnwindSafe(async { entry.invoke.call(event).await })
                     .catch_unwind()
                     .await
                     .unwrap_or_else(|payload| Err(HandlerError::panicked(&*payload)));

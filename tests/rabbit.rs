@@ -439,6 +439,34 @@ async fn a_deleted_exchange_is_declared_again_by_the_next_publish() {
     let _ = conn.close(200, "done".into()).await;
 }
 
+/// A bus that declares nothing (`without_topology`, as the CLI's) and
+/// publishes to an exchange that does not exist gets the broker's reason
+/// after one reconnect, not a `ConfirmTimeout` after reconnecting until the
+/// timeout.
+#[tokio::test]
+async fn a_publish_to_a_missing_exchange_without_topology_names_it() {
+    let scope = Scope::new("missing-exchange");
+    let bus = scope
+        .builder()
+        .without_topology()
+        .configure(|c| c.confirm_timeout = Duration::from_secs(15))
+        .event::<OrderPlaced>()
+        .build()
+        .await
+        .expect("connects");
+    let err = bus
+        .publish([placed("A")])
+        .await
+        .expect_err("no exchange to publish to");
+    let text = err.to_string();
+    assert!(matches!(err, Error::Broker { .. }), "{text}");
+    assert!(
+        text.contains("NOT_FOUND") && text.contains(&scope.exchange),
+        "{text}"
+    );
+    bus.shutdown(Duration::from_secs(10)).await.expect("stops");
+}
+
 #[tokio::test]
 async fn queue_arguments_pass_through_for_quorum_queues() {
     let scope = Scope::new("quorum");

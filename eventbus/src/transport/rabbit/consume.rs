@@ -130,9 +130,10 @@ pub(crate) async fn start_group(
                             if matches!(how, Settle::Requeue) {
                                 // Its retry or DLQ copy could not be published
                                 // (a refused write, say): back to the queue, but
-                                // not at once, or it would loop hot.
+                                // not at once, or its handlers would run again in
+                                // a hot loop. It waits as long as a publish may.
                                 tokio::select! {
-                                    () = tokio::time::sleep(shared.config.reconnect_delay) => {}
+                                    () = tokio::time::sleep(shared.config.confirm_timeout) => {}
                                     () = stop.cancelled() => {}
                                 }
                             }

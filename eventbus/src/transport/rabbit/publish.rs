@@ -212,7 +212,11 @@ impl Publisher {
         let mut pending: Vec<usize> = (0..outgoing.len()).collect();
         let mut settled = vec![false; outgoing.len()];
         let mut confirmed = 0;
+        // A missing exchange reconnects once (declaring the topology again);
+        // missing again after that, it is an error with the broker's reason.
+        let mut redeclared = false;
         while !pending.is_empty() {
+            let after_redeclare = redeclared;
             let session = self
                 .link
                 .wait_up(deadline.saturating_duration_since(Instant::now()))
@@ -249,21 +253,26 @@ impl Publisher {
                         match confirm_outcome(outcome, &outgoing[index]) {
                             ConfirmOutcome::Confirmed => confirmed += 1,
                             ConfirmOutcome::Lost(error) => {
+                                let not_found = soft_error(&error) == Some(AMQPSoftError::NOTFOUND);
                                 if let Scope::Connection = self.scope_of(&error, &session) {
                                     session.fail(&scrub(&error.to_string()));
-                                } else if soft_error(&error) == Some(AMQPSoftError::NOTFOUND) {
+                                } else if not_found && !after_redeclare {
                                     // An exchange was deleted under the bus: connect
                                     // again, which declares the topology again.
+                                    redeclared = true;
                                     session.fail(&scrub(&error.to_string()));
                                 }
                                 // The message that made the broker close the channel
                                 // fails; the others go again. A refused write fails
                                 // them all: sending again on a new channel would only
                                 // close it again, until the timeout hid the reason.
-                                match self
-                                    .too_large(&outgoing[index])
-                                    .or_else(|| refused(&error, &outgoing[index]))
-                                {
+                                let message = &outgoing[index];
+                                match self.too_large(message).or_else(|| refused(&error, message)).or_else(|| {
+                                    (not_found && after_redeclare).then(|| Error::Broker {
+                                        context: format!("publishing event {} to exchange `{}`", message.message_id, message.exchange),
+                                        reason: scrub(&error.to_string()),
+                                    })
+                                }) {
                                     Some(failed) => {
                                         first_error.get_or_insert(failed);
                                     }
@@ -375,18 +384,27 @@ fn confirm_outcome(result: lapin::Result<Confirmation>, message: &Outgoing) -> C
 }
 
 /// The broker closed the channel because this user may not write to
-/// `message`'s exchange (`ACCESS_REFUSED`): an error no resend fixes, with
-/// the broker's reason.
+/// `message`'s exchange (`ACCESS_REFUSED`, naming it): an error no resend
+/// fixes, with the broker's reason. A refusal naming another exchange (a
+/// message beside it on the shared channel) is not this message's: it goes
+/// again.
 fn refused(error: &lapin::Error, message: &Outgoing) -> Option<Error> {
-    (soft_error(error) == Some(AMQPSoftError::ACCESSREFUSED)).then(|| Error::Broker {
+    let ErrorKind::ProtocolError(e) = error.kind() else {
+        return None;
+    };
+    let exchange = if message.exchange.is_empty() {
+        "amq.default"
+    } else {
+        &message.exchange
+    };
+    (soft_error(error) == Some(AMQPSoftError::ACCESSREFUSED)
+        && e.get_message()
+            .as_str()
+            .contains(&format!("exchange '{exchange}'")))
+    .then(|| Error::Broker {
         context: format!(
-            "publishing event {} to exchange `{}`",
-            message.message_id,
-            if message.exchange.is_empty() {
-                "amq.default"
-            } else {
-                &message.exchange
-            }
+            "publishing event {} to exchange `{exchange}`",
+            message.message_id
         ),
         reason: scrub(&error.to_string()),
     })

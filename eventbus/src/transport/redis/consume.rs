@@ -724,6 +724,9 @@ pub(crate) async fn recover(
                     .map_or_else(|| "0-0".to_owned(), |e| e.id.clone());
                 entries
             } else {
+                // JUSTID first: claiming adds no delivery, so entries this
+                // member still handles and retries waiting in the schedule
+                // are left as they were; only those taken count one.
                 let reply: Value = redis::cmd("XAUTOCLAIM")
                     .arg(key)
                     .arg(&*group.name)
@@ -732,12 +735,17 @@ pub(crate) async fn recover(
                     .arg(&cursor)
                     .arg("COUNT")
                     .arg(run.ctx.config.stream_read_count.max(1))
+                    .arg("JUSTID")
                     .query_async(&mut ops)
                     .await
                     .map_err(|e| broker(url, format!("claiming idle entries of `{key}`"), &e))?;
-                let (next, entries) = entry::autoclaim_reply(reply);
+                let (next, ids) = entry::autoclaim_ids(reply);
                 cursor = next;
-                entries
+                let ids: Vec<String> = ids
+                    .into_iter()
+                    .filter(|id| !group.is_in_flight(source, id))
+                    .collect();
+                take_unscheduled(group, source, ids).await?
             };
             for entry in claimed {
                 if group.is_in_flight(source, &entry.id) {
@@ -764,6 +772,50 @@ pub(crate) async fn recover(
         add(&run.ctx.stats.messages_recovered, taken as u64);
     }
     Ok(taken)
+}
+
+/// Takes `ids` (claimed with JUSTID) with `XCLAIM`, one delivery each, but
+/// for those waiting in the retry schedule, which the retry worker takes.
+async fn take_unscheduled(
+    group: &Arc<Group>,
+    source: Source,
+    ids: Vec<String>,
+) -> Result<Vec<Entry>, Error> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let run = &group.run;
+    let url = &run.ctx.config.url;
+    let key = group.keys.of(source);
+    let mut ops = run.ops.clone();
+    let mut pipe = redis::pipe();
+    for id in &ids {
+        pipe.cmd("ZSCORE")
+            .arg(&group.keys.schedule)
+            .arg(source.member(id));
+    }
+    let scheduled: Vec<Option<f64>> = pipe
+        .query_async(&mut ops)
+        .await
+        .map_err(|e| broker(url, "reading the retry schedule", &e))?;
+    let due: Vec<&String> = ids
+        .iter()
+        .zip(scheduled)
+        .filter_map(|(id, at)| at.is_none().then_some(id))
+        .collect();
+    if due.is_empty() {
+        return Ok(Vec::new());
+    }
+    let reply: Value = redis::cmd("XCLAIM")
+        .arg(key)
+        .arg(&*group.name)
+        .arg(&run.consumer)
+        .arg(0)
+        .arg(&due)
+        .query_async(&mut ops)
+        .await
+        .map_err(|e| broker(url, format!("claiming idle entries of `{key}`"), &e))?;
+    Ok(entry::entries(reply))
 }
 
 /// Claims entries left idle past `pending_idle_ms` by dead (or stuck)

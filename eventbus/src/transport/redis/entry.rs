@@ -169,13 +169,13 @@ pub(crate) fn read_reply(value: Value) -> Vec<(String, Vec<Entry>)> {
         .collect()
 }
 
-/// An `XAUTOCLAIM` reply: the next cursor and the claimed entries.
-pub(crate) fn autoclaim_reply(value: Value) -> (String, Vec<Entry>) {
+/// An `XAUTOCLAIM ... JUSTID` reply: the next cursor and the claimed ids.
+pub(crate) fn autoclaim_ids(value: Value) -> (String, Vec<String>) {
     let mut parts = into_items(value).into_iter();
     match (parts.next(), parts.next()) {
-        (Some(cursor), Some(claimed)) => (
+        (Some(cursor), Some(ids)) => (
             into_text(cursor).unwrap_or_else(|| "0-0".to_owned()),
-            entries(claimed),
+            into_items(ids).into_iter().filter_map(into_text).collect(),
         ),
         _ => ("0-0".to_owned(), Vec::new()),
     }
@@ -212,12 +212,15 @@ mod tests {
         assert_eq!(list[0].field("a"), Some("1"));
         assert_eq!(list[1].fields, None);
         assert!(read_reply(Value::Nil).is_empty());
-        let (cursor, claimed) = autoclaim_reply(Value::Array(vec![
-            bulk("0-0"),
-            Value::Array(vec![Value::Array(vec![bulk("3-0"), Value::Array(vec![])])]),
+        let (cursor, claimed) = autoclaim_ids(Value::Array(vec![
+            bulk("5-0"),
+            Value::Array(vec![bulk("3-0"), bulk("4-0")]),
             Value::Array(vec![]),
         ]));
-        assert_eq!((cursor.as_str(), claimed.len()), ("0-0", 1));
+        assert_eq!(
+            (cursor.as_str(), claimed),
+            ("5-0", vec!["3-0".to_owned(), "4-0".to_owned()])
+        );
         assert_eq!(
             Source::parse_member(&Source::Replay.member("3-1")),
             Some((Source::Replay, "3-1"))

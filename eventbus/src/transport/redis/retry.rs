@@ -312,6 +312,13 @@ async fn take_due(group: &Arc<Group>) -> Result<(), Error> {
         let Some((source, id)) = Source::parse_member(&member) else {
             continue;
         };
+        // Taken before the entry: between its claim and its handling it is
+        // in no schedule and not yet in flight, where recovery would take it
+        // a second time.
+        let permit = tokio::select! {
+            p = group.permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return Ok(()) },
+            () = run.stop.cancelled() => return Ok(()),
+        };
         let (removed, stored): (i64, Option<String>) = redis::pipe()
             .cmd("ZREM")
             .arg(&group.keys.schedule)
@@ -357,10 +364,6 @@ async fn take_due(group: &Arc<Group>) -> Result<(), Error> {
                 retried: true,
                 ..RetryState::default()
             },
-        };
-        let permit = tokio::select! {
-            p = group.permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return Ok(()) },
-            () = run.stop.cancelled() => return Ok(()),
         };
         group.spawn(source, entry, state, permit);
     }

@@ -480,8 +480,10 @@ async fn a_waiting_retry_holds_up_no_other_record() {
         .configure(|c| {
             c.ordering = eventbus::DeliveryOrder::Strict;
             c.max_retries = 1;
-            c.retry_base_delay = Duration::from_secs(3);
-            c.retry_max_delay = Duration::from_secs(3);
+            // Far longer than reading and handling one record takes, even
+            // on a loaded machine.
+            c.retry_base_delay = Duration::from_secs(8);
+            c.retry_max_delay = Duration::from_secs(8);
             c.retry_jitter = 0.0;
         })
         .handler::<OrderPlaced, _, _>("h", move |e: Arc<Envelope<OrderPlaced>>| {

@@ -96,13 +96,18 @@ impl Trackers {
         }
     }
 
+    /// Does this member hold `partition` of `topic` now?
+    fn holds(&self, topic: &Arc<str>, partition: i32) -> bool {
+        self.assigned.contains(&(topic.clone(), partition))
+    }
+
     /// Registers a received record; returns the generation to settle it
     /// with, or `None` for a record of a partition this member no longer
     /// holds: one fetched before a rebalance took the partition away, which
     /// its new owner reads from the committed offset. Handling it here would
     /// run it twice and commit for a partition another member owns.
     fn received(&mut self, topic: &Arc<str>, partition: i32, offset: i64) -> Option<u64> {
-        if !self.assigned.contains(&(topic.clone(), partition)) {
+        if !self.holds(topic, partition) {
             return None;
         }
         let next = &mut self.generation;
@@ -275,6 +280,10 @@ pub(crate) struct Group {
     trackers: Arc<Mutex<Trackers>>,
     sequencer: Arc<Sequencer<Uuid>>,
     permits: Arc<Semaphore>,
+    /// Retries waiting for their time without an in-flight permit (at most
+    /// [`WAITING_PER_PERMIT`] per permit): past that, a waiting retry keeps
+    /// its permit, and reading slows down instead of memory growing.
+    waiting: Arc<Semaphore>,
     assigned: tokio::sync::watch::Receiver<bool>,
 }
 
@@ -356,6 +365,9 @@ impl Group {
         let group = Arc::new(Self {
             sequencer: runtime::sequencer(config.ordering_for(&name)),
             permits: Arc::new(Semaphore::new(config.stream_read_count.max(1))),
+            waiting: Arc::new(Semaphore::new(
+                config.stream_read_count.max(1) * WAITING_PER_PERMIT,
+            )),
             consumer: Mutex::new(Some(consumer.clone())),
             assigned: assigned_rx,
             trackers,
@@ -427,7 +439,6 @@ impl Group {
         batch: Vec<(Record, OwnedSemaphorePermit)>,
     ) -> FuturesUnordered<impl Future<Output = std::thread::Result<()>> + Send + 'static> {
         let ctx = &self.run.ctx;
-        add(&ctx.stats.events_consumed, batch.len() as u64);
         ctx.stats.last_consume_at.now();
         let mut trackers = self.lock();
         let handling = FuturesUnordered::new();
@@ -438,6 +449,7 @@ impl Group {
                 tracing::debug!(group = %self.name, topic = %record.topic, partition = record.partition, offset = record.offset, "record of a partition no longer held; left to its new owner");
                 continue;
             };
+            add(&ctx.stats.events_consumed, 1);
             let key: Option<Uuid> = record
                 .header(HEADER_AGGREGATE_ID)
                 .and_then(|id| id.parse().ok());
@@ -446,14 +458,22 @@ impl Group {
             // permit: a waiting retry holds up neither its aggregate, nor
             // the group (strict ordering), nor the reading of new records.
             let waits = record.retry_after().is_some_and(|due| due > now_seconds());
-            let taken = (!waits).then(|| (self.sequencer.enter(key), permit));
+            let (taken, waiting) = if waits {
+                match self.waiting.clone().try_acquire_owned() {
+                    Ok(slot) => (None, Some(Err(slot))),
+                    Err(_) => (None, Some(Ok(permit))),
+                }
+            } else {
+                (Some((self.sequencer.enter(key), permit)), None)
+            };
             let group = self.clone();
             let handle = async move {
-                let (mut turn, permit) = match taken {
-                    Some(taken) => taken,
-                    None => {
-                        // Not settled when stopped: the group's next member reads it again.
-                        let Some(permit) = group.wait_until_due(&record).await else {
+                let (mut turn, permit) = match (taken, waiting) {
+                    (Some(taken), _) => taken,
+                    (None, waiting) => {
+                        // Not settled when stopped, nor when its partition
+                        // moved meanwhile: it is read again.
+                        let Some(permit) = group.wait_until_due(&record, waiting).await else {
                             return;
                         };
                         (group.sequencer.enter(key), permit)
@@ -477,14 +497,25 @@ impl Group {
     }
 
     /// Waits until the retry `record` is due (at most a day: its time comes
-    /// from the broker), then for an in-flight permit; `None` when the run
-    /// stops first.
-    async fn wait_until_due(&self, record: &Record) -> Option<OwnedSemaphorePermit> {
+    /// from the broker), holding `waiting`: its in-flight permit, or a
+    /// waiting slot to trade for one then. `None` when the run stops first,
+    /// or the record's partition has moved to another member meanwhile.
+    async fn wait_until_due(
+        &self,
+        record: &Record,
+        waiting: Option<Result<OwnedSemaphorePermit, OwnedSemaphorePermit>>,
+    ) -> Option<OwnedSemaphorePermit> {
         let wait = record.retry_after().unwrap_or(0.0) - now_seconds();
         let wait = Duration::from_secs_f64(wait.clamp(0.0, 86_400.0));
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
             () = self.run.stop.cancelled() => return None,
+        }
+        if !self.lock().holds(&record.topic, record.partition) {
+            return None;
+        }
+        if let Some(Ok(permit)) = waiting {
+            return Some(permit);
         }
         tokio::select! {
             permit = self.permits.clone().acquire_owned() => permit.ok(),
@@ -736,6 +767,9 @@ impl Why {
 fn now_seconds() -> f64 {
     chrono::Utc::now().timestamp_micros() as f64 / 1e6
 }
+
+/// Waiting retries that give their in-flight permit back, per permit.
+const WAITING_PER_PERMIT: usize = 10;
 
 /// At most this many records are taken at once (each still needs a permit).
 const MAX_BATCH: usize = 256;

@@ -217,12 +217,12 @@ async fn permanent_errors_skip_the_retries() {
     );
 }
 
-#[tokio::test]
-async fn a_scheduled_retry_survives_its_consumer_and_runs_on_the_next_one() {
-    let scope = RedisScope::new("crashsafe");
+/// A consumer named `first` fails an event once, its retry is scheduled in
+/// Redis `base_ms` later, and the consumer stops before the retry is due.
+async fn leave_a_scheduled_retry(scope: &RedisScope, base_ms: u64) {
     let first = Attempts::default();
     let a = first.clone();
-    let bus = fast_retries(scope.builder(), 1500)
+    let bus = fast_retries(scope.builder(), base_ms)
         .configure(|c| c.consumer_name = Some("first".into()))
         .handler::<OrderPlaced, _, _>("flaky", move |e: Arc<Envelope<OrderPlaced>>| {
             record(&a, e.meta().event_id());
@@ -249,6 +249,12 @@ async fn a_scheduled_retry_survives_its_consumer_and_runs_on_the_next_one() {
     drop(bus);
     assert_eq!(total(&first), 1);
     assert_eq!(scope.pending("default"), 1, "still pending, not acked");
+}
+
+#[tokio::test]
+async fn a_scheduled_retry_survives_its_consumer_and_runs_on_the_next_one() {
+    let scope = RedisScope::new("crashsafe");
+    leave_a_scheduled_retry(&scope, 1500).await;
 
     let second = Attempts::default();
     let next = scope
@@ -277,6 +283,39 @@ async fn a_scheduled_retry_survives_its_consumer_and_runs_on_the_next_one() {
         .query(&mut conn)
         .expect("HLEN");
     assert_eq!(left, 0, "retry state cleaned up");
+}
+
+/// On a quiet stream the reader holds every free in-flight permit while its
+/// `XREADGROUP` blocks: a retry that falls due then must not wait for that
+/// read to time out (`block_ms`, two minutes here) before it runs.
+#[tokio::test]
+async fn a_due_retry_does_not_wait_for_the_readers_blocking_read() {
+    let scope = RedisScope::new("retry-wakes-reader");
+    leave_a_scheduled_retry(&scope, 3000).await;
+    let second = Attempts::default();
+    let next = scope
+        .builder()
+        .configure(|c| {
+            c.consumer_name = Some("second".into());
+            c.block_ms = 120_000;
+        })
+        .handler::<OrderPlaced, _, _>("flaky", recorder(&second))
+        .build()
+        .await
+        .expect("connects");
+    next.start_consuming().await.expect("consumes");
+    // Due about 3 s after it failed; the reader's read ends after 120 s.
+    eventually(
+        "the retry ran long before the blocking read timed out",
+        Duration::from_secs(40),
+        || {
+            let n = total(&second);
+            async move { n == 1 }
+        },
+    )
+    .await;
+    next.shutdown(Duration::from_secs(10)).await.expect("stops");
+    assert_eq!(scope.pending("default"), 0);
 }
 
 #[tokio::test]

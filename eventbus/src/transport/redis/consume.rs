@@ -206,6 +206,34 @@ impl Group {
         self.permits.clone().acquire_owned().await.ok()
     }
 
+    /// A permit for an entry the reader did not read: a due retry or a
+    /// recovered entry. On a quiet stream the reader holds every free permit
+    /// while its `XREADGROUP` blocks, up to `block_ms` (5 s by default): it
+    /// is woken to give them back, so a retry runs at its delay, not up to
+    /// `block_ms` later. `None` once the group stops.
+    pub(crate) async fn permit_beside_reader(&self) -> Option<OwnedSemaphorePermit> {
+        if let Ok(p) = self.permits.clone().try_acquire_owned() {
+            return Some(p);
+        }
+        let waiting = self.permits.clone().acquire_owned();
+        tokio::pin!(waiting);
+        // Queued first (the semaphore is fair): the reader, once woken, asks
+        // again behind this.
+        if let std::task::Poll::Ready(p) = futures_util::poll!(&mut waiting) {
+            return p.ok();
+        }
+        loop {
+            self.unblock().await;
+            tokio::select! {
+                p = &mut waiting => return p.ok(),
+                () = self.run.stop.cancelled() => return None,
+                // The reader was between two reads, or handlers hold the
+                // permits: wake it again if it blocked since.
+                () = tokio::time::sleep(WAKE_READER_AGAIN) => {}
+            }
+        }
+    }
+
     /// Handles `entry` in its turn (the sequencer's), holding `permit`.
     pub(crate) fn spawn(
         self: &Arc<Self>,
@@ -512,6 +540,9 @@ async fn acker(group: Arc<Group>, mut rx: mpsc::UnboundedReceiver<AckMsg>) {
     }
 }
 
+/// How often a task waiting for a permit beside the reader wakes it again.
+const WAKE_READER_AGAIN: Duration = Duration::from_millis(250);
+
 /// What happens to an entry whose handler panicked.
 const NOT_SETTLED: &str = "its entry stays pending and is claimed again after pending_idle_ms";
 
@@ -756,7 +787,7 @@ pub(crate) async fn recover(
                     // Waiting in the retry schedule: the retry worker takes it.
                     continue;
                 };
-                let Some(permit) = group.permit().await else {
+                let Some(permit) = group.permit_beside_reader().await else {
                     return Ok(taken);
                 };
                 tracing::info!(group = %group.name, entry_id = %entry.id, attempt = state.attempt, "recovered a pending entry");

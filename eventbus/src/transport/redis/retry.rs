@@ -315,9 +315,8 @@ async fn take_due(group: &Arc<Group>) -> Result<(), Error> {
         // Taken before the entry: between its claim and its handling it is
         // in no schedule and not yet in flight, where recovery would take it
         // a second time.
-        let permit = tokio::select! {
-            p = group.permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return Ok(()) },
-            () = run.stop.cancelled() => return Ok(()),
+        let Some(permit) = group.permit_beside_reader().await else {
+            return Ok(());
         };
         let (removed, stored): (i64, Option<String>) = redis::pipe()
             .cmd("ZREM")

@@ -320,3 +320,64 @@ async fn an_idle_group_reports_the_outage_and_the_recovery() {
     .await;
     bus.shutdown(Duration::from_secs(10)).await.expect("stops");
 }
+
+/// `shutdown(timeout)` returns by its timeout when the broker stops
+/// answering, and the runtime then stops at once: each group's last commit
+/// and leave waited up to twice `socket_timeout` (20 s here), one group after
+/// the other, past it, and librdkafka's synchronous commit, with no timeout
+/// of its own, held the runtime's blocking pool (which a dropped runtime
+/// waits for) until a broker answered.
+#[test]
+fn shutdown_returns_by_its_timeout_when_the_broker_stops_answering() {
+    let tansu = Tansu::start();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let timeout = Duration::from_secs(3);
+    // The slack covers scheduling only, not a wait for the broker.
+    let slack = Duration::from_secs(1);
+    let returned = rt.block_on(async {
+        let prefix = format!("t-frozen-{}", &Uuid::new_v4().simple().to_string()[..8]);
+        let handled: Arc<Mutex<Vec<Uuid>>> = Arc::default();
+        let h = handled.clone();
+        let bus = builder(&tansu, &prefix)
+            .configure(|c| c.socket_timeout = Duration::from_secs(10))
+            .handler::<OrderPlaced, _, _>("record", move |e: Arc<Envelope<OrderPlaced>>| {
+                h.lock().expect("not poisoned").push(e.meta().event_id());
+                std::future::ready(Ok::<_, HandlerError>(()))
+            })
+            .build()
+            .await
+            .expect("connects");
+        bus.start_consuming().await.expect("consumes");
+        let events: Vec<_> = (0..20).map(|i| placed(&format!("c{i}"))).collect();
+        bus.publish(events).await.expect("published");
+        eventually("every event handled", WAIT, || {
+            let n = handled.lock().expect("not poisoned").len();
+            async move { n >= 20 }
+        })
+        .await;
+        tansu.freeze();
+        tokio::time::timeout(timeout + slack, bus.shutdown(timeout)).await
+    });
+    // Dropped on a thread of its own: a runtime stuck waiting for a blocking
+    // call fails the test instead of hanging it.
+    let (dropped_tx, dropped) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        drop(rt);
+        let _ = dropped_tx.send(());
+    });
+    let stopped = dropped.recv_timeout(Duration::from_secs(5));
+    tansu.thaw();
+    assert!(
+        returned.is_ok(),
+        "shutdown({timeout:?}) still running after {:?}",
+        timeout + slack
+    );
+    assert!(
+        stopped.is_ok(),
+        "the runtime did not stop within 5 s of shutdown: a blocking call waits for the frozen broker"
+    );
+}

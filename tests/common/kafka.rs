@@ -286,6 +286,27 @@ impl Tansu {
         format!("kafka://{}", self.bootstrap())
     }
 
+    /// Freezes the broker (`SIGSTOP` to its pid): its sockets stay open and
+    /// nothing is answered, as with a broker that hangs or a network that
+    /// drops every packet. [`Tansu::thaw`] or [`Tansu::stop`] ends it.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a frozen broker run again (`SIGCONT`).
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.process.as_ref().expect("the broker runs").child.id();
+        let status = Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill {signal} {pid}: {status}");
+    }
+
     /// Stops the broker now (by its pid) and waits for it to exit.
     pub fn stop(&mut self) {
         if let Some(mut p) = self.process.take() {

@@ -405,6 +405,12 @@ impl Group {
 
     /// Commits what is handled, waits for it (bounded), and closes the consumer
     /// (leaving the group, so its partitions move at once).
+    ///
+    /// librdkafka's synchronous commit has no timeout: with no coordinator
+    /// answering it waits until one does. It runs on a thread of its own,
+    /// not the runtime's blocking pool, which a runtime waits for when it
+    /// is dropped: a service whose broker is gone still exits after
+    /// `shutdown`.
     pub(crate) async fn close(&self, timeout: Duration) {
         let Some(consumer) = self
             .consumer
@@ -416,19 +422,25 @@ impl Group {
         };
         let tpl = self.lock().take_commits();
         let name = self.name.clone();
-        let closed = blocking("closing a group consumer", timeout * 2, move || {
-            if tpl.count() > 0
-                && let Err(error) = consumer.commit(&tpl, CommitMode::Sync)
-            {
-                tracing::warn!(group = %name, %error, "cannot commit the handled offsets on shutdown; the group's next member reprocesses them");
-            }
-            consumer.unsubscribe();
-            drop(consumer);
-            Ok(())
-        })
-        .await;
-        if let Err(error) = closed {
-            tracing::warn!(group = %self.name, %error, "the group consumer did not close in time");
+        let (done, closed) = tokio::sync::oneshot::channel();
+        let spawned = std::thread::Builder::new()
+            .name("eventbus-kafka-close".into())
+            .spawn(move || {
+                if tpl.count() > 0
+                    && let Err(error) = consumer.commit(&tpl, CommitMode::Sync)
+                {
+                    tracing::warn!(group = %name, %error, "cannot commit the handled offsets on shutdown; the group's next member reprocesses them");
+                }
+                consumer.unsubscribe();
+                drop(consumer);
+                let _ = done.send(());
+            });
+        if let Err(error) = spawned {
+            tracing::warn!(group = %self.name, %error, "cannot start a thread to close the group consumer; the group's next member reprocesses what it did not commit");
+            return;
+        }
+        if tokio::time::timeout(timeout * 2, closed).await.is_err() {
+            tracing::warn!(group = %self.name, timeout = ?(timeout * 2), "the group consumer did not commit and close in time; the group's next member reprocesses what it did not commit");
         }
     }
 

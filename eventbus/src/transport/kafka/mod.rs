@@ -601,16 +601,32 @@ impl Transport for KafkaTransport {
         let run = &consuming.run;
         run.stop.cancel();
         let groups: Vec<Arc<Group>> = consuming.groups.lock().await.values().cloned().collect();
-        let drained = tokio::time::timeout_at(deadline, async {
+        // Handlers get the timeout less what the last commits may need (a
+        // quarter of it, at most `socket_timeout`): handled records are
+        // committed within the timeout even when a handler is stuck.
+        let reserve = (drain / 4).min(self.ctx.config.socket_timeout);
+        let handlers_by = deadline.checked_sub(reserve).unwrap_or(deadline);
+        let drained = tokio::time::timeout_at(handlers_by, async {
             run.workers.close();
             run.workers.wait().await;
             run.deliveries.close();
             run.deliveries.wait().await;
         })
         .await;
-        // Whatever is handled is committed, even when handlers are still running.
-        for group in &groups {
-            group.close(self.ctx.config.socket_timeout).await;
+        // Whatever is handled is committed, even when handlers are still
+        // running: every group commits and leaves at once, by the deadline.
+        // A broker that stopped answering would hold each close up to twice
+        // `socket_timeout`: past the deadline they finish in the background
+        // (what they could not commit, the group's next member reprocesses).
+        let socket_timeout = self.ctx.config.socket_timeout;
+        let closing = tokio::spawn(async move {
+            futures_util::future::join_all(groups.iter().map(|g| g.close(socket_timeout))).await;
+        });
+        if tokio::time::timeout_at(deadline, closing).await.is_err() {
+            tracing::warn!(
+                timeout = ?drain,
+                "the group consumers did not commit and leave their groups by the shutdown timeout; they go on in the background"
+            );
         }
         match drained {
             Ok(()) => Ok(()),

@@ -381,3 +381,80 @@ fn shutdown_returns_by_its_timeout_when_the_broker_stops_answering() {
         "the runtime did not stop within 5 s of shutdown: a blocking call waits for the frozen broker"
     );
 }
+
+/// A broker that stops answering for longer than the session timeout while
+/// handled records are not yet committed: librdkafka revokes the lost
+/// partitions from the task that polls the consumer, and the revoke's commit
+/// (synchronous, without a timeout, with no coordinator to answer it) held
+/// that runtime worker until the broker came back. With one worker, nothing
+/// else ran. Once the broker answers again, new events are handled.
+#[test]
+fn a_lost_assignment_does_not_block_the_runtime() {
+    let tansu = Tansu::start();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let session = Duration::from_secs(6);
+    let handled: Arc<Mutex<Vec<Uuid>>> = Arc::default();
+    let h = handled.clone();
+    let bus = rt.block_on(async {
+        let prefix = format!("t-lost-{}", &Uuid::new_v4().simple().to_string()[..8]);
+        let bus = builder(&tansu, &prefix)
+            .configure(|c| {
+                c.socket_timeout = Duration::from_secs(2);
+                c.session_timeout_ms = session.as_millis() as u32;
+                c.heartbeat_interval_ms = 1000;
+                // Handled records stay uncommitted when the broker freezes.
+                c.commit_interval_ms = 600_000;
+            })
+            .handler::<OrderPlaced, _, _>("record", move |e: Arc<Envelope<OrderPlaced>>| {
+                h.lock().expect("not poisoned").push(e.meta().event_id());
+                std::future::ready(Ok::<_, HandlerError>(()))
+            })
+            .build()
+            .await
+            .expect("connects");
+        bus.start_consuming().await.expect("consumes");
+        let events: Vec<_> = (0..5).map(|i| placed(&format!("c{i}"))).collect();
+        bus.publish(events).await.expect("published");
+        eventually("the first events handled", WAIT, || {
+            let n = handled.lock().expect("not poisoned").len();
+            async move { n >= 5 }
+        })
+        .await;
+        bus
+    });
+    let ticks = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let t = ticks.clone();
+    rt.spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            t.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    tansu.freeze();
+    // The outage itself: past the session timeout, so the assignment is lost.
+    std::thread::sleep(session + Duration::from_secs(3));
+    let before = ticks.load(Ordering::SeqCst);
+    std::thread::sleep(Duration::from_secs(2));
+    let after = ticks.load(Ordering::SeqCst);
+    tansu.thaw();
+    assert!(
+        after > before,
+        "the runtime's only worker stopped running tasks during the outage ({before} -> {after} ticks)"
+    );
+    rt.block_on(async {
+        let events: Vec<_> = (0..5).map(|i| placed(&format!("d{i}"))).collect();
+        bus.publish(events)
+            .await
+            .expect("published after the outage");
+        eventually("the events after the outage handled", WAIT, || {
+            let n = handled.lock().expect("not poisoned").len();
+            async move { n >= 10 }
+        })
+        .await;
+        bus.shutdown(Duration::from_secs(10)).await.expect("stops");
+    });
+}

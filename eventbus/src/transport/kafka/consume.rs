@@ -227,6 +227,17 @@ impl ConsumerContext for GroupContext {
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .revoke(revoked);
+                // Lost (no coordinator answered within the session
+                // timeout): the partitions may have a new owner already, and
+                // librdkafka's synchronous commit, which has no timeout,
+                // would hold the task polling this consumer (and its runtime
+                // worker) until a coordinator answers.
+                if consumer.assignment_lost() {
+                    if tpl.count() > 0 {
+                        tracing::warn!(group = %self.group, revoked = revoked.count(), uncommitted_partitions = tpl.count(), "the group's partitions were lost (no coordinator answered within session_timeout_ms); their handled records are not committed and their next owner reprocesses them");
+                    }
+                    return;
+                }
                 tracing::debug!(group = %self.group, revoked = revoked.count(), committing = tpl.count(), "partitions revoked");
                 if tpl.count() > 0
                     && let Err(error) = consumer.commit(&tpl, CommitMode::Sync)

@@ -93,6 +93,10 @@ struct Ack {
 enum AckMsg {
     Ack(Ack),
     Flush(oneshot::Sender<()>),
+    /// An entry's handling ended: it leaves the in-flight set once the acks
+    /// sent before this are written (until then it is still pending in
+    /// Redis, and recovery must not take it).
+    Done(InFlight),
 }
 
 /// One consumer group of a run.
@@ -193,6 +197,12 @@ impl Group {
         }
     }
 
+    /// `tracked` leaves the in-flight set after the acks sent so far.
+    fn done(&self, tracked: InFlight) {
+        // When the acker is gone, `tracked` is dropped here, at once.
+        let _ = self.acks.send(AckMsg::Done(tracked));
+    }
+
     fn ack(&self, source: Source, id: &str, cleanup: bool) {
         // The acker lives as long as any group handle.
         let _ = self.acks.send(AckMsg::Ack(Ack {
@@ -273,7 +283,7 @@ impl Group {
             turn.wait().await;
             group.handle(source, &entry, state).await;
             drop(turn);
-            drop(tracked);
+            group.done(tracked);
             drop(permit);
         }
     }
@@ -486,11 +496,13 @@ async fn acker(group: Arc<Group>, mut rx: mpsc::UnboundedReceiver<AckMsg>) {
     while let Some(first) = rx.recv().await {
         let mut batch = Vec::new();
         let mut flushes = Vec::new();
+        let mut done = Vec::new();
         let mut next = Some(first);
         while let Some(msg) = next.take() {
             match msg {
                 AckMsg::Ack(ack) => batch.push(ack),
                 AckMsg::Flush(tx) => flushes.push(tx),
+                AckMsg::Done(tracked) => done.push(tracked),
             }
             if batch.len() < 1000 {
                 next = rx.try_recv().ok();
@@ -534,6 +546,9 @@ async fn acker(group: Arc<Group>, mut rx: mpsc::UnboundedReceiver<AckMsg>) {
                 tracing::error!(group = %group.name, entries = batch.len(), error = %conn::scrub(&run.ctx.config.url, &e), "cannot acknowledge handled entries; they stay pending and are claimed again after pending_idle_ms");
             }
         }
+        // Only now, with their acks written, may recovery see these
+        // entries as not in flight.
+        drop(done);
         for tx in flushes {
             let _ = tx.send(());
         }

@@ -44,13 +44,24 @@ fn total(offsets: &[(i32, i64)]) -> i64 {
 /// A bus on `tansu` with short socket timeouts whose default group records
 /// the id of each event it handles.
 async fn recording_bus(tansu: &Tansu, prefix: &str) -> (eventbus::Bus, Arc<Mutex<Vec<Uuid>>>) {
+    recording_bus_with(tansu, prefix, |c| {
+        c.socket_timeout = Duration::from_secs(2);
+        c.socket_connect_timeout = Duration::from_secs(1);
+    })
+    .await
+}
+
+/// A bus on `tansu`, set up by `configure`, whose default group records the
+/// id of each event it handles.
+async fn recording_bus_with(
+    tansu: &Tansu,
+    prefix: &str,
+    configure: impl FnOnce(&mut eventbus::Config),
+) -> (eventbus::Bus, Arc<Mutex<Vec<Uuid>>>) {
     let handled: Arc<Mutex<Vec<Uuid>>> = Arc::default();
     let h = handled.clone();
     let bus = builder(tansu, prefix)
-        .configure(|c| {
-            c.socket_timeout = Duration::from_secs(2);
-            c.socket_connect_timeout = Duration::from_secs(1);
-        })
+        .configure(configure)
         .handler::<OrderPlaced, _, _>("record", move |e: Arc<Envelope<OrderPlaced>>| {
             h.lock().expect("not poisoned").push(e.meta().event_id());
             std::future::ready(Ok::<_, HandlerError>(()))
@@ -59,6 +70,30 @@ async fn recording_bus(tansu: &Tansu, prefix: &str) -> (eventbus::Bus, Arc<Mutex
         .await
         .expect("connects");
     (bus, handled)
+}
+
+/// Publishes `count` events (customers `{tag}0`, `{tag}1`, ...) and waits
+/// until each of them is handled.
+async fn publish_and_handle(
+    bus: &eventbus::Bus,
+    handled: &Arc<Mutex<Vec<Uuid>>>,
+    tag: &str,
+    count: usize,
+) {
+    let events: Vec<_> = (0..count).map(|i| placed(&format!("{tag}{i}"))).collect();
+    let ids: BTreeSet<Uuid> = events.iter().map(|e| e.meta().event_id()).collect();
+    bus.publish(events).await.expect("published");
+    eventually("every event handled", WAIT, || {
+        let seen: BTreeSet<Uuid> = handled
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .copied()
+            .collect();
+        let all = ids.is_subset(&seen);
+        async move { all }
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -340,25 +375,12 @@ fn shutdown_returns_by_its_timeout_when_the_broker_stops_answering() {
     let slack = Duration::from_secs(1);
     let returned = rt.block_on(async {
         let prefix = format!("t-frozen-{}", &Uuid::new_v4().simple().to_string()[..8]);
-        let handled: Arc<Mutex<Vec<Uuid>>> = Arc::default();
-        let h = handled.clone();
-        let bus = builder(&tansu, &prefix)
-            .configure(|c| c.socket_timeout = Duration::from_secs(10))
-            .handler::<OrderPlaced, _, _>("record", move |e: Arc<Envelope<OrderPlaced>>| {
-                h.lock().expect("not poisoned").push(e.meta().event_id());
-                std::future::ready(Ok::<_, HandlerError>(()))
-            })
-            .build()
-            .await
-            .expect("connects");
-        bus.start_consuming().await.expect("consumes");
-        let events: Vec<_> = (0..20).map(|i| placed(&format!("c{i}"))).collect();
-        bus.publish(events).await.expect("published");
-        eventually("every event handled", WAIT, || {
-            let n = handled.lock().expect("not poisoned").len();
-            async move { n >= 20 }
+        let (bus, handled) = recording_bus_with(&tansu, &prefix, |c| {
+            c.socket_timeout = Duration::from_secs(10);
         })
         .await;
+        bus.start_consuming().await.expect("consumes");
+        publish_and_handle(&bus, &handled, "c", 20).await;
         tansu.freeze();
         tokio::time::timeout(timeout + slack, bus.shutdown(timeout)).await
     });
@@ -397,34 +419,19 @@ fn a_lost_assignment_does_not_block_the_runtime() {
         .build()
         .expect("a runtime");
     let session = Duration::from_secs(6);
-    let handled: Arc<Mutex<Vec<Uuid>>> = Arc::default();
-    let h = handled.clone();
-    let bus = rt.block_on(async {
+    let (bus, handled) = rt.block_on(async {
         let prefix = format!("t-lost-{}", &Uuid::new_v4().simple().to_string()[..8]);
-        let bus = builder(&tansu, &prefix)
-            .configure(|c| {
-                c.socket_timeout = Duration::from_secs(2);
-                c.session_timeout_ms = session.as_millis() as u32;
-                c.heartbeat_interval_ms = 1000;
-                // Handled records stay uncommitted when the broker freezes.
-                c.commit_interval_ms = 600_000;
-            })
-            .handler::<OrderPlaced, _, _>("record", move |e: Arc<Envelope<OrderPlaced>>| {
-                h.lock().expect("not poisoned").push(e.meta().event_id());
-                std::future::ready(Ok::<_, HandlerError>(()))
-            })
-            .build()
-            .await
-            .expect("connects");
-        bus.start_consuming().await.expect("consumes");
-        let events: Vec<_> = (0..5).map(|i| placed(&format!("c{i}"))).collect();
-        bus.publish(events).await.expect("published");
-        eventually("the first events handled", WAIT, || {
-            let n = handled.lock().expect("not poisoned").len();
-            async move { n >= 5 }
+        let (bus, handled) = recording_bus_with(&tansu, &prefix, |c| {
+            c.socket_timeout = Duration::from_secs(2);
+            c.session_timeout_ms = session.as_millis() as u32;
+            c.heartbeat_interval_ms = 1000;
+            // Handled records stay uncommitted when the broker freezes.
+            c.commit_interval_ms = 600_000;
         })
         .await;
-        bus
+        bus.start_consuming().await.expect("consumes");
+        publish_and_handle(&bus, &handled, "c", 5).await;
+        (bus, handled)
     });
     let ticks = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let t = ticks.clone();
@@ -446,15 +453,7 @@ fn a_lost_assignment_does_not_block_the_runtime() {
         "the runtime's only worker stopped running tasks during the outage ({before} -> {after} ticks)"
     );
     rt.block_on(async {
-        let events: Vec<_> = (0..5).map(|i| placed(&format!("d{i}"))).collect();
-        bus.publish(events)
-            .await
-            .expect("published after the outage");
-        eventually("the events after the outage handled", WAIT, || {
-            let n = handled.lock().expect("not poisoned").len();
-            async move { n >= 10 }
-        })
-        .await;
+        publish_and_handle(&bus, &handled, "d", 5).await;
         bus.shutdown(Duration::from_secs(10)).await.expect("stops");
     });
 }

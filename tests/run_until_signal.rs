@@ -84,11 +84,7 @@ async fn sigterm_stops_the_service_gracefully() {
         .expect("the service handles the event");
     assert_eq!(first, format!("handled Ping {id}"));
 
-    let status = Command::new("kill")
-        .args(["-TERM", &service.0.id().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(status.success());
+    common::send_signal(service.0.id(), "-TERM");
     let last = stdout.recv_timeout(WAIT).expect("the service stops");
     assert_eq!(last, "stopped cleanly");
     let exit = service.0.wait().expect("the service exits");

@@ -300,11 +300,7 @@ impl Tansu {
 
     fn signal(&self, signal: &str) {
         let pid = self.process.as_ref().expect("the broker runs").child.id();
-        let status = Command::new("kill")
-            .args([signal, &pid.to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(status.success(), "kill {signal} {pid}: {status}");
+        super::send_signal(pid, signal);
     }
 
     /// Stops the broker now (by its pid) and waits for it to exit.

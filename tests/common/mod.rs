@@ -318,6 +318,16 @@ pub async fn assert_stuck_shutdown_returns_by_its_timeout(builder: BusBuilder) {
     );
 }
 
+/// Sends `signal` (`-TERM`, `-STOP`, ...) to process `pid` with `kill`, and
+/// fails the test when it cannot.
+pub fn send_signal(pid: u32, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill {signal} {pid}: {status}");
+}
+
 pub mod interop;
 pub mod kafka;
 pub mod pki;

@@ -618,10 +618,11 @@ impl Transport for KafkaTransport {
         // A broker that stopped answering would hold each close up to twice
         // `socket_timeout`: past the deadline they finish in the background
         // (what they could not commit, the group's next member reprocesses).
+        // (Each close hands its commit to a thread of its own at once, which
+        // goes on when this stops waiting.)
         let socket_timeout = self.ctx.config.socket_timeout;
-        let closing = tokio::spawn(async move {
-            futures_util::future::join_all(groups.iter().map(|g| g.close(socket_timeout))).await;
-        });
+        let closing =
+            futures_util::future::join_all(groups.iter().map(|g| g.close(socket_timeout)));
         if tokio::time::timeout_at(deadline, closing).await.is_err() {
             tracing::warn!(
                 timeout = ?drain,

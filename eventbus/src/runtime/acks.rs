@@ -63,8 +63,14 @@ impl AckTracker {
         Some(tag)
     }
 
+    /// How many tags one `multiple` ack would cover now.
+    pub(crate) fn ackable_count(&self) -> usize {
+        usize::try_from(self.frontier - self.acked_upto).unwrap_or(usize::MAX)
+    }
+
     /// How many settled tags wait for an acknowledgement, whether or not they
     /// are ackable yet.
+    #[cfg(test)]
     pub(crate) fn pending(&self) -> usize {
         // Only a gap of more than usize::MAX tags could saturate.
         usize::try_from(self.frontier - self.acked_upto)
@@ -193,6 +199,33 @@ mod tests {
             prop_assert_eq!(t.acked_upto(), n);
             prop_assert_eq!(t.pending(), 0);
             prop_assert_eq!(t.take(), None);
+        }
+
+        /// Acking once `batch` tags are ackable (what the RabbitMQ settler
+        /// does, besides its timer) sends at most one ack per `batch`
+        /// deliveries in any completion order, and never lets `batch` ackable
+        /// tags wait. Counting the settled tags beyond a gap too, as it once
+        /// did, sent an ack for nearly every delivery while a slow one held a
+        /// gap open with `batch` settled above it.
+        #[test]
+        fn acking_by_the_batch_sends_one_ack_per_batch(
+            (n, order, _) in shuffled_tags(),
+            batch in 1usize..60,
+        ) {
+            let mut t = AckTracker::new();
+            let mut acks = 0;
+            for &tag in &order {
+                t.settle(tag);
+                if t.ackable_count() >= batch {
+                    let upto = t.take().expect("ackable");
+                    prop_assert_eq!(t.ackable_count(), 0, "acked up to {}", upto);
+                    acks += 1;
+                }
+                prop_assert!(t.ackable_count() < batch);
+            }
+            let n = usize::try_from(n).expect("small n");
+            prop_assert!(acks <= n / batch, "{} acks for {} deliveries in batches of {}", acks, n, batch);
+            prop_assert_eq!(t.ackable_count() + usize::try_from(t.acked_upto()).expect("small"), n);
         }
 
         /// Arbitrary tags, repeats and tag 0 included, against a rescanning model.

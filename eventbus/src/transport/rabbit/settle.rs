@@ -4,7 +4,8 @@
 //! dead-letter copy confirmed) to one task per channel, which owns the
 //! [`AckTracker`]: it acks the longest settled prefix of delivery tags with a
 //! single `multiple = true` ack, never a tag while a lower one is unsettled.
-//! It flushes once `batch` deliveries wait, after `interval` otherwise, and
+//! It flushes once `batch` deliveries can be acked (the settled ones above a
+//! gap do not count), after `interval` otherwise, and
 //! when the consumer stops (every delivery task has reported). A delivery
 //! that must go back to the queue is nacked on its own at once.
 //!
@@ -43,7 +44,7 @@ pub(crate) struct Settled {
     pub(crate) message_id: String,
 }
 
-/// How many settled deliveries wait before a flush: half the prefetch, so
+/// How many ackable deliveries wait before a flush: half the prefetch, so
 /// the broker never stalls on a full window, and at most 50.
 pub(crate) fn batch_size(prefetch: u16) -> usize {
     if prefetch == 0 {
@@ -107,7 +108,10 @@ pub(crate) async fn run(
         }
         tracker.settle(tag);
         if tracker.ackable().is_some() {
-            if tracker.pending() >= batch {
+            // Ackable ones only: settled deliveries above a gap (a slow one
+            // still running) cannot be acked yet, and counting them made
+            // every delivery that extended the prefix an ack of its own.
+            if tracker.ackable_count() >= batch {
                 deadline = None;
                 flush(&mut tracker, &mut ackers, &session).await;
             } else if deadline.is_none() {

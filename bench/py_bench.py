@@ -7,6 +7,7 @@ once its queue exists and waits for "go" on stdin (the harness fills the queue).
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 from datetime import UTC, datetime
@@ -69,13 +70,16 @@ async def consume(args):
     print("ready", flush=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
     start = time.perf_counter()
+    cpu = os.times()
     task = bus.start_consuming_in_background()
     await done.wait()
     elapsed = time.perf_counter() - start
+    after = os.times()
+    cpu_us = (after.user + after.system - cpu.user - cpu.system) * 1e6 / args.count
     await bus.stop_consuming()
     task.cancel()
     await bus.disconnect()
-    return {"per_second": args.count / elapsed, "peak_rss_mb": peak_rss_mb()}
+    return {"per_second": args.count / elapsed, "peak_rss_mb": peak_rss_mb(), "cpu_us": cpu_us}
 
 
 async def latency(args):

@@ -2,6 +2,7 @@
 its registry, the events, peak memory, and the publish and consume loops of
 the stream buses (`redis_py_bench.py`, `kafka_py_bench.py`)."""
 
+import os
 import asyncio
 import resource
 import time
@@ -49,17 +50,25 @@ async def publish(bus, count):
     return {"per_second": count / elapsed, "peak_rss_mb": peak_rss_mb()}
 
 
+def cpu_seconds():
+    """User + system CPU time of this process so far."""
+    t = os.times()
+    return t.user + t.system
+
+
 async def consume(bus, count, from_first_event=False):
     """Handles `count` events of a pre-filled stream; timed from the start of
     consuming, or from the first event (so that a group join is not measured)."""
     done = asyncio.Event()
     seen = 0
     first = None
+    first_cpu = None
 
     async def handler(event):
-        nonlocal seen, first
+        nonlocal seen, first, first_cpu
         if first is None:
             first = time.perf_counter()
+            first_cpu = cpu_seconds()
         seen += 1
         if seen >= count:
             done.set()
@@ -67,13 +76,16 @@ async def consume(bus, count, from_first_event=False):
     bus.subscribe(OrderPlaced, handler)
     await bus.connect()
     start = time.perf_counter()
+    start_cpu = cpu_seconds()
     task = bus.start_consuming_in_background()
     await done.wait()
     if from_first_event:
         rate = (count - 1) / (time.perf_counter() - first)
+        cpu_us = (cpu_seconds() - first_cpu) * 1e6 / (count - 1)
     else:
         rate = count / (time.perf_counter() - start)
+        cpu_us = (cpu_seconds() - start_cpu) * 1e6 / count
     await bus.stop_consuming()
     task.cancel()
     await bus.disconnect()
-    return {"per_second": rate, "peak_rss_mb": peak_rss_mb()}
+    return {"per_second": rate, "peak_rss_mb": peak_rss_mb(), "cpu_us": cpu_us}

@@ -13,6 +13,7 @@
 //! pre-filled (a new group reads it from the start). `--write` replaces the
 //! Kafka section of the file and keeps the rest.
 
+mod cpu;
 mod sections;
 mod side;
 
@@ -53,6 +54,9 @@ struct Cli {
     #[command(subcommand)]
     child: Option<ChildCmd>,
 }
+
+/// The name of the broker's process, whose CPU the consume runs report.
+const BROKER_PROCESS: &str = "tansu";
 
 fn builder(url: &str, prefix: &str) -> eventbus::BusBuilder {
     let prefix = prefix.to_owned();
@@ -144,11 +148,11 @@ async fn plain_child(scenario: Scenario, count: usize, prefix: &str, url: &str) 
                 .create()
                 .expect("consumer");
             consumer.subscribe(&[&topic]).expect("subscribes");
-            let mut start = None;
+            let mut window = None;
             let mut handled = 0;
             while handled < count {
                 let message = consumer.recv().await.expect("a record");
-                let start = *start.get_or_insert_with(Instant::now);
+                let window = *window.get_or_insert_with(|| side::Window::open(BROKER_PROCESS));
                 if let Some(value) = message.payload() {
                     let _: OrderPlaced = serde_json::from_slice(value).expect("JSON");
                 }
@@ -160,10 +164,7 @@ async fn plain_child(scenario: Scenario, count: usize, prefix: &str, url: &str) 
                         .expect("commit");
                 }
                 if handled == count {
-                    return Figure {
-                        per_second: (count - 1) as f64 / start.elapsed().as_secs_f64(),
-                        peak_rss_mb: peak_rss_mb(),
-                    };
+                    return window.close(count - 1);
                 }
             }
             0.0
@@ -172,6 +173,7 @@ async fn plain_child(scenario: Scenario, count: usize, prefix: &str, url: &str) 
     Figure {
         per_second,
         peak_rss_mb: peak_rss_mb(),
+        ..Figure::default()
     }
 }
 
@@ -268,7 +270,14 @@ fn main() {
         let figure = rt.block_on(async {
             match system {
                 System::Eventbus => {
-                    side::eventbus_child(builder(url, prefix), *scenario, *count, true).await
+                    side::eventbus_child(
+                        builder(url, prefix),
+                        *scenario,
+                        *count,
+                        true,
+                        BROKER_PROCESS,
+                    )
+                    .await
                 }
                 System::Plain => plain_child(*scenario, *count, prefix, url).await,
             }
@@ -288,11 +297,11 @@ fn main() {
     let prefix = |what: &str| format!("bench-{}-{what}", &run_id[..8]);
     // Every run gets topics of its own; consume runs read one the harness
     // pre-filled with `prefilled` events.
-    let best_of_two = |scenario: Scenario, prefilled: usize| -> Vec<Option<f64>> {
+    let best_of_two = |scenario: Scenario, prefilled: usize| -> Vec<Option<Figure>> {
         side::best_of_two(|system, n| {
             let p = prefix(&format!("{}-{system:?}-{n}", scenario_name(scenario)));
             rt.block_on(prefill(&url, &p, prefilled));
-            side::run_measurement(&url, system, scenario, cli.events, &p).per_second
+            side::run_measurement(&url, system, scenario, cli.events, &p)
         })
         .map(Some)
         .to_vec()
@@ -300,19 +309,34 @@ fn main() {
     let mut publish = best_of_two(Scenario::Publish, 0);
     let p = prefix("p-py");
     rt.block_on(prefill(&url, &p, 0));
-    publish
-        .push(run_python(&cli, &url, Scenario::Publish, cli.events / 4, &p).map(|f| f.per_second));
+    publish.push(run_python(
+        &cli,
+        &url,
+        Scenario::Publish,
+        cli.events / 4,
+        &p,
+    ));
     let mut consume = best_of_two(Scenario::Consume, cli.events);
     let p = prefix("c-py");
     rt.block_on(prefill(&url, &p, cli.events / 4));
-    consume
-        .push(run_python(&cli, &url, Scenario::Consume, cli.events / 4, &p).map(|f| f.per_second));
+    consume.push(run_python(
+        &cli,
+        &url,
+        Scenario::Consume,
+        cli.events / 4,
+        &p,
+    ));
+    let consume_cpu = side::cpu_rows(&consume, "Tansu");
+    let (publish, consume) = (side::rates(&publish), side::rates(&consume));
+    let [client_cpu, broker_cpu] = consume_cpu;
     let rows = [
         ("publish throughput (events/s)".to_owned(), publish.clone()),
         (
             "consume throughput, ordering per aggregate (events/s)".to_owned(),
             consume.clone(),
         ),
+        client_cpu,
+        broker_cpu,
     ];
     let table = side::table("plain rdkafka loop", &rows);
     let targets = [

@@ -9,6 +9,7 @@
 //! Every (system, scenario) runs in a child process of its own so that peak
 //! memory is that system's alone.
 
+mod cpu;
 mod many;
 mod poison;
 mod raw;
@@ -162,7 +163,16 @@ pub(crate) struct Figure {
     pub(crate) p99_ms: Option<f64>,
     pub(crate) max_ms: Option<f64>,
     pub(crate) peak_rss_mb: Option<f64>,
+    /// CPU of the consuming process per event, microseconds.
+    #[serde(default)]
+    pub(crate) cpu_us: Option<f64>,
+    /// CPU of the (local) broker per event meanwhile, microseconds.
+    #[serde(default)]
+    pub(crate) broker_cpu_us: Option<f64>,
 }
+
+/// The name of RabbitMQ's process (the Erlang VM), whose CPU the consume runs report.
+pub(crate) const BROKER_PROCESS: &str = "beam.smp";
 
 pub(crate) const PREFETCH: u16 = 100;
 pub(crate) const WINDOW: usize = 1000;
@@ -278,14 +288,18 @@ async fn eventbus_run(
         Scenario::Consume | Scenario::Memory => {
             let (bus, counter) = counting_bus(url, exchange, count, ordering).await;
             ready_then_wait_for_go();
+            let cpu = cpu::Mark::now(BROKER_PROCESS);
             let started = Instant::now();
             bus.start_consuming().await.expect("consumes");
             counter.wait().await;
             let elapsed = started.elapsed();
+            let (cpu_us, broker_cpu_us) = cpu.per_event(count);
             bus.shutdown(Duration::from_secs(10)).await.expect("closes");
             Figure {
                 per_second: Some(count as f64 / elapsed.as_secs_f64()),
                 peak_rss_mb: Some(peak_rss_mb()),
+                cpu_us,
+                broker_cpu_us,
                 ..Figure::default()
             }
         }
@@ -568,6 +582,16 @@ mod report {
             consume.clone().map(|f| f.per_second),
             true,
         ));
+        rows.push((
+            "client CPU per consumed event, the same runs (µs)".into(),
+            consume.clone().map(|f| f.cpu_us),
+            false,
+        ));
+        rows.push((
+            "RabbitMQ's CPU per consumed event, the same runs (µs)".into(),
+            consume.clone().map(|f| f.broker_cpu_us),
+            false,
+        ));
         let unordered = figures_of(
             [System::EventbusUnordered, System::Lapin],
             Scenario::Consume,
@@ -769,7 +793,9 @@ a single run. The event is the seed's OrderPlaced, about 400 bytes of JSON.\n\n\
 Command:\n\n```sh\ncargo run --release -p eventbus-bench --bin bench -- --events {} --latency-events {} --rate {} --backlog {} \
 --repeat {} --python target/tmp/interop-venv/bin/python --write BENCHMARKS.md\n```\n\nMachine:\n\n{}\n\n## Results\n\n{table}\n\
 Throughput: publish = confirmed events/s for one `publish` of all events; consume = events/s handled and acked from a \
-pre-filled backlog. Latency: from `occurred_at` (set just before publishing) to the handler, at a fixed rate. Memory: \
+pre-filled backlog. CPU per consumed event: user + system time of the consuming process, and of the broker's \
+`beam.smp` (it shares the machine's cores), from `/proc` over the same timed window, divided by the events (10 ms \
+resolution). Latency: from `occurred_at` (set just before publishing) to the handler, at a fixed rate. Memory: \
 peak RSS (VmHWM / ru_maxrss) of the consuming process over the whole run. Dispatch: in-memory publish + dispatch of one \
 event type with 1 or 200 event types registered (eventsource-py: `InMemoryEventBus`).\n\n## Targets\n\n{targets}\n",
             cli.events,

@@ -228,14 +228,18 @@ pub(crate) async fn run(
         Scenario::Consume | Scenario::Memory => {
             crate::ready_then_wait_for_go();
             let counter = Arc::new(Counter::default());
+            let cpu = crate::cpu::Mark::now(crate::BROKER_PROCESS);
             let started = Instant::now();
             let consumer = consume(url, exchange, counter.clone(), count, batched).await;
             counter.wait().await;
             let elapsed = started.elapsed();
+            let (cpu_us, broker_cpu_us) = cpu.per_event(count);
             let _ = consumer.close(200, "done".into()).await;
             Figure {
                 per_second: Some(count as f64 / elapsed.as_secs_f64()),
                 peak_rss_mb: Some(peak_rss_mb()),
+                cpu_us,
+                broker_cpu_us,
                 ..Figure::default()
             }
         }

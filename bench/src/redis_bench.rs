@@ -11,6 +11,7 @@
 //! `--write` replaces the Redis section of the file (from its marker line to
 //! the next section marker) and keeps the rest.
 
+mod cpu;
 mod sections;
 mod side;
 
@@ -122,6 +123,9 @@ impl<'a> Body<'a> {
     }
 }
 
+/// The name of the broker's process, whose CPU the consume runs report.
+const BROKER_PROCESS: &str = "redis-server";
+
 async fn plain_child(scenario: Scenario, count: usize, prefix: &str, url: &str) -> Figure {
     let client = redis::Client::open(url).expect("URL");
     let mut conn = client
@@ -157,7 +161,7 @@ async fn plain_child(scenario: Scenario, count: usize, prefix: &str, url: &str) 
             count as f64 / start.elapsed().as_secs_f64()
         }
         Scenario::Consume => {
-            let start = Instant::now();
+            let window = side::Window::open(BROKER_PROCESS);
             let _: Result<(), _> = redis::cmd("XGROUP")
                 .arg("CREATE")
                 .arg(&stream)
@@ -202,12 +206,13 @@ async fn plain_child(scenario: Scenario, count: usize, prefix: &str, url: &str) 
                         .expect("XACK");
                 }
             }
-            count as f64 / start.elapsed().as_secs_f64()
+            return window.close(count);
         }
     };
     Figure {
         per_second,
         peak_rss_mb: peak_rss_mb(),
+        ..Figure::default()
     }
 }
 
@@ -271,7 +276,14 @@ fn main() {
         let figure = rt.block_on(async {
             match system {
                 System::Eventbus => {
-                    side::eventbus_child(builder(url, prefix), *scenario, *count, false).await
+                    side::eventbus_child(
+                        builder(url, prefix),
+                        *scenario,
+                        *count,
+                        false,
+                        BROKER_PROCESS,
+                    )
+                    .await
                 }
                 System::Plain => plain_child(*scenario, *count, prefix, url).await,
             }
@@ -288,27 +300,28 @@ fn main() {
     };
     // Publish runs write into an empty stream of their own; consume runs read
     // a stream of their own that the harness pre-filled with `prefilled`.
-    let best_of_two = |scenario: Scenario, prefilled: usize| -> [f64; 2] {
+    let best_of_two = |scenario: Scenario, prefilled: usize| -> [Figure; 2] {
         side::best_of_two(|system, _| {
             let prefix = fresh();
             rt.block_on(prefill(&cli.url, &prefix, prefilled));
             let figure = side::run_measurement(&cli.url, system, scenario, cli.events, &prefix);
             delete_prefix(&cli.url, &prefix);
-            figure.per_second
+            figure
         })
     };
-    let best = best_of_two(Scenario::Publish, 0);
-    let mut publish = vec![Some(best[0]), Some(best[1])];
+    let mut publish = best_of_two(Scenario::Publish, 0).map(Some).to_vec();
     let prefix = fresh();
-    publish
-        .push(run_python(&cli, Scenario::Publish, cli.events / 4, &prefix).map(|f| f.per_second));
+    publish.push(run_python(&cli, Scenario::Publish, cli.events / 4, &prefix));
     delete_prefix(&cli.url, &prefix);
-    let best = best_of_two(Scenario::Consume, cli.events);
-    let mut consume = vec![Some(best[0]), Some(best[1])];
+    let mut consume = best_of_two(Scenario::Consume, cli.events)
+        .map(Some)
+        .to_vec();
     let prefix = fresh();
     rt.block_on(prefill(&cli.url, &prefix, cli.events));
-    consume.push(run_python(&cli, Scenario::Consume, cli.events, &prefix).map(|f| f.per_second));
+    consume.push(run_python(&cli, Scenario::Consume, cli.events, &prefix));
     delete_prefix(&cli.url, &prefix);
+    let [client_cpu, broker_cpu] = side::cpu_rows(&consume, "Redis");
+    let (publish, consume) = (side::rates(&publish), side::rates(&consume));
     // Memory: one run each, from a small and a big pre-filled backlog.
     let consume_at = |count: usize| -> Vec<Option<Figure>> {
         let mut out = Vec::new();
@@ -340,6 +353,8 @@ fn main() {
             "consume throughput, ordering per aggregate (events/s)",
             consume.clone(),
         ),
+        (&*client_cpu.0, client_cpu.1),
+        (&*broker_cpu.0, broker_cpu.1),
         (
             &*format!("peak client memory, {} backlog (MiB)", cli.backlog / 10),
             rss(&small),

@@ -78,6 +78,7 @@ pub(crate) async fn eventbus_child(
     scenario: Scenario,
     count: usize,
     from_first_event: bool,
+    broker_process: &'static str,
 ) -> Figure {
     let seen = Arc::new(AtomicUsize::new(0));
     let done = Arc::new(Notify::new());
@@ -86,7 +87,7 @@ pub(crate) async fn eventbus_child(
     let bus = builder
         .handler::<OrderPlaced, _, _>("count", move |e: Arc<Envelope<OrderPlaced>>| {
             let _ = &e.customer_id;
-            f.get_or_init(Instant::now);
+            f.get_or_init(|| Window::open(broker_process));
             if s.fetch_add(1, Ordering::AcqRel) + 1 == count {
                 d.notify_one();
             }
@@ -95,33 +96,33 @@ pub(crate) async fn eventbus_child(
         .build()
         .await
         .expect("connects");
-    let per_second = match scenario {
+    let figure = match scenario {
         Scenario::Publish => {
             let events: Vec<_> = (0..count).map(order).collect();
             let start = Instant::now();
             let report = bus.publish_batch(events, false).await;
             assert_eq!(report.published, count, "{:?}", report.errors);
-            count as f64 / start.elapsed().as_secs_f64()
+            Figure {
+                per_second: count as f64 / start.elapsed().as_secs_f64(),
+                peak_rss_mb: peak_rss_mb(),
+                ..Figure::default()
+            }
         }
         Scenario::Consume => {
-            let start = Instant::now();
+            let window = Window::open(broker_process);
             bus.start_consuming().await.expect("consumes");
             while seen.load(Ordering::Acquire) < count {
                 let _ = tokio::time::timeout(Duration::from_millis(50), done.notified()).await;
             }
             if from_first_event {
-                let first = *first.get().expect("handled");
-                (count - 1) as f64 / first.elapsed().as_secs_f64()
+                first.get().expect("handled").close(count - 1)
             } else {
-                count as f64 / start.elapsed().as_secs_f64()
+                window.close(count)
             }
         }
     };
     bus.shutdown(Duration::from_secs(30)).await.expect("stops");
-    Figure {
-        per_second,
-        peak_rss_mb: peak_rss_mb(),
-    }
+    figure
 }
 
 /// Runs eventbus and the plain loop twice each, in the order eventbus,
@@ -129,8 +130,8 @@ pub(crate) async fn eventbus_child(
 /// first): whoever always ran first would pay for a broker warming up, and a
 /// single run on a 2-core machine varies by 10-20%. `run` gets the system
 /// and the run's number (0-3).
-pub(crate) fn best_of_two(mut run: impl FnMut(System, usize) -> f64) -> [f64; 2] {
-    let mut best = [0.0f64; 2];
+pub(crate) fn best_of_two(mut run: impl FnMut(System, usize) -> Figure) -> [Figure; 2] {
+    let mut best = [Figure::default(); 2];
     for (n, (i, system)) in [
         (0, System::Eventbus),
         (1, System::Plain),
@@ -140,7 +141,10 @@ pub(crate) fn best_of_two(mut run: impl FnMut(System, usize) -> f64) -> [f64; 2]
     .into_iter()
     .enumerate()
     {
-        best[i] = best[i].max(run(system, n));
+        let figure = run(system, n);
+        if figure.per_second > best[i].per_second {
+            best[i] = figure;
+        }
     }
     best
 }
@@ -176,6 +180,40 @@ pub(crate) fn run_measurement(
 pub(crate) struct Figure {
     pub(crate) per_second: f64,
     pub(crate) peak_rss_mb: f64,
+    /// CPU of the measured process per event over the timed window, microseconds.
+    #[serde(default)]
+    pub(crate) cpu_us: Option<f64>,
+    /// CPU of the (local) broker per event meanwhile, microseconds.
+    #[serde(default)]
+    pub(crate) broker_cpu_us: Option<f64>,
+}
+
+/// The timed window of a consume run: its start, and the CPU used so far.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Window {
+    start: Instant,
+    cpu: crate::cpu::Mark,
+}
+
+impl Window {
+    pub(crate) fn open(broker_process: &'static str) -> Self {
+        Self {
+            start: Instant::now(),
+            cpu: crate::cpu::Mark::now(broker_process),
+        }
+    }
+
+    /// The figure of `events` handled since the window opened.
+    pub(crate) fn close(&self, events: usize) -> Figure {
+        let per_second = events as f64 / self.start.elapsed().as_secs_f64();
+        let (cpu_us, broker_cpu_us) = self.cpu.per_event(events);
+        Figure {
+            per_second,
+            peak_rss_mb: peak_rss_mb(),
+            cpu_us,
+            broker_cpu_us,
+        }
+    }
 }
 
 /// Peak resident memory of this process (VmHWM), in MiB.
@@ -259,6 +297,32 @@ pub(crate) fn table(plain: &str, rows: &[(String, Vec<Option<f64>>)]) -> String 
         ));
     }
     table
+}
+
+/// The events/s of each figure (`None` where there is none).
+pub(crate) fn rates(figures: &[Option<Figure>]) -> Vec<Option<f64>> {
+    figures.iter().map(|f| f.map(|f| f.per_second)).collect()
+}
+
+/// The two CPU rows of a consume row's figures: the measured process's CPU
+/// per event, and the broker's (named `broker`) in the same runs.
+pub(crate) fn cpu_rows(
+    figures: &[Option<Figure>],
+    broker: &str,
+) -> [(String, Vec<Option<f64>>); 2] {
+    [
+        (
+            "client CPU per consumed event, the same runs (µs)".to_owned(),
+            figures.iter().map(|f| f.and_then(|f| f.cpu_us)).collect(),
+        ),
+        (
+            format!("{broker}'s CPU per consumed event, the same runs (µs)"),
+            figures
+                .iter()
+                .map(|f| f.and_then(|f| f.broker_cpu_us))
+                .collect(),
+        ),
+    ]
 }
 
 /// One line of the targets list: `- {what}: met (x)` or `MISSED`.

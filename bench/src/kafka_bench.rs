@@ -369,7 +369,9 @@ each record and commits every 1,000), and eventsource-py's `KafkaEventBus` (`ben
 use a quarter of the events). One process per run; eventbus and the plain loop run twice each, in the order eventbus, \
 plain, plain, eventbus, and each one's best run counts; consume runs read a topic the harness pre-filled \
 (3 partitions, eventbus's default) and are timed from the first record handled: joining a group on Tansu takes 15-25 s \
-with librdkafka (about 1 s with aiokafka), which would otherwise swamp the figure.\n\n```sh\nbash tests/kafka/tansu.sh\ncargo run --release -p eventbus-bench \
+with librdkafka (about 1 s with aiokafka), which would otherwise swamp the figure. The CPU rows are the user + system \
+time of the consuming process, and of the broker's, over that same window divided by its events (`/proc`, 10 ms \
+resolution; `os.times` for eventsource-py).\n\n```sh\nbash tests/kafka/tansu.sh\ncargo run --release -p eventbus-bench \
 --bin bench-kafka -- --events {} --python target/tmp/interop-venv/bin/python --write BENCHMARKS.md\n```\n\n\
 {table}\n### Targets\n\n{targets}",
         cli.events

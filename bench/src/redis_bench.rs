@@ -410,7 +410,9 @@ fn main() {
 and eventsource-py's `RedisEventBus` (`bench/redis_py_bench.py`; its publish run uses a quarter of the events). One process \
 per run; the throughput runs go eventbus, plain, plain, eventbus and each system's best of two counts (the first run into \
 a fresh server pays for growing its memory, and a single run on this 2-core machine varies by 10-20%); consume runs read a \
-stream the harness pre-filled; the memory rows are one run each.\n\n```sh\ncargo run --release -p eventbus-bench \
+stream the harness pre-filled; the CPU rows are the user + system time of the consuming process, and of \
+`redis-server`, over the consume run's timed window divided by its events (`/proc`, 10 ms resolution; `os.times` for \
+eventsource-py); the memory rows are one run each.\n\n```sh\ncargo run --release -p eventbus-bench \
 --bin bench-redis -- --events {} --backlog {} --python target/tmp/interop-venv/bin/python --write BENCHMARKS.md\n```\n\n\
 {table}\n### Targets\n\n{targets}",
         cli.events, cli.backlog

@@ -7,7 +7,6 @@ once its queue exists and waits for "go" on stdin (the harness fills the queue).
 import argparse
 import asyncio
 import json
-import os
 import sys
 import time
 from datetime import UTC, datetime
@@ -15,7 +14,7 @@ from datetime import UTC, datetime
 from eventsource import DomainEvent, InMemoryEventBus
 from eventsource.adapters.rabbitmq import RabbitMQEventBus, RabbitMQEventBusConfig
 
-from py_common import OrderPlaced, order, peak_rss_mb, registry
+from py_common import OrderPlaced, cpu_seconds, order, peak_rss_mb, registry
 
 
 def make_bus(args):
@@ -70,12 +69,11 @@ async def consume(args):
     print("ready", flush=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
     start = time.perf_counter()
-    cpu = os.times()
+    cpu = cpu_seconds()
     task = bus.start_consuming_in_background()
     await done.wait()
     elapsed = time.perf_counter() - start
-    after = os.times()
-    cpu_us = (after.user + after.system - cpu.user - cpu.system) * 1e6 / args.count
+    cpu_us = (cpu_seconds() - cpu) * 1e6 / args.count
     await bus.stop_consuming()
     task.cancel()
     await bus.disconnect()

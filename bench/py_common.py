@@ -2,8 +2,8 @@
 its registry, the events, peak memory, and the publish and consume loops of
 the stream buses (`redis_py_bench.py`, `kafka_py_bench.py`)."""
 
-import os
 import asyncio
+import os
 import resource
 import time
 from uuid import uuid4

@@ -326,9 +326,8 @@ fn main() {
         cli.events / 4,
         &p,
     ));
-    let consume_cpu = side::cpu_rows(&consume, "Tansu");
+    let [client_cpu, broker_cpu] = side::cpu_rows(&consume, "Tansu");
     let (publish, consume) = (side::rates(&publish), side::rates(&consume));
-    let [client_cpu, broker_cpu] = consume_cpu;
     let rows = [
         ("publish throughput (events/s)".to_owned(), publish.clone()),
         (

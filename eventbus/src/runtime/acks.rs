@@ -73,9 +73,7 @@ impl AckTracker {
     #[cfg(test)]
     pub(crate) fn pending(&self) -> usize {
         // Only a gap of more than usize::MAX tags could saturate.
-        usize::try_from(self.frontier - self.acked_upto)
-            .unwrap_or(usize::MAX)
-            .saturating_add(self.ahead.len())
+        self.ackable_count().saturating_add(self.ahead.len())
     }
 
     /// Every tag up to and including this one has been acknowledged

@@ -230,12 +230,12 @@ fn aggregate_key(properties: &lapin::BasicProperties) -> Option<uuid::Uuid> {
 /// is the trace context the message carries; while it runs, that context is
 /// also the current one, so a handler's publishes continue the trace even
 /// without an OpenTelemetry layer.
-async fn traced<F: std::future::Future>(
+fn traced<'d, F: std::future::Future>(
     shared: &BusContext,
     group: &str,
-    delivery: &Delivery,
+    delivery: &'d Delivery,
     work: F,
-) -> F::Output {
+) -> impl Future<Output = F::Output> + use<'d, F> {
     let properties = &delivery.properties;
     let queue = shared.config.group_queue_name(group);
     // A retry of an earlier version arrives with the queue's name as its key:
@@ -251,7 +251,7 @@ async fn traced<F: std::future::Future>(
         message_id: properties.message_id().as_ref().map(|id| id.as_str()),
     };
     let header = |name: &str| amqp::string_header(properties, name);
-    crate::runtime::traced::consume(shared.config.enable_tracing, delivered, header, work).await
+    crate::runtime::traced::consume(shared.config.enable_tracing, delivered, header, work)
 }
 
 /// Runs the group's handlers for one delivery and parks it for retry or in
@@ -480,7 +480,9 @@ async fn handle(
     };
     if let Some(copy) = copy {
         // The original goes only once its copy is safe with the broker.
-        if let Err(error) = publisher.send(shared, std::slice::from_ref(&copy)).await {
+        // Boxed: the publish's state is large and rarely needed; unboxed, every
+        // delivery task would carry room for it.
+        if let Err(error) = Box::pin(publisher.send(shared, std::slice::from_ref(&copy))).await {
             stats.last_error_at.now();
             tracing::error!(%group, %message_id, %error, "cannot park the message for retry or in the DLQ; returning it to the queue");
             return (Settle::Requeue, message_id);

@@ -1,6 +1,8 @@
 //! The wire format in AMQP terms: `WireMessage` <-> properties and headers,
 //! header values of any width, and deliveries handed to the one decode path.
 
+use std::borrow::Cow;
+
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 
@@ -59,21 +61,34 @@ pub(crate) fn properties(message: &WireMessage) -> BasicProperties {
 
 /// A string header of an incoming message.
 pub(crate) fn string_header(properties: &BasicProperties, name: &str) -> Option<String> {
-    header(properties, name).and_then(|v| v.as_str().map(str::to_owned))
+    str_header(properties, name).map(Cow::into_owned)
+}
+
+/// A string header of an incoming message, borrowed unless it is not UTF-8.
+pub(crate) fn str_header<'p>(properties: &'p BasicProperties, name: &str) -> Option<Cow<'p, str>> {
+    raw_header(properties, name).and_then(text)
+}
+
+/// A string value, borrowed unless it is not UTF-8.
+fn text(value: &AMQPValue) -> Option<Cow<'_, str>> {
+    match value {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes())),
+        AMQPValue::ShortString(s) => Some(Cow::Borrowed(s.as_str())),
+        _ => None,
+    }
 }
 
 /// An integer header of an incoming message (any width, or a string holding one).
 pub(crate) fn int_header(properties: &BasicProperties, name: &str) -> Option<i64> {
-    header(properties, name).and_then(|v| v.as_int())
+    let value = raw_header(properties, name)?;
+    match text(value) {
+        Some(text) => text.trim().parse().ok(),
+        None => read_header(value)?.as_int(),
+    }
 }
 
-fn header(properties: &BasicProperties, name: &str) -> Option<HeaderValue> {
-    properties
-        .headers()
-        .as_ref()?
-        .inner()
-        .get(name)
-        .and_then(read_header)
+fn raw_header<'p>(properties: &'p BasicProperties, name: &str) -> Option<&'p AMQPValue> {
+    properties.headers().as_ref()?.inner().get(name)
 }
 
 /// Turns a delivery into an event, or says exactly why it cannot.
@@ -82,7 +97,7 @@ pub(crate) fn decode(
     properties: &BasicProperties,
     body: &[u8],
 ) -> Result<AnyEnvelope, DecodeError> {
-    let event_type = string_header(properties, wire::HEADER_EVENT_TYPE);
+    let event_type = str_header(properties, wire::HEADER_EVENT_TYPE);
     wire::decode(
         event_types,
         Incoming {

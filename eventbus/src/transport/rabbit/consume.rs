@@ -92,7 +92,24 @@ pub(crate) async fn start_group(
         session.clone(),
         settle::batch_size(config.prefetch_count),
     ));
+    let this = Arc::new(GroupConsumer {
+        shared,
+        group,
+        queue,
+        publisher: ctx.publisher.clone(),
+        settled,
+        session,
+        channel,
+        stop: ctx.stop.clone(),
+    });
     tokio::spawn(async move {
+        let GroupConsumer {
+            group,
+            queue,
+            session,
+            channel,
+            ..
+        } = &*this;
         loop {
             tokio::select! {
                 biased;
@@ -109,15 +126,10 @@ pub(crate) async fn start_group(
                         // Taken here, in delivery order: the turn fixes this
                         // delivery's place behind earlier ones of its aggregate.
                         let mut turn = sequencer.enter(aggregate_key(&delivery.properties));
-                        let shared = shared.clone();
-                        let group = group.clone();
-                        let publisher = ctx.publisher.clone();
-                        let settled = settled.clone();
-                        let (session, channel) = (session.clone(), channel.clone());
-                        let stop = ctx.stop.clone();
+                        let this = this.clone();
                         ctx.deliveries.spawn(async move {
                             turn.wait().await;
-                            if session.broken.is_cancelled() || !channel.status().connected() {
+                            if this.session.broken.is_cancelled() || !this.channel.status().connected() {
                                 // Its channel is gone while it waited: the
                                 // broker has put it back and delivers it again,
                                 // on the new channel, in order. Running it now
@@ -125,21 +137,28 @@ pub(crate) async fn start_group(
                                 // of order.
                                 return;
                             }
-                            let work = handle(&shared, &group, &publisher, &delivery);
-                            let (how, message_id) = traced(&shared, &group, &delivery, work).await;
+                            // A retry of an earlier version arrives with the
+                            // queue's name as its key: name the original.
+                            let routing_key = retry::original_routing_key(
+                                &delivery.properties,
+                                delivery.routing_key.as_str(),
+                                &this.queue,
+                            );
+                            let work = handle(&this, &routing_key, &delivery);
+                            let (how, message_id) = traced(&this, &routing_key, &delivery, work).await;
                             if matches!(how, Settle::Requeue) {
                                 // Its retry or DLQ copy could not be published
                                 // (a refused write, say): back to the queue, but
                                 // not at once, or its handlers would run again in
                                 // a hot loop. It waits as long as a publish may.
                                 tokio::select! {
-                                    () = tokio::time::sleep(shared.config.confirm_timeout) => {}
-                                    () = stop.cancelled() => {}
+                                    () = tokio::time::sleep(this.shared.config.confirm_timeout) => {}
+                                    () = this.stop.cancelled() => {}
                                 }
                             }
                             drop(turn);
                             // The settler outlives every delivery task.
-                            let _ = settled.send(Settled {
+                            let _ = this.settled.send(Settled {
                                 tag: delivery.delivery_tag,
                                 acker: delivery.acker,
                                 how,
@@ -174,9 +193,25 @@ pub(crate) async fn start_group(
                 },
             }
         }
-        set_state(&ctx.states, &queue, false);
+        set_state(&ctx.states, queue, false);
     });
     Ok(())
+}
+
+/// What each delivery task of one group consumer needs: shared, so that a
+/// delivery costs one reference count, not one per part.
+struct GroupConsumer {
+    shared: Arc<BusContext>,
+    group: Arc<str>,
+    /// The group's queue.
+    queue: String,
+    /// Where retries and dead letters are published.
+    publisher: Arc<Publisher>,
+    /// The settler's inbox.
+    settled: tokio::sync::mpsc::UnboundedSender<Settled>,
+    session: Arc<Session>,
+    channel: lapin::Channel,
+    stop: CancellationToken,
 }
 
 /// Starts `group`'s consumer again on a fresh channel of the same session,
@@ -223,7 +258,7 @@ enum Verdict {
 
 /// The aggregate a delivery belongs to, from eventsource-py's header.
 fn aggregate_key(properties: &lapin::BasicProperties) -> Option<uuid::Uuid> {
-    amqp::string_header(properties, HEADER_AGGREGATE_ID).and_then(|id| id.parse().ok())
+    amqp::str_header(properties, HEADER_AGGREGATE_ID).and_then(|id| id.parse().ok())
 }
 
 /// Runs `work` (the handling of `delivery`) in a consumer span whose parent
@@ -231,37 +266,36 @@ fn aggregate_key(properties: &lapin::BasicProperties) -> Option<uuid::Uuid> {
 /// also the current one, so a handler's publishes continue the trace even
 /// without an OpenTelemetry layer.
 fn traced<'d, F: std::future::Future>(
-    shared: &BusContext,
-    group: &str,
+    this: &GroupConsumer,
+    routing_key: &str,
     delivery: &'d Delivery,
     work: F,
 ) -> impl Future<Output = F::Output> + use<'d, F> {
     let properties = &delivery.properties;
-    let queue = shared.config.group_queue_name(group);
-    // A retry of an earlier version arrives with the queue's name as its key:
-    // name the original.
-    let routing_key =
-        retry::original_routing_key(properties, delivery.routing_key.as_str(), &queue);
+    let config = &this.shared.config;
     let delivered = crate::runtime::traced::Delivered {
         system: "rabbitmq",
-        destination: &shared.config.exchange_name,
-        source: &queue,
-        group,
-        routing_key: Some(&routing_key),
+        destination: &config.exchange_name,
+        source: &this.queue,
+        group: &this.group,
+        routing_key: Some(routing_key),
         message_id: properties.message_id().as_ref().map(|id| id.as_str()),
     };
     let header = |name: &str| amqp::string_header(properties, name);
-    crate::runtime::traced::consume(shared.config.enable_tracing, delivered, header, work)
+    crate::runtime::traced::consume(config.enable_tracing, delivered, header, work)
 }
 
 /// Runs the group's handlers for one delivery and parks it for retry or in
 /// the DLQ when they fail; returns how to settle it, and its message id.
-async fn handle(
-    shared: &BusContext,
-    group: &str,
-    publisher: &Publisher,
-    delivery: &Delivery,
-) -> (Settle, String) {
+async fn handle(this: &GroupConsumer, original_key: &str, delivery: &Delivery) -> (Settle, String) {
+    let GroupConsumer {
+        shared,
+        group,
+        queue,
+        publisher,
+        ..
+    } = this;
+    let group: &str = group;
     let stats = &shared.stats;
     let config = &shared.config;
     add(&stats.events_consumed, 1);
@@ -274,10 +308,7 @@ async fn handle(
         .map_or_else(|| "(none)".to_owned(), |id| id.as_str().to_owned());
     let table = shared.dispatcher.snapshot();
     let retry_count = retry::retry_count(&delivery.properties);
-    let queue = config.group_queue_name(group);
-    let original_key =
-        retry::original_routing_key(&delivery.properties, delivery.routing_key.as_str(), &queue);
-    let event_type = amqp::string_header(&delivery.properties, crate::wire::HEADER_EVENT_TYPE);
+    let event_type = amqp::str_header(&delivery.properties, crate::wire::HEADER_EVENT_TYPE);
     let known = event_type
         .as_deref()
         .is_some_and(|t| event_types.get(t).is_some());
@@ -289,7 +320,7 @@ async fn handle(
         ExchangeType::Direct | ExchangeType::Topic
     );
     let unhandled = retry::unhandled_count(&delivery.properties);
-    let verdict = if let Some(event_type) = event_type.clone()
+    let verdict = if let Some(event_type) = event_type.as_deref()
         && routed_by_key
         && !(known && taken)
     {
@@ -298,7 +329,7 @@ async fn handle(
         // version, or a service that only publishes the type).
         if unhandled < config.max_unhandled_deferrals {
             Verdict::Defer {
-                event_type,
+                event_type: event_type.to_owned(),
                 failed: None,
             }
         } else {
@@ -410,7 +441,7 @@ async fn handle(
             );
             Some(Outgoing {
                 exchange: String::new(),
-                routing_key: original_key.clone(),
+                routing_key: original_key.to_owned(),
                 body: delivery.data.clone(),
                 properties: retry::retry_properties(
                     &delivery.properties,
@@ -433,7 +464,7 @@ async fn handle(
             );
             Some(Outgoing {
                 exchange: String::new(),
-                routing_key: original_key.clone(),
+                routing_key: original_key.to_owned(),
                 body: delivery.data.clone(),
                 properties: retry::defer_properties(
                     &delivery.properties,

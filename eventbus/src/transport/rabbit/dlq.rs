@@ -73,8 +73,8 @@ fn describe(delivery: &Delivery) -> DlqMessage {
 
 fn matches(properties: &BasicProperties, filter: &ReplayFilter) -> bool {
     filter.matches(
-        amqp::string_header(properties, HEADER_EVENT_TYPE).as_deref(),
-        amqp::string_header(properties, HEADER_DLQ_TIMESTAMP).as_deref(),
+        amqp::str_header(properties, HEADER_EVENT_TYPE).as_deref(),
+        amqp::str_header(properties, HEADER_DLQ_TIMESTAMP).as_deref(),
     )
 }
 

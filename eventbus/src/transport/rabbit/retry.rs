@@ -99,7 +99,7 @@ pub(crate) fn original_routing_key(
                 .strip_prefix(group_queue)
                 .is_some_and(|rest| rest.starts_with('.'))
     };
-    let header = amqp::string_header(properties, HEADER_ORIGINAL_ROUTING_KEY);
+    let header = amqp::str_header(properties, HEADER_ORIGINAL_ROUTING_KEY);
     if let Some(key) = header.as_deref().filter(|k| !k.is_empty() && !ours(k)) {
         return key.to_owned();
     }
@@ -107,11 +107,11 @@ pub(crate) fn original_routing_key(
         return delivered_with.to_owned();
     }
     match (
-        amqp::string_header(properties, HEADER_AGGREGATE_TYPE),
-        amqp::string_header(properties, HEADER_EVENT_TYPE),
+        amqp::str_header(properties, HEADER_AGGREGATE_TYPE),
+        amqp::str_header(properties, HEADER_EVENT_TYPE),
     ) {
         (Some(aggregate), Some(event)) => format!("{aggregate}.{event}"),
-        _ => header.unwrap_or_else(|| delivered_with.to_owned()),
+        _ => header.map_or_else(|| delivered_with.to_owned(), std::borrow::Cow::into_owned),
     }
 }
 

@@ -265,7 +265,17 @@ impl Dispatcher {
             }
             .instrument(span)
         });
-        let results = join_all(calls).await;
+        // Collected first: `join_all` of an iterator without an upper bound
+        // (`handlers_for`'s) polls through a `FuturesOrdered`, a task
+        // allocated per handler; the usual single handler needs no join.
+        let mut calls: Vec<_> = calls.collect();
+        let results = if calls.len() == 1
+            && let Some(call) = calls.pop()
+        {
+            vec![call.await]
+        } else {
+            join_all(calls).await
+        };
         let mut outcome = DispatchOutcome {
             failures: Vec::new(),
         };

@@ -733,9 +733,14 @@ mod tests {
         }
         // What one pass cannot read, flatten decides, as before.
         let twice = br#"{"aggregate_id":"f87dabfc-43c9-461c-8a94-9ed40c65ca5b","aggregate_id":"f87dabfc-43c9-461c-8a94-9ed40c65ca5b","aggregate_type":"Order","customer_id":"c","total_amount":1}"#;
-        assert!(one_pass::read::<OrderPlaced>(std::str::from_utf8(twice).expect("utf-8")).is_none());
+        assert!(
+            one_pass::read::<OrderPlaced>(std::str::from_utf8(twice).expect("utf-8")).is_none()
+        );
         let err = decode_body::<OrderPlaced>(twice).expect_err("a field twice");
-        assert!(err.to_string().contains("duplicate field `aggregate_id`"), "{err}");
+        assert!(
+            err.to_string().contains("duplicate field `aggregate_id`"),
+            "{err}"
+        );
         let legacy = decode_body::<OrderPlaced>(&bodies[2]).expect("decodes");
         assert_eq!(legacy.meta().aggregate_type(), "Legacy\tOrder");
         assert_eq!(

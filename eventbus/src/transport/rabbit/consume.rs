@@ -446,7 +446,7 @@ async fn handle(this: &GroupConsumer, original_key: &str, delivery: &Delivery) -
                 properties: retry::retry_properties(
                     &delivery.properties,
                     retry_count,
-                    &original_key,
+                    original_key,
                     failed,
                     delay,
                     &config.group_delay_queue_name(group, retry_count + 1),
@@ -469,7 +469,7 @@ async fn handle(this: &GroupConsumer, original_key: &str, delivery: &Delivery) -
                 properties: retry::defer_properties(
                     &delivery.properties,
                     unhandled,
-                    &original_key,
+                    original_key,
                     delay,
                     &config.group_unhandled_queue_name(group),
                     failed.as_deref(),
@@ -493,7 +493,7 @@ async fn handle(this: &GroupConsumer, original_key: &str, delivery: &Delivery) -
                     properties: retry::dead_letter_properties(
                         &delivery.properties,
                         retry_count,
-                        &original_key,
+                        original_key,
                         &DeadLetter {
                             reason,
                             error_type,

@@ -67,7 +67,7 @@ impl<'de> Deserialize<'de> for Time {
 
 /// The envelope's fields met so far (`None`: not yet).
 #[derive(Default)]
-struct Envelope<'de> {
+struct EnvelopeFields<'de> {
     event_id: Option<Uuid>,
     event_type: Option<Option<Text<'de>>>,
     event_version: Option<u32>,
@@ -95,7 +95,7 @@ fn put<'de, T: Deserialize<'de>, A: MapAccess<'de>>(
     Ok(())
 }
 
-impl<'de> Envelope<'de> {
+impl<'de> EnvelopeFields<'de> {
     /// Takes the value of `key` when it is an envelope field; `false` when not.
     fn take<A: MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<bool, A::Error> {
         match key {
@@ -153,7 +153,7 @@ impl<'de, E: Deserialize<'de>> Visitor<'de> for Body<E> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut envelope = Envelope::default();
+        let mut envelope = EnvelopeFields::default();
         let event = E::deserialize(EventFields {
             map: &mut map,
             envelope: &mut envelope,
@@ -172,7 +172,7 @@ impl<'de, E: Deserialize<'de>> Visitor<'de> for Body<E> {
 /// which go to `envelope` as they go by.
 struct EventFields<'a, 'de, A> {
     map: &'a mut A,
-    envelope: &'a mut Envelope<'de>,
+    envelope: &'a mut EnvelopeFields<'de>,
 }
 
 impl<'de, A: MapAccess<'de>> Deserializer<'de> for EventFields<'_, 'de, A> {

@@ -458,6 +458,26 @@ async fn failures_retry_in_their_group_only_rerun_failed_handlers_then_dead_lett
         .shutdown(Duration::from_secs(10))
         .await
         .expect("stops");
+    // The retry topic is read by a consumer of its own, in the Kafka group
+    // `flaky.retry`: every retry record (2, then 2 more after the replay) is
+    // committed there, and the main group `flaky` holds no offset of it.
+    let retry_topic = format!("{prefix}.stream.retry.flaky");
+    let committed_end: i64 = committed(&tansu, "flaky.retry", &retry_topic)
+        .iter()
+        .map(|(_, o)| (*o).max(0))
+        .sum();
+    let written: i64 = records(&tansu, &retry_topic).len() as i64;
+    assert_eq!(written, 5, "2 retries, the replay, then 2 more retries");
+    assert_eq!(
+        committed_end, written,
+        "the retry group committed every retry record"
+    );
+    assert!(
+        committed(&tansu, "flaky", &retry_topic)
+            .iter()
+            .all(|(_, o)| *o < 0),
+        "the main group commits nothing on the retry topic"
+    );
     steady
         .shutdown(Duration::from_secs(10))
         .await

@@ -307,8 +307,9 @@ pub(crate) struct Group {
     pub(crate) name: Arc<str>,
     topic: String,
     retry_topic: String,
-    /// The main topic's consumer and the retry topic's, until closed.
-    consumers: Mutex<Vec<Arc<GroupConsumer>>>,
+    /// The main topic's consumer and the retry topic's, each with the
+    /// topic it reads, until closed.
+    consumers: Mutex<Vec<(Arc<GroupConsumer>, String)>>,
     trackers: Arc<Mutex<Trackers>>,
     sequencer: Arc<Sequencer<Uuid>>,
     permits: Arc<Semaphore>,
@@ -411,13 +412,14 @@ impl Group {
         // whatever `auto_offset_reset` says (a retry written before this
         // consumer's first assignment is read, not skipped).
         let retries = consumer(&retry_group_id(&name), &retry_topic, "earliest", false)?;
+        let consumers = vec![(main, topic.clone()), (retries, retry_topic.clone())];
         let group = Arc::new(Self {
             sequencer: runtime::sequencer(config.ordering_for(&name)),
             permits: Arc::new(Semaphore::new(config.stream_read_count.max(1))),
             waiting: Arc::new(Semaphore::new(
                 config.stream_read_count.max(1) * WAITING_PER_PERMIT,
             )),
-            consumers: Mutex::new(vec![main.clone(), retries.clone()]),
+            consumers: Mutex::new(consumers.clone()),
             assigned: assigned_rx,
             trackers,
             topic,
@@ -428,11 +430,11 @@ impl Group {
         // Subscribed: receiving until an error says otherwise (an idle group is healthy).
         set_state(&run.states, &group.name, true);
         tracing::debug!(group = %group.name, topic = %group.topic, consumer = %run.consumer_name, "consuming");
-        for (consumer, topic) in [(main, &group.topic), (retries, &group.retry_topic)] {
+        for (consumer, topic) in consumers {
             run.workers
                 .spawn(receive_loop(group.clone(), consumer.clone()));
             run.workers
-                .spawn(commit_loop(group.clone(), consumer, topic.clone()));
+                .spawn(commit_loop(group.clone(), consumer, topic));
         }
         Ok(group)
     }
@@ -471,8 +473,8 @@ impl Group {
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
         );
         let mut closing = Vec::new();
-        for (consumer, topic) in consumers.into_iter().zip([&self.topic, &self.retry_topic]) {
-            let tpl = self.lock().take_commits(topic);
+        for (consumer, topic) in consumers {
+            let tpl = self.lock().take_commits(&topic);
             let name = self.name.clone();
             let (done, closed) = tokio::sync::oneshot::channel();
             let spawned = std::thread::Builder::new()
@@ -838,7 +840,7 @@ impl Why {
 /// The Kafka group id of `group`'s retry-topic consumer: `{group}.retry`
 /// (a group of its own, so that its members joining and leaving do not
 /// rebalance the main topic's group; an ACL on the prefix `{group}` covers it).
-pub(crate) fn retry_group_id(group: &str) -> String {
+fn retry_group_id(group: &str) -> String {
     format!("{group}.retry")
 }
 

@@ -17,8 +17,9 @@
 //! EVENTBUS_URL=kafka://127.0.0.1:9092 cargo run --example kafka
 //! ```
 //!
-//! The bus creates `examples.kafka.stream` (with `EVENTBUS_TOPIC_PARTITIONS`
-//! partitions, default 3), its DLQ topic and one retry topic per group.
+//! The bus creates `examples.kafka.stream` (`EVENTBUS_TOPIC_PREFIX` names
+//! another prefix; with `EVENTBUS_TOPIC_PARTITIONS` partitions, default 3),
+//! its DLQ topic and one retry topic per group.
 //! Tansu 0.6 answers a partition's end offset with its last batch's first
 //! offset + 1, so on it `topic_info()` counts batches, not records; Kafka
 //! counts records.
@@ -97,10 +98,18 @@ async fn audit(event: &eventbus::AnyEnvelope) -> Result<(), HandlerError> {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let bus = support::builder()
         .configure(|c| {
-            c.topic_prefix = "examples.kafka".into();
-            // Its own names on the other transports too.
-            c.exchange_name = "examples.kafka".into();
-            c.stream_prefix = "examples.kafka".into();
+            // Names of its own on every transport, unless the environment
+            // gives them (the tests give each run its own).
+            let unset = |var: &str| std::env::var_os(var).is_none();
+            if unset("EVENTBUS_TOPIC_PREFIX") {
+                c.topic_prefix = "examples.kafka".into();
+            }
+            if unset("EVENTBUS_EXCHANGE_NAME") {
+                c.exchange_name = "examples.kafka".into();
+            }
+            if unset("EVENTBUS_STREAM_PREFIX") {
+                c.stream_prefix = "examples.kafka".into();
+            }
         })
         .build()
         .await?;

@@ -151,6 +151,18 @@ fn every_example_runs_on_redis() {
                 ("EVENTBUS_STREAM_PREFIX", scope.prefix.clone()),
             ],
         );
+        // Its stream is the test's, deleted with the scope: an example that
+        // named its own would leave it behind in the shared Redis.
+        let exists: bool = redis::cmd("EXISTS")
+            .arg(scope.stream())
+            .query(&mut scope.conn())
+            .expect("EXISTS");
+        assert!(
+            exists,
+            "example `{}` on Redis did not write {} (it ignored EVENTBUS_STREAM_PREFIX)",
+            example.name,
+            scope.stream()
+        );
     }
 }
 

@@ -27,7 +27,7 @@ static HANDLED: Counter = Counter::new();
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let bus = support::builder()
-        .configure(|c| c.exchange_name = "examples.basic".into())
+        .configure(|c| support::own_names(c, "examples.basic"))
         .handler::<OrderCreated, _, _>(
             "print_order",
             |event: Arc<Envelope<OrderCreated>>| async move {

@@ -30,7 +30,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for (id, counter) in PER_WORKER.iter().enumerate() {
         let bus = support::rabbitmq_builder()
             .configure(|c| {
-                c.exchange_name = "examples.tasks".into();
+                support::own_names(c, "examples.tasks");
                 c.consumer_group = "task-processors".into();
                 c.consumer_name = Some(format!("worker-{}", id + 1));
                 // One at a time each: fair dispatch between the workers.

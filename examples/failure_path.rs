@@ -35,7 +35,7 @@ static CHARGED: Counter = Counter::new();
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let bus = support::rabbitmq_builder()
         .configure(|c| {
-            c.exchange_name = "examples.failures".into();
+            support::own_names(c, "examples.failures");
             c.consumer_group = "payments".into();
             c.max_retries = 2;
             c.retry_base_delay = Duration::from_millis(300);
@@ -124,10 +124,23 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let left = dlq.count().await?;
     let queue = dlq.queue_name();
     // The `eventbus` tool finds the DLQ as the bus did: by the exchange on
-    // RabbitMQ (this example sets its own), by the EVENTBUS_* settings elsewhere.
+    // RabbitMQ, by the stream or topic prefix elsewhere (the example's own
+    // names, or the environment's).
+    let config = bus.config();
     let tool = match bus.transport_name() {
-        "rabbitmq" => "eventbus --exchange examples.failures dlq list --group payments",
-        _ => "eventbus dlq list --group payments, with the same EVENTBUS_* settings",
+        "rabbitmq" => format!(
+            "eventbus --exchange {} dlq list --group payments",
+            config.exchange_name
+        ),
+        "redis" => format!(
+            "EVENTBUS_STREAM_PREFIX={} eventbus dlq list --group payments",
+            config.stream_prefix
+        ),
+        "kafka" => format!(
+            "EVENTBUS_TOPIC_PREFIX={} eventbus dlq list --group payments",
+            config.topic_prefix
+        ),
+        _ => "eventbus dlq list --group payments, with the same EVENTBUS_* settings".to_owned(),
     };
     bus.shutdown(Duration::from_secs(10)).await?;
     println!(

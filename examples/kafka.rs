@@ -97,20 +97,7 @@ async fn audit(event: &eventbus::AnyEnvelope) -> Result<(), HandlerError> {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let bus = support::builder()
-        .configure(|c| {
-            // Names of its own on every transport, unless the environment
-            // gives them (the tests give each run its own).
-            let unset = |var: &str| std::env::var_os(var).is_none();
-            if unset("EVENTBUS_TOPIC_PREFIX") {
-                c.topic_prefix = "examples.kafka".into();
-            }
-            if unset("EVENTBUS_EXCHANGE_NAME") {
-                c.exchange_name = "examples.kafka".into();
-            }
-            if unset("EVENTBUS_STREAM_PREFIX") {
-                c.stream_prefix = "examples.kafka".into();
-            }
-        })
+        .configure(|c| support::own_names(c, "examples.kafka"))
         .build()
         .await?;
     println!(

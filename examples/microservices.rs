@@ -98,7 +98,7 @@ impl PaymentService {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let bus = support::builder()
-        .configure(|c| c.exchange_name = "examples.microservices".into())
+        .configure(|c| support::own_names(c, "examples.microservices"))
         .build()
         .await?;
     println!(

@@ -69,7 +69,7 @@ impl Analytics {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let bus = support::builder()
-        .configure(|c| c.exchange_name = "examples.groups".into())
+        .configure(|c| support::own_names(c, "examples.groups"))
         .build()
         .await?;
     for (group, events) in bus.groups() {

@@ -44,7 +44,7 @@ fn get(addr: SocketAddr, path: &str) -> std::io::Result<String> {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let bus = support::builder()
         .configure(|c| {
-            c.exchange_name = "examples.observability".into();
+            support::own_names(c, "examples.observability");
             c.max_retries = 0;
         })
         .handler::<InvoiceIssued, _, _>(

@@ -24,7 +24,7 @@ static HANDLED: Counter = Counter::new();
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let bus = support::rabbitmq_builder()
-        .configure(|c| c.exchange_name = "examples.operations".into())
+        .configure(|c| support::own_names(c, "examples.operations"))
         .handler::<Reading, _, _>("store", |_r| async {
             HANDLED.add();
             Ok::<_, HandlerError>(())

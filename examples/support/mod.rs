@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use eventbus::{Bus, BusBuilder};
+use eventbus::{Bus, BusBuilder, Config};
 use tokio::sync::Notify;
 
 /// `Bus::from_env()`, on the in-memory transport when `EVENTBUS_URL` is unset.
@@ -15,6 +15,24 @@ pub(crate) fn builder() -> BusBuilder {
         Bus::from_env().memory()
     } else {
         Bus::from_env()
+    }
+}
+
+/// Gives the example `name` as its exchange, stream prefix and topic prefix,
+/// each where the environment names none (`EVENTBUS_EXCHANGE_NAME`,
+/// `EVENTBUS_STREAM_PREFIX`, `EVENTBUS_TOPIC_PREFIX`): examples run on one
+/// broker do not read each other's events, and the tests' names of their
+/// own still apply.
+pub(crate) fn own_names(c: &mut Config, name: &str) {
+    let unset = |var: &str| std::env::var_os(var).is_none();
+    if unset("EVENTBUS_EXCHANGE_NAME") {
+        c.exchange_name = name.into();
+    }
+    if unset("EVENTBUS_STREAM_PREFIX") {
+        c.stream_prefix = name.into();
+    }
+    if unset("EVENTBUS_TOPIC_PREFIX") {
+        c.topic_prefix = name.into();
     }
 }
 
